@@ -1,0 +1,47 @@
+"""Convert an official H-Deformable-DETR checkpoint to hdetr's format.
+
+Reads OFFICIAL.pth (a dict with 'model' and usually 'args'; loaded with weights_only=True, so it can
+not run code) and writes OUT/model.safetensors + OUT/config.yaml. Pass --config to supply or override
+settings when the checkpoint carries no 'args'.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..checkpoint import CheckpointError, load_official_checkpoint, save_model
+from ..config import ConfigError, build_config, load_yaml, parse_overrides
+from ..errors import UserError
+
+
+def add_arguments(p):
+    p.add_argument("official", type=Path, help="official checkpoint (.pth)")
+    p.add_argument("out", type=Path, help="output folder")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.topk=300")
+    p.add_argument("--class-names", type=Path, default=None, help="text file with one class name per line")
+
+
+def run(args) -> int:
+    from ..models import build_model
+
+    try:
+        cfg, state = load_official_checkpoint(args.official)
+        if args.overrides:
+            cfg = build_config({**cfg.to_dict()}, args.overrides)
+    except (CheckpointError, ConfigError) as e:
+        raise UserError(str(e)) from None
+    cfg.model.pretrained_backbone = False
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"{args.official}: weights do not fit the model described by its args: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    names = None
+    if args.class_names:
+        names = [l.strip() for l in args.class_names.read_text().splitlines() if l.strip()]
+    save_model(args.out, cfg, model.state_dict(), class_names=names)
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"converted {args.official} -> {args.out} ({n:,} trainable parameters, scheme {cfg.hybrid.scheme})")
+    return 0

@@ -1,0 +1,287 @@
+"""Configuration: plain dataclasses, loaded from YAML presets and ``key=value`` overrides.
+
+Every value is checked at load time; a bad key or value fails with a message that names the key and
+what is allowed, before any model is built or any data is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"  # resnet50 | swin_tiny | swin_small | swin_large | precomputed
+    pretrained_backbone: bool = False
+    backbone_channels: list[int] | None = None  # only for backbone 'precomputed'
+    num_classes: int = 91
+    hidden_dim: int = 256
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.0
+    num_feature_levels: int = 4
+    enc_n_points: int = 4
+    dec_n_points: int = 4
+    with_box_refine: bool = True
+    two_stage: bool = True
+    mixed_selection: bool = True
+    look_forward_twice: bool = True
+    num_queries: int = 300  # one-to-one queries: the ones used at inference
+    topk: int = 100  # detections kept per image by the post-processing
+
+
+@dataclass
+class HybridConfig:
+    scheme: str = "branch"  # none | branch | epoch | layer
+    num_queries_one2many: int = 1500  # branch: the extra training-only query group
+    k: int = 6  # ground truth repeated K times for one-to-many matching
+    lambda_one2many: float = 1.0  # branch: weight of the one-to-many loss
+    epoch_ratio: float = 0.5  # epoch: one-to-many for the first rho of the epochs
+    one2many_layers: int = 4  # layer: first L1 decoder layers one-to-many, the last L2 one-to-one
+
+
+@dataclass
+class LossConfig:
+    cls: float = 2.0
+    bbox: float = 5.0
+    giou: float = 2.0
+    focal_alpha: float = 0.25
+    cost_class: float = 2.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    lr: float = 2e-4
+    lr_backbone: float = 2e-5
+    lr_linear_proj_mult: float = 0.1  # sampling offsets and reference points learn 10x slower
+    weight_decay: float = 1e-4
+    lr_drop: int = 11  # lr x0.1 after this many epochs
+    clip_max_norm: float = 0.1
+    batch_size: int = 2  # per process; the official total is 16 (8 GPUs x 2)
+    grad_accum: int = 1
+    num_workers: int = 2
+    seed: int = 42
+    amp: str = "none"  # none | bf16 | fp16 (CUDA only)
+    ema: bool = False
+    ema_decay: float = 0.9997
+    eval_every: int = 1  # epochs
+    log_every: int = 20  # iterations
+    max_iters: int = 0  # stop after this many iterations (0: no limit); for smoke runs
+    nonfinite: str = "stop"  # stop | skip: what a NaN/Inf loss or gradient does
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # dataset folder, or images_dir:annotations.json
+    val: str = ""
+    train_scales: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))
+    max_size: int = 1333
+    val_scale: int = 800
+    crop: bool = True  # the official resize -> random crop -> resize branch of the augmentation
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def num_queries_one2many(self) -> int:
+        """Size of the training-only query group (non-zero for the branch scheme only)."""
+        return self.hybrid.num_queries_one2many if self.hybrid.scheme == "branch" else 0
+
+
+SCHEMES = ("none", "branch", "epoch", "layer")
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = get_origin(typ)
+    if origin is not None and type(None) in get_args(typ):  # Optional[X]
+        if value is None or value == "null":
+            return None
+        typ = next(a for a in get_args(typ) if a is not type(None))
+        origin = get_origin(typ)
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = get_args(typ)
+        return [_coerce(v, item, key) for v in value]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if typ is float:
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(out):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return out
+    if typ is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {typ}")
+
+
+def _apply(obj: Any, data: dict, prefix: str = "") -> None:
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in fields(obj)}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r}; allowed keys here: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a section (mapping), got {value!r}")
+            _apply(current, value, path + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], path))
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``['train.lr=1e-4', 'hybrid.scheme=epoch']`` -> nested dict (values parsed as YAML scalars)."""
+    out: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    base = data.pop("_base_", None)
+    if base:
+        merged = load_yaml(path.parent / base)
+        _deep_update(merged, data)
+        return merged
+    return data
+
+
+def _deep_update(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    candidate = PRESET_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith("_")))
+    raise ConfigError(f"no config file or preset named {name_or_path!r}; presets: {names}")
+
+
+def build_config(data: dict | None = None, overrides: list[str] | None = None) -> Config:
+    cfg = Config()
+    data = dict(data or {})
+    _deep_update(data, parse_overrides(overrides or []))
+    _apply(cfg, data)
+    validate(cfg)
+    return cfg
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> Config:
+    data = load_yaml(resolve_preset(name_or_path)) if name_or_path else {}
+    return build_config(data, overrides)
+
+
+def validate(cfg: Config) -> None:
+    m, h, t = cfg.model, cfg.hybrid, cfg.train
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    for key in ("num_classes", "hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward",
+                "num_feature_levels", "enc_n_points", "dec_n_points", "num_queries", "topk"):
+        need(getattr(m, key) >= 1, f"model.{key} must be >= 1, got {getattr(m, key)}")
+    need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
+    need(m.hidden_dim % m.nheads == 0, f"model.hidden_dim ({m.hidden_dim}) must be divisible by model.nheads ({m.nheads})")
+    need(m.hidden_dim % 32 == 0, f"model.hidden_dim must be a multiple of 32 (GroupNorm with 32 groups), got {m.hidden_dim}")
+    need(not m.two_stage or m.hidden_dim == 256,
+         f"model.hidden_dim must be 256 when model.two_stage is true (the proposal embedding is 4 x 128 = 2 x 256 wide), got {m.hidden_dim}")
+    need(not m.look_forward_twice or m.with_box_refine, "model.look_forward_twice needs model.with_box_refine: true")
+    need(not m.mixed_selection or m.two_stage, "model.mixed_selection needs model.two_stage: true")
+    need(m.backbone != "precomputed" or bool(m.backbone_channels),
+         "model.backbone_channels must list the feature channels when model.backbone is 'precomputed'")
+    need(h.scheme in SCHEMES, f"hybrid.scheme must be one of {', '.join(SCHEMES)}, got {h.scheme!r}")
+    need(h.k >= 1, f"hybrid.k must be >= 1, got {h.k}")
+    need(h.num_queries_one2many >= 0, f"hybrid.num_queries_one2many must be >= 0, got {h.num_queries_one2many}")
+    need(h.lambda_one2many >= 0, f"hybrid.lambda_one2many must be >= 0, got {h.lambda_one2many}")
+    need(0.0 <= h.epoch_ratio <= 1.0, f"hybrid.epoch_ratio (rho) must be in [0, 1], got {h.epoch_ratio}")
+    if h.scheme == "branch":
+        need(h.num_queries_one2many >= 1, "hybrid.num_queries_one2many must be >= 1 for the branch scheme")
+    if h.scheme == "layer":
+        need(0 <= h.one2many_layers <= m.dec_layers,
+             f"hybrid.one2many_layers (L1) must be in [0, model.dec_layers={m.dec_layers}] so that "
+             f"L1 + L2 = {m.dec_layers}, got {h.one2many_layers}")
+    # The post-processing takes the top-k over queries x classes.
+    need(m.topk <= m.num_queries * m.num_classes,
+         f"model.topk ({m.topk}) exceeds model.num_queries x model.num_classes ({m.num_queries * m.num_classes})")
+    need(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
+    need(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
+    need(t.grad_accum >= 1, f"train.grad_accum must be >= 1, got {t.grad_accum}")
+    need(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    need(t.amp in ("none", "bf16", "fp16"), f"train.amp must be one of none, bf16, fp16, got {t.amp!r}")
+    need(t.nonfinite in ("stop", "skip"), f"train.nonfinite must be stop or skip, got {t.nonfinite!r}")
+    need(0.0 < t.ema_decay < 1.0, f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
+    need(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
+    need(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")

@@ -1,0 +1,101 @@
+"""Backbones returning multi-scale feature maps (strides 8/16/32) for the deformable encoder.
+
+ResNet-50 comes from torchvision with frozen BatchNorm, and its stem + layer1 frozen, as in the
+official code. Swin comes from timm (``features_only``) with one LayerNorm per output, as the official
+Swin wrapper has. Pretrained weights are opt-in: nothing is downloaded unless asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import resnet50
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    channels: tuple[int, ...]
+    strides: tuple[int, ...]
+
+
+RESNET50 = BackboneSpec(channels=(512, 1024, 2048), strides=(8, 16, 32))
+SWIN_SPECS = {
+    "swin_tiny": ("swin_tiny_patch4_window7_224", BackboneSpec((192, 384, 768), (8, 16, 32))),
+    "swin_small": ("swin_small_patch4_window7_224", BackboneSpec((192, 384, 768), (8, 16, 32))),
+    "swin_large": ("swin_large_patch4_window12_384", BackboneSpec((384, 768, 1536), (8, 16, 32))),
+}
+
+
+class ResNetBackbone(nn.Module):
+    def __init__(self, pretrained: bool = False, train_backbone: bool = True):
+        super().__init__()
+        weights = "IMAGENET1K_V1" if pretrained else None
+        net = resnet50(weights=weights, norm_layer=FrozenBatchNorm2d)
+        for name, p in net.named_parameters():
+            # The stem and layer1 stay frozen (official recipe); the rest trains at the backbone lr.
+            if not train_backbone or not name.startswith(("layer2", "layer3", "layer4")):
+                p.requires_grad_(False)
+        self.body = IntermediateLayerGetter(net, return_layers={"layer2": "0", "layer3": "1", "layer4": "2"})
+        self.spec = RESNET50
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        return list(self.body(images).values())
+
+
+class SwinBackbone(nn.Module):
+    def __init__(self, name: str, pretrained: bool = False, drop_path_rate: float = 0.2):
+        super().__init__()
+        import timm
+
+        timm_name, spec = SWIN_SPECS[name]
+        self.body = timm.create_model(
+            timm_name,
+            pretrained=pretrained,
+            features_only=True,
+            out_indices=(1, 2, 3),
+            drop_path_rate=drop_path_rate,
+            strict_img_size=False,
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(c) for c in spec.channels)
+        self.spec = spec
+        self.window = int(timm_name.rsplit("window", 1)[1].split("_")[0])
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        # Swin needs sides divisible by patch * window * 2^3 merges; pad on the right/bottom.
+        h, w = images.shape[-2:]
+        mult = 4 * self.window * 8
+        padded = F.pad(images, (0, (-w) % mult, 0, (-h) % mult))
+        feats = self.body(padded)  # NHWC maps from timm's Swin
+        out = []
+        for feat, norm, stride in zip(feats, self.norms, self.spec.strides):
+            feat = norm(feat).permute(0, 3, 1, 2)
+            out.append(feat[..., : -(-h // stride), : -(-w // stride)].contiguous())
+        return out
+
+
+class PrecomputedFeatures(nn.Module):
+    """Stands in for a backbone when its feature maps are given (conformance cases, speed benchmarks)."""
+
+    def __init__(self, channels: tuple[int, ...], strides: tuple[int, ...] = (8, 16, 32)):
+        super().__init__()
+        self.spec = BackboneSpec(tuple(channels), tuple(strides))
+
+    def forward(self, images: Tensor) -> list[Tensor]:  # pragma: no cover - features are passed directly
+        raise RuntimeError("PrecomputedFeatures has no image path: call the detector with features=...")
+
+
+def build_backbone(name: str, pretrained: bool = False, channels: tuple[int, ...] | None = None) -> nn.Module:
+    if name == "resnet50":
+        return ResNetBackbone(pretrained=pretrained)
+    if name in SWIN_SPECS:
+        return SwinBackbone(name, pretrained=pretrained)
+    if name == "precomputed":
+        if not channels:
+            raise ValueError("backbone 'precomputed' needs model.backbone_channels")
+        return PrecomputedFeatures(tuple(channels))
+    raise ValueError(f"unknown backbone {name!r}; choose one of resnet50, {', '.join(SWIN_SPECS)}, precomputed")

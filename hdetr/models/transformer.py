@@ -1,0 +1,287 @@
+"""Deformable transformer: encoder, two-stage proposals and the refining decoder.
+
+The detector (detector.py) owns the class and box heads and hands them to ``DeformableTransformer``:
+the decoder needs the box heads for iterative refinement, the two-stage proposal step needs the
+extra (last) pair of heads. Numerics follow the official H-Deformable-DETR code exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .deformable_attention import MultiScaleDeformableAttention
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, d_ffn: int, dropout: float):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d_model: int, d_ffn: int, dropout: float, levels: int, heads: int, points: int):
+        super().__init__()
+        self.self_attn = MultiScaleDeformableAttention(d_model, levels, heads, points)
+        self.self_attn_norm = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, d_ffn, dropout)
+        self.ffn_norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, src, pos, reference_points, spatial_shapes, padding_mask):
+        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, padding_mask)
+        src = self.self_attn_norm(src + self.dropout(attn))
+        return self.ffn_norm(src + self.ffn(src))
+
+
+class DecoderLayer(nn.Module):
+    """Self-attention among queries (masked between query groups), then deformable cross-attention."""
+
+    def __init__(self, d_model: int, d_ffn: int, dropout: float, levels: int, heads: int, points: int):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.self_attn_norm = nn.LayerNorm(d_model)
+        self.cross_attn = MultiScaleDeformableAttention(d_model, levels, heads, points)
+        self.cross_attn_norm = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, d_ffn, dropout)
+        self.ffn_norm = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, memory_padding_mask, self_attn_mask):
+        q = k = tgt + query_pos
+        attn = self.self_attn(q, k, tgt, attn_mask=self_attn_mask, need_weights=False)[0]
+        tgt = self.self_attn_norm(tgt + self.dropout1(attn))
+        attn = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, memory_padding_mask)
+        tgt = self.cross_attn_norm(tgt + self.dropout2(attn))
+        return self.ffn_norm(tgt + self.ffn(tgt))
+
+
+def encoder_reference_points(spatial_shapes, valid_ratios: Tensor) -> Tensor:
+    """Pixel centres of every level, normalised by each image's valid extent, replicated per level."""
+    device = valid_ratios.device
+    refs = []
+    for level, (h, w) in enumerate(spatial_shapes):
+        ref_y, ref_x = torch.meshgrid(
+            torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
+            torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+            indexing="ij",
+        )
+        ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * h)
+        ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * w)
+        refs.append(torch.stack((ref_x, ref_y), -1))
+    return torch.cat(refs, 1)[:, :, None] * valid_ratios[:, None]
+
+
+def valid_ratio(mask: Tensor) -> Tensor:
+    """Fraction of each padded map covered by the image, as (w, h)."""
+    _, h, w = mask.shape
+    valid_h = torch.sum(~mask[:, :, 0], 1)
+    valid_w = torch.sum(~mask[:, 0, :], 1)
+    return torch.stack([valid_w.float() / w, valid_h.float() / h], -1)
+
+
+def proposal_position_embedding(proposals: Tensor, num_pos_feats: int = 128, temperature: float = 10000.0) -> Tensor:
+    """Sine embedding of each of the 4 box coordinates (pre-sigmoid input): (N, L, 4 * num_pos_feats)."""
+    scale = 2 * math.pi
+    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=proposals.device)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
+    pos = proposals.sigmoid() * scale
+    pos = pos[:, :, :, None] / dim_t
+    return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
+
+
+@dataclass
+class TransformerOutput:
+    hidden_states: Tensor  # (layers, N, Q, C)
+    boxes: Tensor  # (layers, N, Q, 4) normalised cxcywh, already refined and sigmoided
+    enc_logits: Tensor | None  # (N, S, classes) two-stage proposals for every memory token
+    enc_boxes: Tensor | None  # (N, S, 4)
+
+
+class DeformableTransformer(nn.Module):
+    def __init__(
+        self,
+        d_model: int = 256,
+        heads: int = 8,
+        enc_layers: int = 6,
+        dec_layers: int = 6,
+        d_ffn: int = 1024,
+        dropout: float = 0.1,
+        levels: int = 4,
+        enc_points: int = 4,
+        dec_points: int = 4,
+        two_stage: bool = False,
+        mixed_selection: bool = False,
+        look_forward_twice: bool = False,
+        with_box_refine: bool = False,
+    ):
+        super().__init__()
+        if two_stage and d_model != 256:
+            # The proposal embedding has 128 sine features per coordinate (4 * 128 = 2 * d_model).
+            raise ValueError(f"two_stage needs hidden_dim 256 (the proposal embedding is 2 x 256 wide), got {d_model}")
+        self.d_model = d_model
+        self.two_stage = two_stage
+        self.mixed_selection = mixed_selection
+        self.look_forward_twice = look_forward_twice
+        self.with_box_refine = with_box_refine
+        self.encoder_layers = nn.ModuleList(
+            EncoderLayer(d_model, d_ffn, dropout, levels, heads, enc_points) for _ in range(enc_layers)
+        )
+        self.decoder_layers = nn.ModuleList(
+            DecoderLayer(d_model, d_ffn, dropout, levels, heads, dec_points) for _ in range(dec_layers)
+        )
+        self.level_embed = nn.Parameter(torch.empty(levels, d_model))
+        if two_stage:
+            self.enc_output_proj = nn.Linear(d_model, d_model)
+            self.enc_output_norm = nn.LayerNorm(d_model)
+            self.query_pos_proj = nn.Linear(d_model * 2, d_model * 2)
+            self.query_pos_norm = nn.LayerNorm(d_model * 2)
+        else:
+            self.reference_points_proj = nn.Linear(d_model, 2)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for m in self.modules():
+            if isinstance(m, MultiScaleDeformableAttention):
+                m.reset_parameters()
+        if not self.two_stage:
+            nn.init.xavier_uniform_(self.reference_points_proj.weight, gain=1.0)
+            nn.init.constant_(self.reference_points_proj.bias, 0.0)
+        nn.init.normal_(self.level_embed)
+
+    @property
+    def num_decoder_layers(self) -> int:
+        return len(self.decoder_layers)
+
+    def encoder_proposals(self, memory: Tensor, padding_mask: Tensor, spatial_shapes):
+        """One anchor box per memory token (centre of the cell, size 0.05 * 2^level), in logit space.
+
+        Tokens on padding or too close to the border get +inf coordinates and a zeroed memory row,
+        so they are never preferred and their boxes come out as exactly 1.0.
+        """
+        n = memory.shape[0]
+        proposals, start = [], 0
+        for level, (h, w) in enumerate(spatial_shapes):
+            mask_l = padding_mask[:, start : start + h * w].view(n, h, w)
+            valid_h = torch.sum(~mask_l[:, :, 0], 1)
+            valid_w = torch.sum(~mask_l[:, 0, :], 1)
+            grid_y, grid_x = torch.meshgrid(
+                torch.linspace(0, h - 1, h, dtype=torch.float32, device=memory.device),
+                torch.linspace(0, w - 1, w, dtype=torch.float32, device=memory.device),
+                indexing="ij",
+            )
+            grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)
+            scale = torch.cat([valid_w.unsqueeze(-1), valid_h.unsqueeze(-1)], 1).view(n, 1, 1, 2)
+            grid = (grid.unsqueeze(0).expand(n, -1, -1, -1) + 0.5) / scale
+            wh = torch.ones_like(grid) * 0.05 * (2.0**level)
+            proposals.append(torch.cat((grid, wh), -1).view(n, -1, 4))
+            start += h * w
+        proposals = torch.cat(proposals, 1)
+        valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
+        proposals = torch.log(proposals / (1 - proposals))
+        invalid = padding_mask.unsqueeze(-1) | ~valid
+        proposals = proposals.masked_fill(invalid, float("inf"))
+        output_memory = memory.masked_fill(invalid, 0.0)
+        output_memory = self.enc_output_norm(self.enc_output_proj(output_memory))
+        return output_memory, proposals
+
+    def forward(
+        self,
+        srcs: list[Tensor],
+        masks: list[Tensor],
+        pos_embeds: list[Tensor],
+        query_embed: Tensor | None,
+        num_queries: int,
+        class_heads: nn.ModuleList,
+        box_heads: nn.ModuleList,
+        self_attn_mask: Tensor | None = None,
+    ) -> TransformerOutput:
+        spatial_shapes = [(int(s.shape[2]), int(s.shape[3])) for s in srcs]
+        src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
+        mask_flat = torch.cat([m.flatten(1) for m in masks], 1)
+        pos_flat = torch.cat(
+            [p.flatten(2).transpose(1, 2) + self.level_embed[i].view(1, 1, -1) for i, p in enumerate(pos_embeds)], 1
+        )
+        valid_ratios = torch.stack([valid_ratio(m) for m in masks], 1)
+
+        memory = src_flat
+        enc_refs = encoder_reference_points(spatial_shapes, valid_ratios)
+        for layer in self.encoder_layers:
+            memory = layer(memory, pos_flat, enc_refs, spatial_shapes, mask_flat)
+
+        n, _, c = memory.shape
+        enc_logits = enc_boxes = None
+        if self.two_stage:
+            output_memory, proposals = self.encoder_proposals(memory, mask_flat, spatial_shapes)
+            last = self.num_decoder_layers
+            enc_logits = class_heads[last](output_memory)
+            enc_coords = box_heads[last](output_memory) + proposals
+            enc_boxes = enc_coords.sigmoid()
+            topk = torch.topk(enc_logits[..., 0], num_queries, dim=1)[1]
+            topk_coords = torch.gather(enc_coords, 1, topk.unsqueeze(-1).expand(-1, -1, 4)).detach()
+            reference_points = topk_coords.sigmoid()
+            pos_trans = self.query_pos_norm(self.query_pos_proj(proposal_position_embedding(topk_coords)))
+            query_pos, tgt = torch.split(pos_trans, c, dim=2)
+            if self.mixed_selection:
+                # Positions from the proposals, content from learned embeddings.
+                tgt = query_embed.unsqueeze(0).expand(n, -1, -1)
+        else:
+            query_pos, tgt = torch.split(query_embed, c, dim=1)
+            query_pos = query_pos.unsqueeze(0).expand(n, -1, -1)
+            tgt = tgt.unsqueeze(0).expand(n, -1, -1)
+            reference_points = self.reference_points_proj(query_pos).sigmoid()
+
+        hidden, boxes = self._decode(
+            tgt, query_pos, reference_points, memory, spatial_shapes, mask_flat, valid_ratios, box_heads, self_attn_mask
+        )
+        return TransformerOutput(hidden, boxes, enc_logits, enc_boxes)
+
+    def _decode(self, tgt, query_pos, reference, memory, spatial_shapes, memory_mask, valid_ratios, box_heads, attn_mask):
+        """Run the decoder; each layer predicts a box relative to a reference box.
+
+        Layer l refines its sampling reference r_l into n_l = sigmoid(head_l(h_l) + logit(r_l)), and
+        r_{l+1} = detach(n_l) (box refinement). The *prediction* of layer l is
+        sigmoid(head_l(h_l) + logit(p_l)) with p_l = r_l, or with look-forward-twice p_l = n_{l-1}
+        (same value, but its gradient reaches layer l-1 -- and only layer l-1).
+        """
+        output = tgt
+        hidden, boxes = [], []
+        pred_ref = reference  # the reference whose gradient reaches this layer's prediction
+
+        def apply(delta: Tensor, ref: Tensor) -> Tensor:
+            if ref.shape[-1] == 4:
+                return (delta + inverse_sigmoid(ref)).sigmoid()
+            return torch.cat([delta[..., :2] + inverse_sigmoid(ref), delta[..., 2:]], -1).sigmoid()
+
+        for lid, layer in enumerate(self.decoder_layers):
+            if reference.shape[-1] == 4:
+                ref_input = reference[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
+            else:
+                ref_input = reference[:, :, None] * valid_ratios[:, None]
+            output = layer(output, query_pos, ref_input, memory, spatial_shapes, memory_mask, attn_mask)
+            delta = box_heads[lid](output)
+            refined = apply(delta, reference)
+            hidden.append(output)
+            boxes.append(refined if pred_ref is reference else apply(delta, pred_ref))
+            if self.with_box_refine:
+                reference = refined.detach()
+                pred_ref = refined if self.look_forward_twice else reference
+        return torch.stack(hidden), torch.stack(boxes)
