@@ -27,7 +27,7 @@ RESNET50 = BackboneSpec(channels=(512, 1024, 2048), strides=(8, 16, 32))
 SWIN_SPECS = {
     "swin_tiny": ("swin_tiny_patch4_window7_224", BackboneSpec((192, 384, 768), (8, 16, 32))),
     "swin_small": ("swin_small_patch4_window7_224", BackboneSpec((192, 384, 768), (8, 16, 32))),
-    "swin_large": ("swin_large_patch4_window12_384", BackboneSpec((384, 768, 1536), (8, 16, 32))),
+    "swin_large": ("swin_large_patch4_window7_224", BackboneSpec((384, 768, 1536), (8, 16, 32))),
 }
 
 
@@ -63,19 +63,14 @@ class SwinBackbone(nn.Module):
         )
         self.norms = nn.ModuleList(nn.LayerNorm(c) for c in spec.channels)
         self.spec = spec
-        self.window = int(timm_name.rsplit("window", 1)[1].split("_")[0])
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        # Swin needs sides divisible by patch * window * 2^3 merges; pad on the right/bottom.
+        # Like the official wrapper: pad to the patch size; timm pads per block to the window size
+        # and per merge to even sizes.
         h, w = images.shape[-2:]
-        mult = 4 * self.window * 8
-        padded = F.pad(images, (0, (-w) % mult, 0, (-h) % mult))
+        padded = F.pad(images, (0, (-w) % 4, 0, (-h) % 4))
         feats = self.body(padded)  # NHWC maps from timm's Swin
-        out = []
-        for feat, norm, stride in zip(feats, self.norms, self.spec.strides):
-            feat = norm(feat).permute(0, 3, 1, 2)
-            out.append(feat[..., : -(-h // stride), : -(-w // stride)].contiguous())
-        return out
+        return [norm(f).permute(0, 3, 1, 2).contiguous() for f, norm in zip(feats, self.norms)]
 
 
 class PrecomputedFeatures(nn.Module):
