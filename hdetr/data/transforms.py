@@ -167,7 +167,9 @@ def build_transforms(
     ]
     if not train:
         size = int(val_size) if val_size is not None else max(scales)
-        return DetrTransforms(v2.Compose([RandomShortSideResize([size], max_size), *finish]))
+        return DetrTransforms(
+            v2.Compose([RandomShortSideResize([size], max_size), v2.ClampBoundingBoxes(), *finish])
+        )
 
     multiscale = RandomShortSideResize(scales, max_size)
     if crop is None:
@@ -186,7 +188,10 @@ def build_transforms(
         v2.Compose([
             v2.RandomHorizontalFlip(0.5),
             geometric,
-            # Crops can push boxes out (or to zero width); drop them with their labels.
+            # Resizing scales box coordinates in float, so a box touching the right or
+            # bottom edge can land a hair past it; Sanitize would then drop a perfectly
+            # good object. Clamp first, then drop boxes the crop left empty, with labels.
+            v2.ClampBoundingBoxes(),
             v2.SanitizeBoundingBoxes(),  # finds target["labels"] by key
             *finish,
         ])
