@@ -235,6 +235,12 @@ class DeformableTransformer(nn.Module):
             enc_logits = class_heads[last](output_memory)
             enc_coords = box_heads[last](output_memory) + proposals
             enc_boxes = enc_coords.sigmoid()
+            if num_queries > enc_logits.shape[1]:
+                raise ValueError(
+                    f"two-stage needs {num_queries} proposals (one-to-one + one-to-many queries) but the encoder "
+                    f"has only {enc_logits.shape[1]} tokens for this {spatial_shapes[0][0] * 8}x{spatial_shapes[0][1] * 8} "
+                    f"input: use larger images (data scales) or fewer queries"
+                )
             topk = torch.topk(enc_logits[..., 0], num_queries, dim=1)[1]
             topk_coords = torch.gather(enc_coords, 1, topk.unsqueeze(-1).expand(-1, -1, 4)).detach()
             reference_points = topk_coords.sigmoid()

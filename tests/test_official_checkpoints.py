@@ -1,0 +1,135 @@
+"""Full-size official checkpoints: key lists from the official models convert and load exactly."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hdetr.checkpoint import CheckpointError, load_model_files, official_key_to_hdetr, safe_torch_load
+from hdetr.cli import main
+from hdetr.config import load_config
+from hdetr.models import build_model
+
+KEYS = Path(__file__).parent / "fixtures" / "checkpoint_keys"
+
+# Defaults of the official main.py argument parser; each key list states its own flags on top.
+OFFICIAL_DEFAULTS = dict(
+    lr=2e-4, lr_backbone=2e-5, lr_linear_proj_mult=0.1, batch_size=2, weight_decay=1e-4, epochs=50, lr_drop=40,
+    clip_max_norm=0.1, with_box_refine=False, two_stage=False, backbone="resnet50", num_feature_levels=4,
+    enc_layers=6, dec_layers=6, dim_feedforward=1024, hidden_dim=256, dropout=0.1, nheads=8,
+    num_queries_one2one=300, num_queries_one2many=0, dec_n_points=4, enc_n_points=4, mixed_selection=False,
+    look_forward_twice=False, k_one2many=5, lambda_one2many=1.0, set_cost_class=2, set_cost_bbox=5, set_cost_giou=2,
+    cls_loss_coef=2, bbox_loss_coef=5, giou_loss_coef=2, focal_alpha=0.25, dataset_file="coco", topk=100,
+)
+
+
+def official_args(flags: list[str]) -> argparse.Namespace:
+    args = dict(OFFICIAL_DEFAULTS)
+    i = 0
+    while i < len(flags):
+        key = flags[i].lstrip("-")
+        if i + 1 < len(flags) and not flags[i + 1].startswith("--"):
+            default = args.get(key)
+            raw = flags[i + 1]
+            args[key] = type(default)(raw) if default is not None and not isinstance(default, bool) else raw
+            i += 2
+        else:
+            args[key] = True
+            i += 1
+    return argparse.Namespace(**args)
+
+
+def fake_official_checkpoint(path: Path, spec: dict) -> None:
+    g = torch.Generator().manual_seed(0)
+    model = {k["name"]: torch.randn(k["shape"], generator=g) * 0.02 if k["dtype"].startswith("float")
+             else torch.zeros(k["shape"], dtype=torch.long) for k in spec["keys"]}
+    for k in model:
+        if k.endswith("running_var"):  # frozen BatchNorm needs a positive variance
+            model[k] = torch.ones_like(model[k])
+    torch.save({"model": model, "args": official_args(spec["config_flags"]), "epoch": 11}, path)
+
+
+@pytest.mark.parametrize("name,preset,overrides", [
+    ("r50_hybrid_headline", "r50_hybrid_branch_12ep", []),
+    ("r50_baseline_no_tricks", "r50_baseline_12ep", ["model.mixed_selection=false", "model.look_forward_twice=false"]),
+    ("swin_tiny_hybrid", "swin_t_hybrid_branch_12ep", []),
+    ("swin_large_hybrid", "swin_l_hybrid_branch_12ep", []),
+])
+def test_official_key_lists_map_onto_the_presets(name, preset, overrides):
+    spec = json.loads((KEYS / f"checkpoint_keys_{name}.json").read_text())
+    model = build_model(load_config(preset, overrides))
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    theirs = {}
+    for k in spec["keys"]:
+        new = official_key_to_hdetr(k["name"])
+        if new:
+            theirs[new] = k["shape"]
+    assert sorted(set(ours) - set(theirs)) == []
+    assert sorted(set(theirs) - set(ours)) == []
+    assert {k: v for k, v in theirs.items() if ours[k] != v} == {}
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == spec["num_trainable_params"]
+    frozen = {official_key_to_hdetr(k) for k in spec["frozen_param_names"]}
+    assert frozen == {n for n, p in model.named_parameters() if not p.requires_grad}
+
+
+def test_baseline_with_mixed_selection_has_the_logged_parameter_count():
+    model = build_model(load_config("r50_baseline_12ep"))
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 47_339_673
+
+
+def test_convert_full_size_r50_hybrid_then_train_step_on_800x1066(tmp_path):
+    spec = json.loads((KEYS / "checkpoint_keys_r50_hybrid_headline.json").read_text())
+    official = tmp_path / "official.pth"
+    fake_official_checkpoint(official, spec)
+    assert main(["convert", str(official), str(tmp_path / "converted")]) == 0
+    cfg, state, _ = load_model_files(tmp_path / "converted")
+    assert (cfg.hybrid.scheme, cfg.hybrid.num_queries_one2many, cfg.hybrid.k, cfg.model.num_queries) == ("branch", 1500, 6, 300)
+    model = build_model(cfg)
+    model.load_state_dict(state, strict=True)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 47_723_673
+    raw = safe_torch_load(official)["model"]
+    torch.testing.assert_close(model.state_dict()["transformer.query_pos_proj.weight"], raw["transformer.pos_trans.weight"])
+
+    # One forward + backward of the full-size hybrid model on the CPU (a smoke test; not timed).
+    from hdetr.hybrid import matching_plan
+    from hdetr.losses import SetCriterion
+
+    torch.set_num_threads(2)
+    model.train()
+    images = torch.randn(1, 3, 800, 1066)
+    mask = torch.zeros(1, 800, 1066, dtype=torch.bool)
+    targets = [{"labels": torch.tensor([1, 17, 62]), "boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.3, 0.2], [0.5, 0.5, 0.9, 0.9]])}]
+    out = model(images, mask)
+    assert out["pred_logits"].shape == (1, 300, 91) and out["pred_logits_one2many"].shape == (1, 1500, 91)
+    crit = SetCriterion(cfg.model.num_classes, cfg.loss)
+    loss = crit.total(crit(out, targets, matching_plan(cfg, 0)))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.transformer.decoder_layers[0].self_attn.in_proj_weight.grad.abs().sum() > 0
+    assert model.backbone.body.layer4[0].conv1.weight.grad is not None
+    assert model.backbone.body.layer1[0].conv1.weight.grad is None  # frozen as in the official recipe
+
+
+def test_crafted_checkpoint_that_runs_code_is_refused(tmp_path):
+    import os
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "evil.pth"
+    with open(bad, "wb") as f:
+        pickle.dump({"model": Exploit()}, f)
+    with pytest.raises(CheckpointError, match="refused"):
+        safe_torch_load(bad)
+    assert not marker.exists()
+    assert main(["convert", str(bad), str(tmp_path / "out")]) == 2
+    assert not marker.exists()
