@@ -272,7 +272,7 @@ def _load_json(report: DataReport, ann_file: Path) -> Any:
         report.add("ann_unreadable", f"cannot read ({e.strerror or e})", file=str(ann_file))
         return None
     try:
-        return json.loads(raw)
+        return json.loads(raw.decode("utf-8-sig"))
     except json.JSONDecodeError as e:
         report.add("ann_not_json", f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}", file=str(ann_file))
     except UnicodeDecodeError as e:
