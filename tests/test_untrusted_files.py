@@ -45,6 +45,11 @@ def find_unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
     found = []
     tree = ast.parse(source, filename)
     for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                if _dotted(t).rsplit(".", 1)[-1] in ("LOAD_TRUNCATED_IMAGES", "MAX_IMAGE_PIXELS"):
+                    found.append(f"{filename}:{node.lineno}: sets PIL's {_dotted(t)} (truncated images / bombs)")
         if not isinstance(node, ast.Call):
             continue
         name = _dotted(node.func)
@@ -90,8 +95,10 @@ def test_scanner_catches_every_pattern():
         subprocess.run("ls", shell=True)
         os.system("ls")
         np.load(p, allow_pickle=True)
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        Image.MAX_IMAGE_PIXELS = None
     """)
-    assert len(find_unsafe_calls(bad)) == 12
+    assert len(find_unsafe_calls(bad)) == 14
     good = textwrap.dedent("""
         model.eval()
         torch.load(p, map_location="cpu", weights_only=True)
