@@ -91,8 +91,10 @@ def _safe_torch_load(path: str | Path) -> dict:
             f"{path}: refused to load: the file asks to run code or to build objects that are not plain "
             f"tensors/containers ({str(e).splitlines()[0]}). Only weights are accepted."
         ) from None
-    except (OSError, RuntimeError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint file not found") from None
+    except Exception as e:  # damaged files surface as OSError, RuntimeError, EOFError, struct.error, ValueError...
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     return obj

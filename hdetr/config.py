@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -126,7 +127,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         origin = get_origin(typ)
     if origin is list:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _safe_yaml(value, key)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item,) = get_args(typ)
@@ -186,25 +187,48 @@ def parse_overrides(overrides: list[str]) -> dict:
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node[parts[-1]] = _safe_yaml(raw, f"override {item!r}") if raw != "" else ""
     return out
 
 
-def load_yaml(path: str | Path) -> dict:
+def _safe_yaml(text: str, where: str):
+    """``yaml.safe_load``: plain values only. A tag asking for Python objects (``!!python/object``...) is
+    refused with a message saying so; other YAML errors become a ``ConfigError`` naming ``where``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        m = re.search(r"tag:yaml\.org,2002:(python/[^'\s]*)", str(e))
+        if m:
+            mark = e.problem_mark
+            at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            raise ConfigError(
+                f"{where}: refused: the YAML tag !!{m[1]}{at} asks to build a Python object; "
+                "config files may only hold plain values (numbers, strings, lists, mappings)"
+            ) from None
+        raise ConfigError(f"{where}: not valid YAML: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from None
+
+
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     path = Path(path)
+    if path.resolve() in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
+        raise ConfigError(f"{path}: '_base_' files include each other in a loop ({chain})")
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8) file") from None
+    data = _safe_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     base = data.pop("_base_", None)
     if base:
-        merged = load_yaml(path.parent / base)
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: '_base_' must be a file name, got {base!r}")
+        merged = load_yaml(path.parent / base, (*_seen, path.resolve()))
         _deep_update(merged, data)
         return merged
     return data

@@ -3,3 +3,17 @@
 
 class UserError(Exception):
     pass
+
+
+class DataError(UserError):
+    """The dataset (annotation file or an image) is unusable as it stands; the message names the file."""
+
+
+class BadImageError(DataError):
+    """One image cannot be used: missing, unreadable, truncated, outside the images folder, or not the size
+    the annotation file says. ``path`` and ``image_id`` let a training loop skip and count it, or stop."""
+
+    def __init__(self, message: str, path=None, image_id=None):
+        super().__init__(message)
+        self.path = path
+        self.image_id = image_id

@@ -7,12 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from faster_coco_eval import COCO
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
+from hdetr.data.sanitize import BOX_KEPT, BOX_MALFORMED, confine_path, image_relpath, sanitize_box
 from hdetr.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetrTransforms
+from hdetr.errors import BadImageError, DataError
 
 # The 80 COCO 2017 detection categories (id -> name). Ids are sparse up to 90;
 # DETR keeps the sparse ids as class indices, hence 91 logits.
@@ -128,10 +131,49 @@ def default_eval_transforms() -> DetrTransforms:
     )
 
 
+# EXIF orientations that turn the stored image by 90 degrees (width and height swap on display).
+EXIF_ORIENTATION_TAG = 0x0112
+EXIF_SWAPS_SIZE = (5, 6, 7, 8)
+_HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _high_bit_depth_to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit / 32-bit integer / float grayscale -> 8-bit 'L', scaled rather than clipped.
+
+    PIL's own ``convert('RGB')`` clips such images at 255, which turns most 16-bit images white. Rules:
+    ``I;16*``: value / 257 (0..65535 -> 0..255); ``I``: kept as is when already within 0..255, else
+    clipped to 0..65535 and divided by 257; ``F``: x 255 when within 0..1, else min-max stretched.
+    """
+    a = np.asarray(im)
+    if im.mode == "F":
+        a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(a.min(initial=0.0)), float(a.max(initial=0.0))
+        if lo >= 0.0 and hi <= 1.0:
+            a = a * 255.0
+        else:
+            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    else:
+        a = a.astype(np.float64)
+        if not (im.mode == "I" and a.size and a.min() >= 0 and a.max() <= 255):
+            a = np.clip(a, 0, 65535) / 257.0
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB (alpha dropped, palettes expanded, high bit depths scaled)."""
+    if im.mode in _HIGH_BIT_DEPTH_MODES:
+        im = _high_bit_depth_to_8bit(im)
+    elif im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # PIL warns when a palette with transparency goes straight to RGB
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
+    """Decode fully (a truncated file fails here, not later), apply the EXIF orientation, convert to RGB."""
     with Image.open(path) as im:
+        im.load()
         im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
+        return to_rgb(im)
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -140,6 +182,11 @@ class CocoDetection(torch.utils.data.Dataset):
     ``target``: ``boxes`` (n,4) float32 normalised cx,cy,w,h of the transformed
     unpadded image, ``labels`` int64 model class indices, ``image_id`` int64
     scalar, ``orig_size`` and ``size`` int64 [h, w] before / after transforms.
+
+    Boxes go through :func:`hdetr.data.sanitize.sanitize_box`, the function ``hdetr check-data`` counts
+    with. Image paths are confined to ``images_dir``. An image that cannot be used raises
+    :class:`hdetr.errors.BadImageError` naming the file; ``skip_image_ids`` (e.g. a
+    ``DataReport.bad_image_ids``) leaves images out up front.
     """
 
     def __init__(
@@ -148,10 +195,13 @@ class CocoDetection(torch.utils.data.Dataset):
         ann_file: str | os.PathLike | dict,
         transforms=None,
         category_map: CategoryMap | None = None,
+        skip_image_ids=(),
     ):
         self.images_dir = Path(images_dir)
+        self.ann_file = "<dict>" if isinstance(ann_file, dict) else str(ann_file)
         self.coco = COCO(ann_file if isinstance(ann_file, dict) else str(ann_file))
-        self.ids = sorted(self.coco.imgs.keys())
+        skip = set(skip_image_ids)
+        self.ids = sorted(i for i in self.coco.imgs.keys() if i not in skip)
         self.category_map = category_map if category_map is not None else CategoryMap.from_coco(self.coco)
         self.transforms = transforms if transforms is not None else default_eval_transforms()
 
@@ -159,17 +209,14 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self.ids)
 
     def image_path(self, image_id: int) -> Path:
-        info = self.coco.imgs[image_id]
-        if info.get("file_name"):
-            return self.images_dir / info["file_name"]
-        if info.get("coco_url"):
-            # LVIS omits file_name; its images are COCO's, addressed as .../<split>2017/<file>.
-            split_dir, fname = info["coco_url"].rstrip("/").split("/")[-2:]
-            return self.images_dir / split_dir / fname
-        raise KeyError(f"image {image_id} has neither 'file_name' nor 'coco_url'")
+        """The image's file, resolved and refused (``BadImageError``) if it leaves ``images_dir``."""
+        try:
+            return confine_path(self.images_dir, image_relpath(self.coco.imgs[image_id]))
+        except DataError as e:
+            raise BadImageError(f"{self.ann_file}: image {image_id}: {e}", image_id=image_id) from None
 
     def load_target(self, image_id: int, width: int, height: int) -> dict[str, torch.Tensor]:
-        """Absolute XYXY boxes clipped to the image, crowd and degenerate boxes dropped."""
+        """Absolute XYXY boxes clipped to the image; crowd, degenerate, outside and NaN boxes dropped."""
         to_index = self.category_map.cat_id_to_index
         boxes, labels = [], []
         for ann in self.coco.imgToAnns.get(image_id, []):
@@ -177,27 +224,51 @@ class CocoDetection(torch.utils.data.Dataset):
             # would teach the model to fire on "many people" blobs.
             if ann.get("iscrowd", 0):
                 continue
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
-            x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
-            if x1 <= x0 or y1 <= y0:
-                continue
-            cat = int(ann["category_id"])
+            cat = ann["category_id"]
             if cat not in to_index:
-                raise KeyError(
-                    f"annotation {ann.get('id')} uses category id {cat}, unknown to the category map "
-                    f"(known ids: {sorted(to_index)})"
+                raise DataError(
+                    f"{self.ann_file}: annotation {ann.get('id')} (image {image_id}) uses category id {cat}, "
+                    f"unknown to the category map (known ids: {sorted(to_index)})"
                 )
-            boxes.append([x0, y0, x1, y1])
+            outcome, box = sanitize_box(ann["bbox"], width, height)
+            if outcome == BOX_MALFORMED:
+                raise DataError(
+                    f"{self.ann_file}: annotation {ann.get('id')} (image {image_id}): 'bbox' must be 4 numbers "
+                    f"[x, y, w, h], got {ann['bbox']!r}"
+                )
+            if outcome not in BOX_KEPT:
+                continue
+            boxes.append(box)
             labels.append(to_index[cat])
         return {
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.tensor(labels, dtype=torch.int64),
         }
 
+    def load_image(self, image_id: int) -> Image.Image:
+        """The RGB image, or ``BadImageError`` naming the file (missing, corrupt, truncated, wrong size)."""
+        path = self.image_path(image_id)
+        try:
+            image = load_image(path)
+        except FileNotFoundError:
+            raise BadImageError(f"{path}: image {image_id}: file not found", path, image_id) from None
+        except Exception as e:  # PIL raises many types for damaged files (OSError, SyntaxError, ValueError...)
+            raise BadImageError(
+                f"{path}: image {image_id}: cannot decode the image ({type(e).__name__}: {e})", path, image_id
+            ) from None
+        info = self.coco.imgs[image_id]
+        want = (info.get("width"), info.get("height"))
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in want) and tuple(want) != image.size:
+            raise BadImageError(
+                f"{path}: image {image_id}: the annotation file says {want[0]}x{want[1]} but the image is "
+                f"{image.size[0]}x{image.size[1]} (after EXIF orientation); its boxes would be misplaced",
+                path, image_id,
+            )
+        return image
+
     def __getitem__(self, idx: int):
         image_id = self.ids[idx]
-        image = load_image(self.image_path(image_id))
+        image = self.load_image(image_id)
         w, h = image.size
         target = self.load_target(image_id, w, h)
         image, target = self.transforms(image, target)

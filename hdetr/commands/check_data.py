@@ -1,0 +1,50 @@
+"""Check a COCO-format dataset before training: counts, boxes per class, problems by kind.
+
+Reads DATA (a dataset folder in COCO 2017, Roboflow or LVIS layout, or an annotations .json whose images
+sit next to it), opens and decodes every image, and prints what training would see: fatal errors (bad
+JSON, dangling or duplicate ids, unknown categories, missing/corrupt images, paths leaving the images
+folder, wrong image sizes), the box repairs training applies (clipped / dropped boxes, counted) and
+warnings. Exit status: 0 usable, 1 fatal problems found, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def add_arguments(p):
+    p.add_argument("data", help="dataset folder, or an annotations .json (images next to it)")
+    p.add_argument("--split", default="train", choices=["train", "val"], help="split to check (default: train)")
+    p.add_argument("--json", type=Path, default=None, metavar="REPORT.json", help="also write the report as JSON")
+    p.add_argument("--fix-report", action="store_true",
+                   help="list every repair (each clipped or dropped box, before -> after), not only a few examples")
+    p.add_argument("--no-images", action="store_true", help="check the annotation file only, do not open the images")
+    p.add_argument("--workers", type=int, default=None, help="threads decoding images (default: up to 8)")
+
+
+def run(args) -> int:
+    from ..data.coco import resolve_dataset
+    from ..data.validate import DEFAULT_MAX_EXAMPLES, validate_dataset
+
+    try:
+        images_dir, ann_file = resolve_dataset(args.data, args.split)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    report = validate_dataset(
+        images_dir, ann_file, check_images=not args.no_images, workers=args.workers,
+        max_examples=None if args.fix_report else DEFAULT_MAX_EXAMPLES,
+    )
+    print(report.format())
+    if args.json:
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+        except OSError as e:
+            raise UserError(f"{args.json}: cannot write the report ({e.strerror or e})") from None
+        print(f"report written to {args.json}")
+    return 0 if report.ok else 1

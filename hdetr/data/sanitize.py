@@ -1,0 +1,94 @@
+"""Rules shared by the dataset checker and the dataset itself.
+
+``hdetr check-data`` (``hdetr.data.validate``) and ``CocoDetection`` both go through these functions, so
+the repairs the report counts are exactly the ones training applies, and an image path refused by one is
+refused by the other.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+# Outcomes of sanitize_box. "ok" and "clipped" keep the box; the others drop it.
+BOX_OK = "ok"
+BOX_CLIPPED = "clipped"  # partly outside the image: clipped to it
+BOX_DEGENERATE = "degenerate"  # width or height <= 0: dropped
+BOX_OUTSIDE = "outside"  # no overlap with the image: dropped
+BOX_NONFINITE = "nonfinite"  # NaN or infinite coordinate: dropped
+BOX_MALFORMED = "malformed"  # not a list of 4 numbers: a schema error, never repaired
+BOX_KEPT = (BOX_OK, BOX_CLIPPED)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def sanitize_box(bbox: Any, width: float | None, height: float | None) -> tuple[str, list[float] | None]:
+    """COCO ``[x, y, w, h]`` -> ``(outcome, [x0, y0, x1, y1] or None)``.
+
+    The order of the rules is part of the contract (it decides which count a box lands in):
+    malformed, non-finite, degenerate (w or h <= 0), then, when the image size is known, outside (no
+    overlap left after clipping) or clipped (some coordinate moved). Without an image size the box is
+    returned unclipped.
+    """
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        return BOX_MALFORMED, None
+    x, y, w, h = (float(v) for v in bbox)
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or not (math.isfinite(x + w) and math.isfinite(y + h)):
+        return BOX_NONFINITE, None
+    if w <= 0 or h <= 0:
+        return BOX_DEGENERATE, None
+    box = [x, y, x + w, y + h]
+    if width is None or height is None:
+        return BOX_OK, box
+    x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+    x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+    if x1 <= x0 or y1 <= y0:
+        return BOX_OUTSIDE, None
+    clipped = [x0, y0, x1, y1]
+    return (BOX_OK if clipped == box else BOX_CLIPPED), clipped
+
+
+def image_relpath(info: dict) -> str:
+    """Where an image entry says its file is, relative to the images folder.
+
+    ``file_name`` when present; LVIS omits it and addresses COCO's images as ``.../<split>2017/<file>``
+    through ``coco_url``.
+    """
+    name = info.get("file_name")
+    if name:
+        if not isinstance(name, str):
+            raise DataError(f"image {info.get('id')}: 'file_name' must be a string, got {name!r}")
+        return name
+    url = info.get("coco_url")
+    if url and isinstance(url, str):
+        split_dir, fname = url.rstrip("/").split("/")[-2:]
+        return f"{split_dir}/{fname}"
+    raise DataError(f"image {info.get('id')} has neither 'file_name' nor 'coco_url'")
+
+
+def confine_path(root: str | os.PathLike, relpath: str) -> Path:
+    """``root / relpath``, refused unless it stays inside ``root`` once resolved.
+
+    Catches ``../x.jpg``, absolute paths and symlinks (of the file or any folder on the way) that point
+    outside the images folder: an annotation file must not make hdetr read arbitrary files.
+    """
+    root_resolved = Path(root).resolve()
+    if "\x00" in relpath:
+        raise DataError(f"file name {relpath!r} contains a NUL byte")
+    candidate = Path(root) / relpath
+    try:
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError) as e:  # symlink loops
+        raise DataError(f"{candidate}: cannot resolve the path ({e})") from None
+    if not resolved.is_relative_to(root_resolved):
+        raise DataError(
+            f"file name {relpath!r} escapes the images folder {root_resolved} (resolves to {resolved}); "
+            "image paths must stay inside it (no '..', absolute paths or symlinks pointing outside)"
+        )
+    return resolved

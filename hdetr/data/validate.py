@@ -1,0 +1,519 @@
+"""Check a COCO-format dataset before training: ``validate_dataset`` -> ``DataReport``.
+
+Every problem lands in one of three groups, by kind, with a count and a few examples that name the file,
+the image id and the annotation id:
+
+* ``errors``: fatal. Training must not start (``DataReport.raise_if_fatal``): the annotation file is
+  not JSON or not COCO-shaped, ids are duplicated or dangling, a category id is unknown, an image is
+  missing, unreadable, outside the images folder or not the size the file says.
+* ``repairs``: counted fixes that ``CocoDetection`` applies identically (both use
+  :func:`hdetr.data.sanitize.sanitize_box`): boxes partly outside the image are clipped; boxes of zero or
+  negative size, boxes fully outside and boxes with NaN/inf coordinates are dropped.
+* ``warnings``: worth reading, not blocking (many boxes dropped, images without a size, ...).
+
+Images without any box are valid training images (counted, not an error); crowd annotations are
+counted and ignored for training, like the COCO evaluator ignores them. The table of kinds is ``KINDS``;
+docs/reliability.md describes each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..errors import DataError
+from .coco import EXIF_ORIENTATION_TAG, EXIF_SWAPS_SIZE
+from .sanitize import (
+    BOX_CLIPPED,
+    BOX_DEGENERATE,
+    BOX_KEPT,
+    BOX_MALFORMED,
+    BOX_NONFINITE,
+    BOX_OUTSIDE,
+    confine_path,
+    image_relpath,
+    sanitize_box,
+)
+
+ERROR, REPAIR, WARNING = "error", "repair", "warning"
+
+# kind -> (severity, what it means / what is done)
+KINDS: dict[str, tuple[str, str]] = {
+    "ann_unreadable": (ERROR, "annotation file cannot be read"),
+    "ann_not_json": (ERROR, "annotation file is not valid JSON"),
+    "missing_key": (ERROR, "a required key is missing"),
+    "wrong_type": (ERROR, "a value has the wrong type"),
+    "no_images": (ERROR, "the annotation file lists no images"),
+    "no_categories": (ERROR, "the annotation file lists no categories"),
+    "duplicate_image_id": (ERROR, "two images share an id"),
+    "duplicate_annotation_id": (ERROR, "two annotations share an id"),
+    "duplicate_category_id": (ERROR, "two categories share an id"),
+    "unknown_image": (ERROR, "annotation points to an image id not in 'images' (its box would be lost)"),
+    "unknown_category": (ERROR, "annotation uses a category id not in 'categories'"),
+    "path_escape": (ERROR, "image file name leads outside the images folder"),
+    "missing_image": (ERROR, "image file not found"),
+    "corrupt_image": (ERROR, "image file cannot be decoded (corrupt, truncated or not an image)"),
+    "size_mismatch": (ERROR, "image size in the annotation file differs from the image file"),
+    "exif_size_swap": (ERROR, "annotation file gives the stored size but EXIF rotation turns the image by 90 degrees"),
+    BOX_DEGENERATE: (REPAIR, "box of zero or negative width/height: dropped"),
+    BOX_CLIPPED: (REPAIR, "box partly outside the image: clipped to the image"),
+    BOX_OUTSIDE: (REPAIR, "box entirely outside the image: dropped"),
+    BOX_NONFINITE: (REPAIR, "box with a NaN or infinite coordinate: dropped"),
+    "many_dropped": (WARNING, "a large share of the boxes was dropped: the export may be broken"),
+    "no_size": (WARNING, "image has no width/height in the annotation file and was not opened: boxes not checked against its bounds"),
+    "duplicate_file_name": (WARNING, "two image entries use the same file"),
+    "images_not_checked": (WARNING, "image files were not opened (check_images=False)"),
+}
+# Problems confined to one image: with ``allow_bad_images`` they skip that image instead of stopping.
+IMAGE_KINDS = ("path_escape", "missing_image", "corrupt_image", "size_mismatch", "exif_size_swap")
+MANY_DROPPED_FRACTION = 0.10
+DEFAULT_MAX_EXAMPLES = 5
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass
+class Finding:
+    message: str
+    file: str | None = None
+    image_id: Any = None
+    ann_id: Any = None
+
+    def __str__(self) -> str:
+        where = [f"image {self.image_id}"] if self.image_id is not None else []
+        if self.ann_id is not None:
+            where.append(f"annotation {self.ann_id}")
+        head = ": ".join(p for p in (self.file, ", ".join(where)) if p)
+        return f"{head}: {self.message}" if head else self.message
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "image_id": self.image_id, "ann_id": self.ann_id, "message": self.message}
+
+
+@dataclass
+class Issue:
+    kind: str
+    description: str
+    count: int = 0
+    examples: list[Finding] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "description": self.description, "count": self.count,
+                "examples": [f.to_dict() for f in self.examples]}
+
+
+@dataclass
+class DataReport:
+    images_dir: str
+    ann_file: str
+    num_images: int = 0
+    num_annotations: int = 0
+    num_crowd: int = 0  # crowd annotations: kept in the file, ignored for training
+    num_boxes: int = 0  # boxes training will see: not crowd, after repairs
+    images_without_boxes: int = 0  # valid training images (background only)
+    boxes_per_class: dict[int, int] = field(default_factory=dict)  # category id -> boxes
+    category_names: dict[int, str] = field(default_factory=dict)
+    image_modes: dict[str, int] = field(default_factory=dict)  # PIL mode -> images (all converted to RGB)
+    exif_rotated: int = 0  # images turned by their EXIF orientation tag
+    images_checked: bool = False
+    errors: dict[str, Issue] = field(default_factory=dict)
+    repairs: dict[str, Issue] = field(default_factory=dict)
+    warnings: dict[str, Issue] = field(default_factory=dict)
+    bad_image_ids: set = field(default_factory=set)  # images with an image-level error (IMAGE_KINDS)
+    max_examples: int | None = DEFAULT_MAX_EXAMPLES
+
+    # -- recording ------------------------------------------------------------
+
+    def add(self, kind: str, message: str, *, file: str | None = None, image_id: Any = None, ann_id: Any = None):
+        severity, description = KINDS[kind]
+        group = {ERROR: self.errors, REPAIR: self.repairs, WARNING: self.warnings}[severity]
+        issue = group.setdefault(kind, Issue(kind, description))
+        issue.count += 1
+        if self.max_examples is None or len(issue.examples) < self.max_examples:
+            issue.examples.append(Finding(message, file, image_id, ann_id))
+
+    def count(self, kind: str) -> int:
+        for group in (self.errors, self.repairs, self.warnings):
+            if kind in group:
+                return group[kind].count
+        return 0
+
+    # -- verdict --------------------------------------------------------------
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def fatal_kinds(self, allow_bad_images: bool = False) -> list[str]:
+        return [k for k in self.errors if not (allow_bad_images and k in IMAGE_KINDS)]
+
+    def raise_if_fatal(self, allow_bad_images: bool = False) -> None:
+        """``DataError`` (a ``UserError``) listing each fatal kind with its count and first example.
+
+        ``allow_bad_images``: problems confined to one image (``IMAGE_KINDS``) do not stop; the caller
+        leaves ``bad_image_ids`` out (``CocoDetection(skip_image_ids=...)``) and reports how many.
+        """
+        kinds = self.fatal_kinds(allow_bad_images)
+        if not kinds:
+            return
+        total = sum(self.errors[k].count for k in kinds)
+        lines = [f"{self.ann_file}: {total} fatal problem(s) in the dataset (images: {self.images_dir}):"]
+        for k in kinds:
+            issue = self.errors[k]
+            lines.append(f"  {k} x{issue.count} ({issue.description}), e.g. {issue.examples[0]}")
+        lines.append("run `hdetr check-data` on this dataset for the full report")
+        raise DataError("\n".join(lines))
+
+    # -- output ---------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {
+            "images_dir": self.images_dir,
+            "ann_file": self.ann_file,
+            "ok": self.ok,
+            "num_images": self.num_images,
+            "num_annotations": self.num_annotations,
+            "num_crowd": self.num_crowd,
+            "num_boxes": self.num_boxes,
+            "images_without_boxes": self.images_without_boxes,
+            "boxes_per_class": [
+                {"category_id": c, "name": self.category_names.get(c, str(c)), "boxes": n}
+                for c, n in sorted(self.boxes_per_class.items())
+            ],
+            "image_modes": dict(self.image_modes),
+            "exif_rotated": self.exif_rotated,
+            "images_checked": self.images_checked,
+            "bad_image_ids": sorted(self.bad_image_ids, key=str),
+            "errors": [i.to_dict() for i in self.errors.values()],
+            "repairs": [i.to_dict() for i in self.repairs.values()],
+            "warnings": [i.to_dict() for i in self.warnings.values()],
+        }
+
+    def format(self) -> str:
+        out = [f"dataset  {self.ann_file}", f"images   {self.images_dir}", ""]
+        out.append(f"  images                 {self.num_images:>8}")
+        out.append(f"  images without boxes   {self.images_without_boxes:>8}   (valid: background-only images)")
+        out.append(f"  annotations            {self.num_annotations:>8}")
+        out.append(f"  crowd (not trained on) {self.num_crowd:>8}")
+        out.append(f"  boxes used in training {self.num_boxes:>8}")
+        if self.images_checked:
+            modes = ", ".join(f"{m} {n}" for m, n in sorted(self.image_modes.items()))
+            out.append(f"  image modes            {modes or '-'}   (all converted to RGB)")
+            out.append(f"  EXIF-rotated images    {self.exif_rotated:>8}   (orientation applied)")
+        if self.category_names:
+            out.append("")
+            out.append("  boxes per class:")
+            width = max(len(n) for n in self.category_names.values())
+            for cat_id, name in sorted(self.category_names.items()):
+                out.append(f"    {cat_id:>5}  {name:<{width}}  {self.boxes_per_class.get(cat_id, 0):>8}")
+        for title, group in (("ERRORS (fatal)", self.errors), ("repairs (applied identically in training)",
+                             self.repairs), ("warnings", self.warnings)):
+            if not group:
+                continue
+            out.append("")
+            out.append(f"{title}: {sum(i.count for i in group.values())}")
+            for issue in group.values():
+                out.append(f"  {issue.kind} x{issue.count}: {issue.description}")
+                for f in issue.examples:
+                    out.append(f"    - {f}")
+                if issue.count > len(issue.examples):
+                    out.append(f"    ... and {issue.count - len(issue.examples)} more")
+        out.append("")
+        if self.errors:
+            out.append(f"FAILED: {sum(i.count for i in self.errors.values())} fatal problem(s); fix them before training")
+        else:
+            fixes = sum(i.count for i in self.repairs.values())
+            out.append(f"OK: usable for training ({fixes} box repair(s), {sum(i.count for i in self.warnings.values())} warning(s))")
+        return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _size_value(v: Any) -> bool:
+    return (_is_int(v) or (isinstance(v, float) and v.is_integer())) and v > 0
+
+
+def _inspect_image(path: Path) -> tuple[str, Any]:
+    """("ok", (mode, stored_size, shown_size, rotated)) | ("missing", msg) | ("corrupt", msg)."""
+    try:
+        with Image.open(path) as im:
+            mode, stored = im.mode, im.size
+            try:
+                orientation = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
+            except Exception:  # a broken EXIF block: PIL's exif_transpose would fail the same way below
+                orientation = 1
+            im.load()  # decodes every pixel: truncated files fail here
+    except FileNotFoundError:
+        return "missing", "file not found"
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        return "corrupt", f"cannot decode the image ({type(e).__name__}: {e})"
+    shown = (stored[1], stored[0]) if orientation in EXIF_SWAPS_SIZE else stored
+    return "ok", (mode, stored, shown, orientation not in (None, 1))
+
+
+def _load_json(report: DataReport, ann_file: Path) -> Any:
+    try:
+        raw = ann_file.read_bytes()
+    except OSError as e:
+        report.add("ann_unreadable", f"cannot read ({e.strerror or e})", file=str(ann_file))
+        return None
+    try:
+        return json.loads(raw.decode("utf-8-sig"))
+    except json.JSONDecodeError as e:
+        report.add("ann_not_json", f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}", file=str(ann_file))
+    except UnicodeDecodeError as e:
+        report.add("ann_not_json", f"not valid JSON: not UTF-8 text ({e.reason} at byte {e.start})", file=str(ann_file))
+    except RecursionError:
+        report.add("ann_not_json", "not valid JSON: nested too deeply", file=str(ann_file))
+    return None
+
+
+def validate_dataset(
+    images_dir: str | os.PathLike,
+    ann_file: str | os.PathLike,
+    *,
+    check_images: bool = True,
+    workers: int | None = None,
+    max_examples: int | None = DEFAULT_MAX_EXAMPLES,
+) -> DataReport:
+    """Check a COCO-format dataset; never raises for bad data (read the report, or ``raise_if_fatal``).
+
+    ``check_images`` opens and fully decodes every image (``workers`` threads); without it only the
+    annotation file is checked, against the sizes it states. ``max_examples`` caps the examples kept
+    per kind (None keeps all).
+    """
+    images_dir, ann_file = Path(images_dir), Path(ann_file)
+    report = DataReport(str(images_dir), str(ann_file), max_examples=max_examples)
+    af = str(ann_file)
+    doc = _load_json(report, ann_file)
+    if doc is None:
+        return report
+    if not isinstance(doc, dict):
+        report.add("wrong_type", f"top level must be an object with images/annotations/categories, got {type(doc).__name__}", file=af)
+        return report
+
+    sections = {}
+    for key in ("images", "annotations", "categories"):
+        if key not in doc:
+            report.add("missing_key", f"required top-level key {key!r} is missing", file=af)
+            sections[key] = []
+        elif not isinstance(doc[key], list):
+            report.add("wrong_type", f"{key!r} must be a list, got {type(doc[key]).__name__}", file=af)
+            sections[key] = []
+        else:
+            sections[key] = doc[key]
+
+    # -- categories -----------------------------------------------------------
+    for i, cat in enumerate(sections["categories"]):
+        if not isinstance(cat, dict):
+            report.add("wrong_type", f"categories[{i}] must be an object, got {type(cat).__name__}", file=af)
+            continue
+        if "id" not in cat:
+            report.add("missing_key", f"categories[{i}] has no 'id'", file=af)
+            continue
+        cid = cat["id"]
+        if not _is_int(cid):
+            report.add("wrong_type", f"categories[{i}]: 'id' must be an integer, got {cid!r}", file=af)
+            continue
+        if cid in report.category_names:
+            report.add("duplicate_category_id", f"category id {cid} appears more than once", file=af)
+            continue
+        name = cat.get("name", str(cid))
+        report.category_names[cid] = name if isinstance(name, str) else str(name)
+    if "categories" in doc and not report.category_names:
+        report.add("no_categories", "no usable category: nothing to train", file=af)
+
+    # -- images ---------------------------------------------------------------
+    images: dict[Any, dict] = {}
+    paths: dict[Any, Path] = {}
+    seen_files: dict[str, Any] = {}
+    for i, info in enumerate(sections["images"]):
+        if not isinstance(info, dict):
+            report.add("wrong_type", f"images[{i}] must be an object, got {type(info).__name__}", file=af)
+            continue
+        if "id" not in info:
+            report.add("missing_key", f"images[{i}] has no 'id'", file=af)
+            continue
+        iid = info["id"]
+        if not _is_int(iid):
+            report.add("wrong_type", f"images[{i}]: 'id' must be an integer, got {iid!r}", file=af)
+            continue
+        if iid in images:
+            report.add("duplicate_image_id",
+                       f"image id {iid} is used by {image_relpath_or(images[iid])!r} and {image_relpath_or(info)!r}",
+                       file=af, image_id=iid)
+            continue
+        if "file_name" not in info and not info.get("coco_url"):
+            report.add("missing_key", "image entry has no 'file_name'", file=af, image_id=iid)
+            continue
+        if "file_name" in info and not isinstance(info["file_name"], str):
+            report.add("wrong_type", f"'file_name' must be a string, got {info['file_name']!r}", file=af, image_id=iid)
+            continue
+        bad_size = [k for k in ("width", "height") if k in info and not _size_value(info[k])]
+        if bad_size:
+            report.add("wrong_type", "; ".join(f"{k!r} must be a positive integer, got {info[k]!r}" for k in bad_size),
+                       file=af, image_id=iid)
+            continue
+        images[iid] = info
+        rel = image_relpath(info)
+        try:
+            paths[iid] = confine_path(images_dir, rel)
+        except DataError as e:
+            report.add("path_escape", str(e), file=af, image_id=iid)
+            report.bad_image_ids.add(iid)
+            continue
+        if rel in seen_files:
+            report.add("duplicate_file_name", f"file {rel!r} is also used by image {seen_files[rel]}", file=af, image_id=iid)
+        else:
+            seen_files[rel] = iid
+    report.num_images = len(images)
+    if "images" in doc and isinstance(doc["images"], list) and not images:
+        report.add("no_images", "no usable image entry", file=af)
+
+    anns = sections["annotations"]
+    report.num_annotations = len(anns)
+    anns_per_image = Counter(a.get("image_id") for a in anns if isinstance(a, dict))
+
+    # -- image files ----------------------------------------------------------
+    sizes: dict[Any, tuple[float, float]] = {}
+    for iid, info in images.items():
+        if "width" in info and "height" in info:
+            sizes[iid] = (float(info["width"]), float(info["height"]))
+    if check_images:
+        report.images_checked = True
+        modes: Counter = Counter()
+        ids = list(paths)
+        n_workers = default_workers() if workers is None else max(1, int(workers))
+        if n_workers > 1 and len(ids) > 1:
+            with ThreadPoolExecutor(max_workers=n_workers) as pool:
+                results = list(pool.map(lambda i: _inspect_image(paths[i]), ids))
+        else:
+            results = [_inspect_image(paths[i]) for i in ids]
+        for iid, (status, value) in zip(ids, results):
+            path, n_anns = str(paths[iid]), anns_per_image.get(iid, 0)
+            lost = f" ({n_anns} annotation(s) on it)" if n_anns else ""
+            if status != "ok":
+                report.add(f"{status}_image", value + lost, file=path, image_id=iid)
+                report.bad_image_ids.add(iid)
+                continue
+            mode, stored, shown, rotated = value
+            modes[mode] += 1
+            report.exif_rotated += int(rotated)
+            info = images[iid]
+            if iid not in sizes:
+                sizes[iid] = (float(shown[0]), float(shown[1]))
+                continue
+            want = sizes[iid]
+            if want == (float(shown[0]), float(shown[1])):
+                continue
+            report.bad_image_ids.add(iid)
+            stated = f"{info['width']}x{info['height']}"
+            if want == (float(stored[0]), float(stored[1])) and stored != shown:
+                report.add(
+                    "exif_size_swap",
+                    f"the annotation file says {stated}, the stored pixels are {stored[0]}x{stored[1]} but the EXIF "
+                    f"orientation tag turns the image to {shown[0]}x{shown[1]}, which training uses: the boxes were "
+                    "probably drawn on the unrotated pixels. Fix: save the image with the rotation applied and rotate "
+                    "its boxes, or remove the EXIF orientation tag" + lost,
+                    file=path, image_id=iid,
+                )
+            else:
+                report.add(
+                    "size_mismatch",
+                    f"the annotation file says {stated} but the image is {shown[0]}x{shown[1]}"
+                    f"{' after EXIF orientation' if rotated else ''}: its boxes would be misplaced" + lost,
+                    file=path, image_id=iid,
+                )
+        report.image_modes = dict(modes)
+    else:
+        report.add("images_not_checked", "image files were not opened: missing or corrupt images are not detected",
+                   file=str(images_dir))
+
+    # -- annotations ----------------------------------------------------------
+    seen_ann_ids: set = set()
+    boxes_per_image: Counter = Counter()
+    per_class: Counter = Counter()
+    no_size_reported: set = set()
+    dropped = 0
+    for i, ann in enumerate(anns):
+        if not isinstance(ann, dict):
+            report.add("wrong_type", f"annotations[{i}] must be an object, got {type(ann).__name__}", file=af)
+            continue
+        aid = ann.get("id")
+        missing = [k for k in ("id", "image_id", "category_id", "bbox") if k not in ann]
+        if missing:
+            report.add("missing_key", f"annotations[{i}] lacks {', '.join(repr(k) for k in missing)}", file=af,
+                       image_id=ann.get("image_id"), ann_id=aid)
+            continue
+        iid, cid, bbox = ann["image_id"], ann["category_id"], ann["bbox"]
+        wrong = [f"{k!r} must be an integer, got {ann[k]!r}" for k in ("id", "image_id", "category_id")
+                 if not _is_int(ann[k])]
+        if sanitize_box(bbox, None, None)[0] == BOX_MALFORMED:
+            wrong.append(f"'bbox' must be a list of 4 numbers [x, y, w, h], got {bbox!r}")
+        if wrong:
+            report.add("wrong_type", "; ".join(wrong), file=af, image_id=iid, ann_id=aid)
+            continue
+        if aid in seen_ann_ids:
+            report.add("duplicate_annotation_id", f"annotation id {aid} appears more than once", file=af,
+                       image_id=iid, ann_id=aid)
+            continue
+        seen_ann_ids.add(aid)
+        if iid not in images:
+            if iid not in report.bad_image_ids:  # an image entry refused above is already reported
+                report.add("unknown_image", f"image id {iid} is not in 'images'", file=af, image_id=iid, ann_id=aid)
+            continue
+        if cid not in report.category_names:
+            report.add("unknown_category",
+                       f"category id {cid} is not in 'categories' (known ids: {sorted(report.category_names)})",
+                       file=af, image_id=iid, ann_id=aid)
+            continue
+        if ann.get("iscrowd", 0):
+            report.num_crowd += 1
+            continue
+        size = sizes.get(iid)
+        if size is None and iid not in no_size_reported and iid not in report.bad_image_ids:
+            no_size_reported.add(iid)
+            report.add("no_size", "no width/height given and the image was not opened; boxes are clipped when "
+                       "training loads the image", file=af, image_id=iid)
+        outcome, box = sanitize_box(bbox, *(size or (None, None)))
+        if outcome not in BOX_KEPT or outcome == BOX_CLIPPED:
+            after = f" -> {[round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2), round(box[3] - box[1], 2)]}" if box else ""
+            bounds = f" (image {size[0]:g}x{size[1]:g})" if size else ""
+            report.add(outcome, f"bbox {bbox}{after}{bounds}", file=af, image_id=iid, ann_id=aid)
+        if outcome not in BOX_KEPT:
+            dropped += 1
+            continue
+        if iid in report.bad_image_ids:
+            continue
+        boxes_per_image[iid] += 1
+        per_class[cid] += 1
+    report.num_boxes = sum(per_class.values())
+    report.boxes_per_class = {c: per_class.get(c, 0) for c in report.category_names}
+    usable = [i for i in images if i not in report.bad_image_ids]
+    report.images_without_boxes = sum(1 for i in usable if boxes_per_image.get(i, 0) == 0)
+    trainable = report.num_annotations - report.num_crowd
+    if trainable and dropped > MANY_DROPPED_FRACTION * trainable:
+        report.add("many_dropped", f"{dropped} of {trainable} boxes ({100 * dropped / trainable:.0f}%) were dropped",
+                   file=af)
+    return report
+
+
+def image_relpath_or(info: dict) -> str:
+    try:
+        return image_relpath(info)
+    except DataError:
+        return "?"
