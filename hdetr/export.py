@@ -161,9 +161,10 @@ def export_onnx(
                 output_names=output_names,
                 opset_version=opset,
                 dynamo=True,
-                optimize=True,
+                optimize=False,  # see optimize_onnx_program
                 verbose=verbose,
             )
+            optimized = optimize_onnx_program(program)
     except Exception as e:  # exporter errors come in many types; keep the message
         raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
     finally:
@@ -180,6 +181,7 @@ def export_onnx(
         meta[META_CONFIG] = json.dumps(config.to_dict())
     images_shape = program.model.graph.inputs[0].shape
     program.rename_axes({images_shape[0]: "batch", images_shape[2]: "height", images_shape[3]: "width"})
+    meta["onnxscript_optimized"] = str(optimized).lower()
     program.model.metadata_props.update(meta)
     program.model.producer_name = "hdetr"
     program.model.producer_version = __version__
@@ -192,6 +194,40 @@ def export_onnx(
         if not result.verification["ok"]:
             raise ExportError(f"{path}: the exported graph does not match PyTorch: {result.verification}")
     return result
+
+
+# onnxscript rewrite rules that produce an invalid graph for this model (onnxscript 0.7): fusing the
+# Min/Max pairs of inverse_sigmoid's clamps into Clip leaves Clip inputs (e.g. 'sigmoid_3_min_1') that
+# no node or initializer defines once the decoder has more than 3 layers.
+_SKIPPED_REWRITE_RULES = ("FuseMinMaxToClip", "FuseMaxMinToClip")
+
+
+def optimize_onnx_program(program) -> bool:
+    """onnxscript's optimiser (constant folding, rewrites, CSE) minus the rules above, checked.
+
+    Returns True when the optimised graph is used; if the optimiser fails or its output does not
+    pass ``onnx.checker``, the unoptimised graph is kept (onnxruntime optimises it at load anyway).
+    """
+    import onnx
+    import onnx_ir as ir
+    from onnxscript import optimizer, rewriter
+
+    original_proto = ir.serde.serialize_model(program.model)
+    rules = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
+    try:
+        if rules is not None:
+            rewriter._DEFAULT_REWRITE_RULES = tuple(
+                r for r in rules if getattr(r, "name", None) not in _SKIPPED_REWRITE_RULES
+            )
+        optimizer.optimize_ir(program.model)
+        onnx.checker.check_model(ir.serde.serialize_model(program.model))
+        return True
+    except Exception:  # the optimiser is best effort: keep the graph the exporter produced
+        program.model = ir.serde.deserialize_model(original_proto)
+        return False
+    finally:
+        if rules is not None:
+            rewriter._DEFAULT_REWRITE_RULES = rules
 
 
 # Sizes that differ from EXAMPLE_SHAPE in batch, height, width and aspect ratio.
@@ -250,6 +286,7 @@ def read_metadata(path: str | Path) -> dict:
         "outputs": props.get(META_OUTPUTS, "raw"),
         "topk": int(props[META_TOPK]) if META_TOPK in props else None,
         "min_side": int(props.get(META_MIN_SIDE, MIN_SIDE)),
+        "onnxscript_optimized": props.get("onnxscript_optimized") == "true",
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
     }
 
