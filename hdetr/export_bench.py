@@ -40,10 +40,12 @@ def machine_description(threads: int) -> dict:
         "logical_cpus": os.cpu_count(),
         "cpus_available": available,
         "threads": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: OpenMP default, busy-waits)"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "platform": platform.platform(),
+        "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -76,6 +78,7 @@ def run_export_benchmark(
     overrides: list[str] | None = None,
     out_json: str | Path | None = None,
     seed: int = 0,
+    reuse_export: bool = False,
     log=print,
 ) -> dict:
     """Time eager PyTorch and onnxruntime (one session per graph-optimisation level) at each (h, w)."""
@@ -90,9 +93,17 @@ def run_export_benchmark(
     model = build_model(cfg).eval()
     workdir = Path(workdir)
     onnx_path = workdir / f"{Path(preset).stem}.onnx"
-    start = time.perf_counter()
-    export = export_onnx(model, onnx_path, config=cfg, verify=False)
-    log(f"exported {preset} (random init) to {onnx_path} in {time.perf_counter() - start:.0f} s")
+    from .export import ExportResult, read_metadata
+
+    if reuse_export and onnx_path.exists() and read_metadata(onnx_path)["config"] == json.loads(json.dumps(cfg.to_dict())):
+        # Same config and seed give the same random weights; the parity columns below would show otherwise.
+        meta = read_metadata(onnx_path)
+        export = ExportResult(onnx_path, float("nan"), meta["opset"], False, onnx_path.stat().st_size)
+        log(f"reusing {onnx_path}")
+    else:
+        export = export_onnx(model, onnx_path, config=cfg, verify=False)
+        log(f"exported {preset} (random init) to {onnx_path} in {export.seconds:.0f} s")
+    load_before = machine_description(threads)["load_average_1_5_15min"]
 
     backends = {"pytorch-eager": None}
 
@@ -152,7 +163,7 @@ def run_export_benchmark(
         "onnx": {"path": str(onnx_path), "opset": export.opset, "size_mib": export.size_bytes / 2**20,
                  "export_s": export.seconds},
         "session_setup_s": setup,
-        "machine": machine_description(threads),
+        "machine": {**machine_description(threads), "load_average_at_start": load_before},
         "results": rows,
     }
     if out_json is not None:
@@ -177,5 +188,6 @@ def format_table(result: dict) -> str:
     lines.append("")
     lines.append(f"{result['preset']} (random init), batch 1, median of {result['repeats']} interleaved runs after "
                  f"{result['warmup']} warmup; {m['cpu']}, {m['cpus_available']} CPUs available, {m['threads']} threads; "
-                 f"torch {m['torch']}, onnxruntime {m['onnxruntime']}")
+                 f"torch {m['torch']}, onnxruntime {m['onnxruntime']}; load average (1 min) "
+                 f"{m['load_average_at_start'][0]:.1f} at start, {m['load_average_1_5_15min'][0]:.1f} at end")
     return "\n".join(lines)
