@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet50"  # resnet50 | swin_tiny | swin_small | swin_large | precomputed
+    backbone: str = "resnet50"  # resnet50 | resnet18 | swin_tiny | swin_small | swin_large | precomputed
     pretrained_backbone: bool = False
     backbone_channels: list[int] | None = None  # only for backbone 'precomputed'
     num_classes: int = 91

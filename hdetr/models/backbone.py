@@ -1,7 +1,8 @@
 """Backbones returning multi-scale feature maps (strides 8/16/32) for the deformable encoder.
 
 ResNet-50 comes from torchvision with frozen BatchNorm, and its stem + layer1 frozen, as in the
-official code. Swin comes from timm (``features_only``) with one LayerNorm per output, as the official
+official code. ResNet-18 (same recipe, channels 128/256/512) is a small backbone for tests, export
+parity checks and quick CPU runs; it has no official H-DETR counterpart. Swin comes from timm (``features_only``) with one LayerNorm per output, as the official
 Swin wrapper has. Pretrained weights are opt-in: nothing is downloaded unless asked.
 """
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import resnet50
+from torchvision.models import resnet18, resnet50
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -24,6 +25,8 @@ class BackboneSpec:
 
 
 RESNET50 = BackboneSpec(channels=(512, 1024, 2048), strides=(8, 16, 32))
+RESNET18 = BackboneSpec(channels=(128, 256, 512), strides=(8, 16, 32))
+RESNETS = {"resnet50": (resnet50, RESNET50), "resnet18": (resnet18, RESNET18)}
 SWIN_SPECS = {
     "swin_tiny": ("swin_tiny_patch4_window7_224", BackboneSpec((192, 384, 768), (8, 16, 32))),
     "swin_small": ("swin_small_patch4_window7_224", BackboneSpec((192, 384, 768), (8, 16, 32))),
@@ -32,16 +35,17 @@ SWIN_SPECS = {
 
 
 class ResNetBackbone(nn.Module):
-    def __init__(self, pretrained: bool = False, train_backbone: bool = True):
+    def __init__(self, pretrained: bool = False, train_backbone: bool = True, name: str = "resnet50"):
         super().__init__()
         weights = "IMAGENET1K_V1" if pretrained else None
-        net = resnet50(weights=weights, norm_layer=FrozenBatchNorm2d)
+        make, spec = RESNETS[name]
+        net = make(weights=weights, norm_layer=FrozenBatchNorm2d)
         for name, p in net.named_parameters():
             # The stem and layer1 stay frozen (official recipe); the rest trains at the backbone lr.
             if not train_backbone or not name.startswith(("layer2", "layer3", "layer4")):
                 p.requires_grad_(False)
         self.body = IntermediateLayerGetter(net, return_layers={"layer2": "0", "layer3": "1", "layer4": "2"})
-        self.spec = RESNET50
+        self.spec = spec
 
     def forward(self, images: Tensor) -> list[Tensor]:
         return list(self.body(images).values())
@@ -85,12 +89,12 @@ class PrecomputedFeatures(nn.Module):
 
 
 def build_backbone(name: str, pretrained: bool = False, channels: tuple[int, ...] | None = None) -> nn.Module:
-    if name == "resnet50":
-        return ResNetBackbone(pretrained=pretrained)
+    if name in RESNETS:
+        return ResNetBackbone(pretrained=pretrained, name=name)
     if name in SWIN_SPECS:
         return SwinBackbone(name, pretrained=pretrained)
     if name == "precomputed":
         if not channels:
             raise ValueError("backbone 'precomputed' needs model.backbone_channels")
         return PrecomputedFeatures(tuple(channels))
-    raise ValueError(f"unknown backbone {name!r}; choose one of resnet50, {', '.join(SWIN_SPECS)}, precomputed")
+    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(RESNETS)}, {', '.join(SWIN_SPECS)}, precomputed")

@@ -37,6 +37,18 @@ def ms_deform_attn_reference(
     return out.transpose(1, 2).contiguous()
 
 
+def shape_normalizer(spatial_shapes, dtype, device) -> Tensor:
+    """(levels, 2) tensor of (w, h) per level.
+
+    Built with ``scalar_tensor`` rather than ``torch.tensor(list)`` so that sizes which are symbolic
+    under ``torch.export`` stay symbolic (same values in eager mode).
+    """
+    return torch.stack(
+        [torch.stack([torch.scalar_tensor(w, dtype=dtype, device=device),
+                      torch.scalar_tensor(h, dtype=dtype, device=device)]) for h, w in spatial_shapes]
+    )
+
+
 class MultiScaleDeformableAttention(nn.Module):
     """Each query attends to ``points`` sampled locations per head and level around its reference."""
 
@@ -87,9 +99,7 @@ class MultiScaleDeformableAttention(nn.Module):
         weights = weights.softmax(-1).view(n, num_queries, self.heads, self.levels, self.points)
         if reference_points.shape[-1] == 2:
             # Offsets are in pixels of each level: normalise by (w, h).
-            normalizer = torch.tensor(
-                [[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device
-            )
+            normalizer = shape_normalizer(spatial_shapes, query.dtype, query.device)
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         elif reference_points.shape[-1] == 4:
             # Offsets are relative to the reference box: half its size per unit, spread over points.

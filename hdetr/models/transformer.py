@@ -76,9 +76,11 @@ def encoder_reference_points(spatial_shapes, valid_ratios: Tensor) -> Tensor:
     device = valid_ratios.device
     refs = []
     for level, (h, w) in enumerate(spatial_shapes):
+        # arange + 0.5 equals the official linspace(0.5, h - 0.5, h) bit for bit, and keeps h symbolic
+        # under torch.export (linspace would fix it to the export size).
         ref_y, ref_x = torch.meshgrid(
-            torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-            torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+            torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+            torch.arange(w, dtype=torch.float32, device=device) + 0.5,
             indexing="ij",
         )
         ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * h)
@@ -183,9 +185,9 @@ class DeformableTransformer(nn.Module):
             mask_l = padding_mask[:, start : start + h * w].view(n, h, w)
             valid_h = torch.sum(~mask_l[:, :, 0], 1)
             valid_w = torch.sum(~mask_l[:, 0, :], 1)
-            grid_y, grid_x = torch.meshgrid(
-                torch.linspace(0, h - 1, h, dtype=torch.float32, device=memory.device),
-                torch.linspace(0, w - 1, w, dtype=torch.float32, device=memory.device),
+            grid_y, grid_x = torch.meshgrid(  # = linspace(0, h - 1, h) exactly; export-friendly
+                torch.arange(h, dtype=torch.float32, device=memory.device),
+                torch.arange(w, dtype=torch.float32, device=memory.device),
                 indexing="ij",
             )
             grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)
@@ -214,7 +216,8 @@ class DeformableTransformer(nn.Module):
         box_heads: nn.ModuleList,
         self_attn_mask: Tensor | None = None,
     ) -> TransformerOutput:
-        spatial_shapes = [(int(s.shape[2]), int(s.shape[3])) for s in srcs]
+        # Sizes stay as given by .shape (plain ints in eager mode, symbolic under torch.export).
+        spatial_shapes = [(s.shape[2], s.shape[3]) for s in srcs]
         src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         mask_flat = torch.cat([m.flatten(1) for m in masks], 1)
         pos_flat = torch.cat(

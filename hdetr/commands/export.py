@@ -1,0 +1,57 @@
+"""Export a trained model to ONNX (inference only: one-to-one queries, dynamic batch and image size).
+
+The graph takes images (B, 3, H, W) float32 normalised and mask (B, H, W) bool, True on padding, and
+returns pred_logits and pred_boxes; with --postprocess it also takes orig_sizes (B, 2) int64 (h, w)
+and returns the top-k scores, labels and xyxy pixel boxes. Class names, the hdetr version and the
+config are stored in the ONNX metadata. After export the graph is run with onnxruntime at two other
+sizes and compared with PyTorch (skip with --no-verify).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def add_arguments(p):
+    from ..export import DEFAULT_OPSET
+
+    p.add_argument("checkpoint", type=Path, help="hdetr model folder (model.safetensors + config.yaml)")
+    p.add_argument("out", type=Path, help="output file, e.g. model.onnx")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
+    p.add_argument("--postprocess", action="store_true",
+                   help="put the top-k post-processing in the graph (extra input orig_sizes; outputs scores, labels, boxes)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET}, minimum 16)")
+    p.add_argument("--mask-dtype", default="bool", choices=["bool", "uint8"], help="element type of the mask input")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check after export")
+
+
+def run(args) -> int:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"ONNX export needs the 'export' extra: pip install 'hdetr[export]' ({e})") from None
+    from ..checkpoint import CheckpointError
+    from ..config import ConfigError
+    from ..export import ExportError, export_checkpoint
+
+    if args.out.suffix != ".onnx":
+        raise UserError(f"{args.out}: the output file should end in .onnx")
+    if not args.checkpoint.exists():
+        raise UserError(f"{args.checkpoint}: no such model folder or file")
+    try:
+        result = export_checkpoint(args.checkpoint, args.out, format=args.format, postprocess=args.postprocess,
+                                   opset=args.opset, mask_dtype=args.mask_dtype, verify=not args.no_verify)
+    except (CheckpointError, ConfigError, ExportError) as e:
+        raise UserError(str(e)) from None
+    kind = "with post-processing" if result.postprocess else "raw outputs"
+    print(f"exported {args.checkpoint} -> {result.path} ({result.size_bytes / 2**20:.1f} MiB, opset {result.opset}, "
+          f"{kind}, {result.seconds:.0f} s)")
+    v = result.verification
+    if v:
+        print(f"verified with onnxruntime at (B, H, W) = {', '.join(str(tuple(s)) for s in v['shapes'])}: "
+              f"max |score diff| {v['max_abs_score_diff']:.2e}, max |box diff| {v['max_abs_box_diff']:.2e} "
+              f"(tolerance {v['atol']:g})")
+    return 0

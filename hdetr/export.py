@@ -1,0 +1,312 @@
+"""ONNX export of the inference model (one-to-one queries, eval mode) with dynamic batch and image size.
+
+Graph inputs and outputs::
+
+    images      float32 (B, 3, H, W)  normalised (ImageNet mean/std), zero padded
+    mask        bool    (B, H, W)     True on padding (uint8 with mask_dtype="uint8")
+    [orig_sizes int64   (B, 2)        (h, w) of each original image, with postprocess=True]
+    ->
+    pred_logits (B, Q, C), pred_boxes (B, Q, 4) normalised cxcywh relative to each unpadded image
+    or, with postprocess=True:
+    scores (B, k), labels (B, k) int64, boxes (B, k, 4) xyxy in pixels of the original image
+
+The exporter is ``torch.onnx.export(..., dynamo=True)`` with ``torch.export.Dim`` ranges: it fails
+loudly when the model code would fix a size to the export example (the TorchScript exporter would
+silently bake Python ints into the graph). ``verify_onnx`` runs the saved graph with onnxruntime at
+sizes different from the export example and compares it with eager PyTorch.
+
+Class names, the hdetr version and the config travel in the model's ``metadata_props``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .postprocess import topk_detections
+
+DEFAULT_OPSET = 18  # GridSample needs >= 16; 18 is well supported by onnxruntime >= 1.14
+MIN_OPSET = 16
+# The coarsest level (stride 64) must be at least 2 cells wide: torch.export proves the graph for
+# sides >= 65 only (a 1-cell map takes other code paths in the reshapes).
+MIN_SIDE = 65
+MAX_SIDE = 8192
+MAX_BATCH = 1024
+# Export example: distinct sizes (no 0/1 or equal dims that the tracer could merge), padding on one image.
+EXAMPLE_SHAPE = (2, 352, 416)
+
+META_CLASS_NAMES = "class_names"
+META_VERSION = "hdetr_version"
+META_CONFIG = "config"
+META_OUTPUTS = "hdetr_outputs"  # "raw" | "postprocessed"
+META_TOPK = "topk"
+META_MIN_SIDE = "min_side"
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+class RawOutputs(nn.Module):
+    """(images, mask) -> (pred_logits, pred_boxes) of the one-to-one queries."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model(images, mask.to(torch.bool))
+        return out["pred_logits"], out["pred_boxes"]
+
+
+class WithPostprocess(nn.Module):
+    """(images, mask, orig_sizes) -> (scores, labels, boxes): the model plus ``hdetr.postprocess``."""
+
+    def __init__(self, model: nn.Module, topk: int):
+        super().__init__()
+        self.model = model
+        self.topk = topk
+
+    def forward(self, images: Tensor, mask: Tensor, orig_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.model(images, mask.to(torch.bool))
+        scores, labels, boxes, _ = topk_detections(out["pred_logits"], out["pred_boxes"], orig_sizes, self.topk)
+        return scores, labels, boxes
+
+
+def example_inputs(shape=EXAMPLE_SHAPE, mask_dtype: str = "bool", postprocess: bool = False, seed: int = 0):
+    """Random normalised images of one padded batch, the last image padded on the right and bottom."""
+    b, h, w = shape
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(b, 3, h, w, generator=g)
+    mask = torch.zeros(b, h, w, dtype=torch.bool)
+    if b > 1:
+        mask[-1, (3 * h) // 4 :, :] = True
+        mask[-1, :, (2 * w) // 3 :] = True
+        images[-1][:, mask[-1]] = 0.0
+    if mask_dtype == "uint8":
+        mask = mask.to(torch.uint8)
+    inputs = (images, mask)
+    if postprocess:
+        sizes = torch.tensor([[h * 2, w * 2]] * b, dtype=torch.int64)
+        inputs = inputs + (sizes,)
+    return inputs
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    seconds: float
+    opset: int
+    postprocess: bool
+    size_bytes: int
+    verification: dict = field(default_factory=dict)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    config=None,
+    class_names: list[str] | None = None,
+    postprocess: bool = False,
+    topk: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    mask_dtype: str = "bool",
+    verify: bool = True,
+    verbose: bool = False,
+) -> ExportResult:
+    """Export ``model`` (an ``HDETR``) to ONNX at ``path``; see the module docstring for the graph."""
+    import onnx  # noqa: F401  (fail early with a clear message if the extra is missing)
+
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: GridSample (deformable attention) needs opset >= {MIN_OPSET}")
+    if mask_dtype not in ("bool", "uint8"):
+        raise ExportError(f"mask_dtype must be bool or uint8, got {mask_dtype!r}")
+    if topk is None:
+        topk = config.model.topk if config is not None else 100
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    wrapper = (WithPostprocess(model, topk) if postprocess else RawOutputs(model)).eval()
+    inputs = example_inputs(mask_dtype=mask_dtype, postprocess=postprocess)
+
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)
+    width = torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)
+    dynamic = {"images": {0: batch, 2: height, 3: width}, "mask": {0: batch, 1: height, 2: width}}
+    input_names = ["images", "mask"]
+    output_names = ["pred_logits", "pred_boxes"]
+    if postprocess:
+        dynamic["orig_sizes"] = {0: batch}
+        input_names.append("orig_sizes")
+        output_names = ["scores", "labels", "boxes"]
+
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            # Check dynamism first with plain torch.export: torch.onnx relaxes Dims it cannot prove to
+            # static sizes with only a warning, which would give a graph that fails at other sizes.
+            exported = torch.export.export(wrapper, inputs, dynamic_shapes=dynamic, strict=False)
+            program = torch.onnx.export(
+                exported,
+                inputs,
+                input_names=input_names,
+                output_names=output_names,
+                opset_version=opset,
+                dynamo=True,
+                optimize=False,  # see optimize_onnx_program
+                verbose=verbose,
+            )
+            optimized = optimize_onnx_program(program)
+    except Exception as e:  # exporter errors come in many types; keep the message
+        raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
+    finally:
+        model.train(was_training)
+
+    meta = {
+        META_CLASS_NAMES: json.dumps(list(class_names or [])),
+        META_VERSION: __version__,
+        META_OUTPUTS: "postprocessed" if postprocess else "raw",
+        META_TOPK: str(topk),
+        META_MIN_SIDE: str(MIN_SIDE),
+    }
+    if config is not None:
+        meta[META_CONFIG] = json.dumps(config.to_dict())
+    images_shape = program.model.graph.inputs[0].shape
+    program.rename_axes({images_shape[0]: "batch", images_shape[2]: "height", images_shape[3]: "width"})
+    meta["onnxscript_optimized"] = str(optimized).lower()
+    program.model.metadata_props.update(meta)
+    program.model.producer_name = "hdetr"
+    program.model.producer_version = __version__
+    program.save(str(path), external_data=False)
+    seconds = time.perf_counter() - start
+
+    result = ExportResult(path, seconds, opset, postprocess, path.stat().st_size)
+    if verify:
+        result.verification = verify_onnx(path, model, postprocess=postprocess, topk=topk, mask_dtype=mask_dtype)
+        if not result.verification["ok"]:
+            raise ExportError(f"{path}: the exported graph does not match PyTorch: {result.verification}")
+    return result
+
+
+# onnxscript rewrite rules that produce an invalid graph for this model (onnxscript 0.7): fusing the
+# Min/Max pairs of inverse_sigmoid's clamps into Clip leaves Clip inputs (e.g. 'sigmoid_3_min_1') that
+# no node or initializer defines once the decoder has more than 3 layers.
+_SKIPPED_REWRITE_RULES = ("FuseMinMaxToClip", "FuseMaxMinToClip")
+
+
+def optimize_onnx_program(program) -> bool:
+    """onnxscript's optimiser (constant folding, rewrites, CSE) minus the rules above, checked.
+
+    Returns True when the optimised graph is used; if the optimiser fails or its output does not
+    pass ``onnx.checker``, the unoptimised graph is kept (onnxruntime optimises it at load anyway).
+    """
+    import onnx
+    import onnx_ir as ir
+    from onnxscript import optimizer, rewriter
+
+    original_proto = ir.serde.serialize_model(program.model)
+    rules = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
+    try:
+        if rules is not None:
+            rewriter._DEFAULT_REWRITE_RULES = tuple(
+                r for r in rules if getattr(r, "name", None) not in _SKIPPED_REWRITE_RULES
+            )
+        optimizer.optimize_ir(program.model)
+        onnx.checker.check_model(ir.serde.serialize_model(program.model))
+        return True
+    except Exception:  # the optimiser is best effort: keep the graph the exporter produced
+        program.model = ir.serde.deserialize_model(original_proto)
+        return False
+    finally:
+        if rules is not None:
+            rewriter._DEFAULT_REWRITE_RULES = rules
+
+
+# Sizes that differ from EXAMPLE_SHAPE in batch, height, width and aspect ratio.
+VERIFY_SHAPES = ((1, 288, 480), (3, 448, 320))
+
+
+def verify_onnx(path, model: nn.Module, *, postprocess: bool = False, topk: int = 100, mask_dtype: str = "bool",
+                shapes=VERIFY_SHAPES, atol: float = 1e-4) -> dict:
+    """Run the saved graph with onnxruntime at ``shapes`` and compare with eager PyTorch.
+
+    Compares sigmoid scores and normalised boxes (raw graph), or scores and boxes divided by the image
+    size (postprocessed graph) with absolute tolerance ``atol``.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    was_training = model.training
+    model.eval()
+    worst_score = worst_box = 0.0
+    try:
+        for i, shape in enumerate(shapes):
+            inputs = example_inputs(shape, mask_dtype=mask_dtype, postprocess=postprocess, seed=100 + i)
+            with torch.no_grad():
+                out = model(inputs[0], inputs[1].to(torch.bool))
+            feeds = {name: t.numpy() for name, t in zip(("images", "mask", "orig_sizes"), inputs)}
+            got = [torch.from_numpy(a) for a in session.run(None, feeds)]
+            if postprocess:
+                scores, _, boxes, _ = topk_detections(out["pred_logits"], out["pred_boxes"], inputs[2], topk)
+                norm = inputs[2].flip(1).repeat(1, 2)[:, None, :].float()
+                worst_score = max(worst_score, (got[0] - scores).abs().max().item())
+                worst_box = max(worst_box, ((got[2] - boxes) / norm).abs().max().item())
+            else:
+                worst_score = max(worst_score, (got[0].sigmoid() - out["pred_logits"].sigmoid()).abs().max().item())
+                worst_box = max(worst_box, (got[1] - out["pred_boxes"]).abs().max().item())
+    finally:
+        model.train(was_training)
+    return {
+        "shapes": [list(s) for s in shapes],
+        "max_abs_score_diff": worst_score,
+        "max_abs_box_diff": worst_box,
+        "atol": atol,
+        "ok": worst_score <= atol and worst_box <= atol,
+    }
+
+
+def read_metadata(path: str | Path) -> dict:
+    """Metadata of an exported model: class_names (list), config (dict or None), version, outputs, topk."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    return {
+        "class_names": json.loads(props.get(META_CLASS_NAMES, "[]") or "[]"),
+        "config": json.loads(props[META_CONFIG]) if META_CONFIG in props else None,
+        "hdetr_version": props.get(META_VERSION),
+        "outputs": props.get(META_OUTPUTS, "raw"),
+        "topk": int(props[META_TOPK]) if META_TOPK in props else None,
+        "min_side": int(props.get(META_MIN_SIDE, MIN_SIDE)),
+        "onnxscript_optimized": props.get("onnxscript_optimized") == "true",
+        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+    }
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = "onnx", postprocess: bool = False,
+                      opset: int = DEFAULT_OPSET, mask_dtype: str = "bool", verify: bool = True) -> ExportResult:
+    """Load an hdetr model folder and export it (what ``hdetr export`` runs)."""
+    from .checkpoint import load_model_files
+    from .models import build_model
+
+    if format != "onnx":
+        raise ExportError(f"unsupported export format {format!r}; supported: onnx")
+    cfg, state, meta = load_model_files(checkpoint)
+    cfg.model.pretrained_backbone = False
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ExportError(
+            f"{checkpoint}: weights do not fit the model of its config.yaml: {len(missing)} missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    return export_onnx(model, out, config=cfg, class_names=meta.get("class_names") or [], postprocess=postprocess,
+                       opset=opset, mask_dtype=mask_dtype, verify=verify)
