@@ -83,6 +83,7 @@ class HDETR(nn.Module):
             mixed_selection=cfg.mixed_selection,
             look_forward_twice=cfg.look_forward_twice,
             with_box_refine=cfg.with_box_refine,
+            attention_impl=cfg.attention_impl,
         )
         total = self.num_queries + num_queries_one2many
         if not cfg.two_stage:

@@ -34,9 +34,10 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, d_model: int, d_ffn: int, dropout: float, levels: int, heads: int, points: int):
+    def __init__(self, d_model: int, d_ffn: int, dropout: float, levels: int, heads: int, points: int,
+                 attention_impl: str = "fast"):
         super().__init__()
-        self.self_attn = MultiScaleDeformableAttention(d_model, levels, heads, points)
+        self.self_attn = MultiScaleDeformableAttention(d_model, levels, heads, points, attention_impl)
         self.self_attn_norm = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, d_ffn, dropout)
         self.ffn_norm = nn.LayerNorm(d_model)
@@ -51,11 +52,12 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """Self-attention among queries (masked between query groups), then deformable cross-attention."""
 
-    def __init__(self, d_model: int, d_ffn: int, dropout: float, levels: int, heads: int, points: int):
+    def __init__(self, d_model: int, d_ffn: int, dropout: float, levels: int, heads: int, points: int,
+                 attention_impl: str = "fast"):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
         self.self_attn_norm = nn.LayerNorm(d_model)
-        self.cross_attn = MultiScaleDeformableAttention(d_model, levels, heads, points)
+        self.cross_attn = MultiScaleDeformableAttention(d_model, levels, heads, points, attention_impl)
         self.cross_attn_norm = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, d_ffn, dropout)
         self.ffn_norm = nn.LayerNorm(d_model)
@@ -129,6 +131,7 @@ class DeformableTransformer(nn.Module):
         mixed_selection: bool = False,
         look_forward_twice: bool = False,
         with_box_refine: bool = False,
+        attention_impl: str = "fast",
     ):
         super().__init__()
         if two_stage and d_model != 256:
@@ -140,10 +143,10 @@ class DeformableTransformer(nn.Module):
         self.look_forward_twice = look_forward_twice
         self.with_box_refine = with_box_refine
         self.encoder_layers = nn.ModuleList(
-            EncoderLayer(d_model, d_ffn, dropout, levels, heads, enc_points) for _ in range(enc_layers)
+            EncoderLayer(d_model, d_ffn, dropout, levels, heads, enc_points, attention_impl) for _ in range(enc_layers)
         )
         self.decoder_layers = nn.ModuleList(
-            DecoderLayer(d_model, d_ffn, dropout, levels, heads, dec_points) for _ in range(dec_layers)
+            DecoderLayer(d_model, d_ffn, dropout, levels, heads, dec_points, attention_impl) for _ in range(dec_layers)
         )
         self.level_embed = nn.Parameter(torch.empty(levels, d_model))
         if two_stage:
