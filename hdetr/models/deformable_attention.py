@@ -13,6 +13,7 @@ hand-written: the value gradient is the transposed gather (sort the corner rows,
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -63,122 +64,164 @@ def _pad_levels(value: Tensor, spatial_shapes) -> Tensor:
 
 
 class _MSDeformAttnFunction(torch.autograd.Function):
-    """Deformable sampling over a zero-padded value table (see ``_pad_levels``), all levels at once."""
+    """Deformable sampling over a zero-padded value table (see ``_pad_levels``), all levels at once.
+
+    Layouts (B = N * Lq * heads "bags", one per output row; K = levels * points samples per bag):
+    locations (2, B, K) as (x, y); attention weights (B, K); corner weights and rows (B, 2, 2, K) as
+    (y corner, x corner, sample) -- corners outermost so that no elementwise op has a tiny inner dim.
+    """
 
     @staticmethod
-    def forward(ctx, table, sampling_locations, attention_weights, spatial_shapes):
+    def forward(ctx, table, locations, attention_weights, spatial_shapes):
         n, s_pad, heads, head_dim = table.shape
-        _, num_queries, _, levels, points, _ = sampling_locations.shape
-        device, dtype = table.device, sampling_locations.dtype
+        levels = len(spatial_shapes)
+        bags, k = attention_weights.shape
+        points = k // levels
+        device, dtype = table.device, locations.dtype
         rows_total = n * s_pad * heads
         itype = torch.int32 if rows_total < 2**31 - 1 else torch.int64
 
         hw = torch.tensor(spatial_shapes, dtype=torch.int64, device=device)  # (L, 2) as (h, w)
         hp, wp = hw[:, 0] + _PAD_LO + _PAD_HI, hw[:, 1] + _PAD_LO + _PAD_HI
         starts = torch.cumsum(hp * wp, 0) - hp * wp
-        hf = hw[:, 0].to(dtype).view(1, 1, 1, levels, 1)
-        wf = hw[:, 1].to(dtype).view(1, 1, 1, levels, 1)
+
+        def per_sample(t: Tensor) -> Tensor:  # (L,) -> (K,): one entry per (level, point)
+            return t.repeat_interleave(points)
+
+        hf, wf = per_sample(hw[:, 0]).to(dtype), per_sample(hw[:, 1]).to(dtype)
         # Pixel coordinates exactly as grid_sample computes them (align_corners=False).
-        x = (((2 * sampling_locations[..., 0] - 1) + 1) * wf - 1) / 2
-        y = (((2 * sampling_locations[..., 1] - 1) + 1) * hf - 1) / 2
+        x = (((2 * locations[0] - 1) + 1) * wf - 1) / 2
+        y = (((2 * locations[1] - 1) + 1) * hf - 1) / 2
         # Beyond [-1, w] every corner is off the map: the value and all gradients are 0 there.
         inside_x = (x >= -1) & (x <= wf)
         inside_y = (y >= -1) & (y <= hf)
-        x = torch.minimum(x.clamp(min=-1.0), wf).nan_to_num(-1.0)
-        y = torch.minimum(y.clamp(min=-1.0), hf).nan_to_num(-1.0)
+        x = torch.minimum(x.clamp(min=-1.0), wf).nan_to_num_(-1.0)
+        y = torch.minimum(y.clamp(min=-1.0), hf).nan_to_num_(-1.0)
         x0, y0 = x.floor(), y.floor()
-        fx, fy = x - x0, y - y0
-        # Row of the top-left corner in the padded table: ((b * S' + start_l + yp * wp + xp) * heads + head).
-        level_base = (starts + _PAD_LO * wp + _PAD_LO).view(1, 1, 1, levels, 1)
-        batch = (torch.arange(n, device=device) * s_pad).view(n, 1, 1, 1, 1)
-        head = torch.arange(heads, device=device).view(1, 1, heads, 1, 1)
-        cell = y0.to(torch.int64) * wp.view(1, 1, 1, levels, 1) + x0.to(torch.int64)
-        row00 = ((batch + level_base + cell) * heads + head).to(itype)
+        fx, fy = x.sub_(x0), y.sub_(y0)
+        # Row of the top-left corner in the padded table: (b * S' + start + (y0 + 1) * wp + x0 + 1) * heads + head.
+        bag = torch.arange(bags, device=device)
+        bag_base = ((bag // (heads * (bags // (n * heads)))) * s_pad * heads + bag % heads).to(itype)
+        level_base = per_sample((starts + _PAD_LO * wp + _PAD_LO) * heads).to(itype)
+        wp_heads = per_sample(wp * heads).to(itype)
+        row00 = y0.to(itype).mul_(wp_heads).add_(x0.to(itype).mul_(heads)).add_(level_base).add_(bag_base[:, None])
         # The 4 corners (x0y0, x1y0, x0y1, x1y1) are fixed row offsets from the top-left one.
-        corner_offsets = (torch.stack((torch.zeros_like(wp), torch.ones_like(wp), wp, wp + 1), -1) * heads).to(itype)
-        rows = row00[..., None] + corner_offsets.view(1, 1, 1, levels, 1, 4)
+        corner_offsets = torch.stack((torch.zeros_like(wp_heads), torch.full_like(wp_heads, heads), wp_heads,
+                                      wp_heads + heads)).view(2, 2, k)
+        rows = row00[:, None, None, :] + corner_offsets
 
-        ay = torch.stack((1 - fy, fy), -1) * attention_weights[..., None]  # (…, 2) y0, y1
-        ax = torch.stack((1 - fx, fx), -1)
-        weights = (ay[..., :, None] * ax[..., None, :]).flatten(-2)  # (…, 4) in corner order
+        ay = torch.stack((1 - fy, fy), 1).mul_(attention_weights[:, None])  # (B, 2, K)
+        ax = torch.stack((1 - fx, fx), 1)  # (B, 2, K)
+        weights = ay[:, :, None] * ax[:, None]  # (B, 2, 2, K)
 
-        k = levels * points * 4
         out = F.embedding_bag(
-            rows.view(-1, k), table.view(rows_total, head_dim), per_sample_weights=weights.view(-1, k), mode="sum"
+            rows.view(bags, 4 * k), table.view(rows_total, head_dim), per_sample_weights=weights.view(bags, 4 * k),
+            mode="sum",
         )
-        ctx.save_for_backward(table, row00, corner_offsets, weights, attention_weights, fx, fy, inside_x, inside_y)
+        ctx.save_for_backward(table, row00, corner_offsets, attention_weights, fx, fy, inside_x, inside_y, wf, hf)
         ctx.spatial = (hp.tolist(), wp.tolist(), starts.tolist())
-        return out.view(n, num_queries, heads * head_dim)
+        return out.view(bags, head_dim)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        table, row00, corner_offsets, weights, attn, fx, fy, inside_x, inside_y = ctx.saved_tensors
+        table, row00, corner_offsets, attn, fx, fy, inside_x, inside_y, wf, hf = ctx.saved_tensors
         n, s_pad, heads, head_dim = table.shape
-        levels, points = row00.shape[-2:]
+        bags, k = row00.shape
         rows_total = n * s_pad * heads
         itype = row00.dtype
-        grad = grad_out.reshape(-1, head_dim).contiguous()  # one row per (batch, query, head) bag
+        grad = grad_out.contiguous()  # (B, head_dim)
         grad_table = grad_loc = grad_attn = None
 
         if ctx.needs_input_grad[0]:
             # Transposed gather. Group the samples by their top-left row (one sort over samples, not
-            # corners); corner c of those samples reads the row ``corner_offsets[level, c]`` further on,
-            # and within a padded level that shift never leaves the level.
-            flat00 = row00.reshape(-1)
-            sorted_rows, order = flat00.sort()
+            # corners); corner c of those samples reads the row ``corner_offsets[c]`` further on, and
+            # within a padded level that shift never leaves the level.
+            sorted_rows, order = row00.view(-1).sort()
             counts = torch.bincount(sorted_rows, minlength=rows_total)
             offsets = (torch.cumsum(counts, 0) - counts).to(itype)
-            bags = torch.div(order, levels * points, rounding_mode="floor").to(itype)
-            w_sorted = weights.reshape(-1, 4)[order].t().contiguous()
-            grad_table = F.embedding_bag(bags, grad, offsets, per_sample_weights=w_sorted[0], mode="sum")
-            grad_table = grad_table.view(n, s_pad * heads, head_dim)
+            src_bag = torch.div(order, k, rounding_mode="floor").to(itype)
+            a_s, fx_s, fy_s = attn.view(-1)[order], fx.view(-1)[order], fy.view(-1)[order]
+            ay_s = (((1 - fy_s) * a_s), fy_s * a_s)
+            ax_s = (1 - fx_s, fx_s)
+            grad_table = torch.zeros(n, s_pad * heads, head_dim, dtype=grad.dtype, device=grad.device)
             hp, wp, starts = ctx.spatial
-            for c in (1, 2, 3):
-                shifted = F.embedding_bag(bags, grad, offsets, per_sample_weights=w_sorted[c], mode="sum")
-                shifted = shifted.view(n, s_pad * heads, head_dim)
-                for level in range(levels):
-                    shift = int(corner_offsets[level, c])
-                    lo, hi = starts[level] * heads, (starts[level] + hp[level] * wp[level]) * heads
-                    grad_table[:, lo + shift : hi] += shifted[:, lo : hi - shift]
+            points = k // len(hp)
+            for cy in (0, 1):
+                for cx in (0, 1):
+                    part = F.embedding_bag(src_bag, grad, offsets, per_sample_weights=ay_s[cy] * ax_s[cx], mode="sum")
+                    part = part.view(n, s_pad * heads, head_dim)
+                    if cy == cx == 0:
+                        grad_table += part
+                        continue
+                    for level in range(len(hp)):
+                        shift = int(corner_offsets[cy, cx, level * points])
+                        lo, hi = starts[level] * heads, (starts[level] + hp[level] * wp[level]) * heads
+                        grad_table[:, lo + shift : hi] += part[:, lo : hi - shift]
             grad_table = grad_table.view(n, s_pad, heads, head_dim)
 
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            k = levels * points * 4
-            bags_total = grad.shape[0]
-            rows = (row00[..., None] + corner_offsets.view(1, 1, 1, levels, 1, 4)).reshape(-1)
-            offsets = torch.arange(0, bags_total * k, k, device=grad.device, dtype=itype)
-            offset2bag = torch.arange(bags_total, device=grad.device, dtype=itype).view(-1, 1).expand(-1, k).reshape(-1)
+            rows = (row00[:, None, None, :] + corner_offsets).view(-1)
             # d(out)/d(corner weight) = <grad of its bag, value row of the corner>.
-            g_w = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad, table.view(rows_total, head_dim), rows, offsets, offset2bag, 0, -1
-            ).view(weights.shape)
-            g_w = g_w.view(*weights.shape[:-1], 2, 2)  # (…, y corner, x corner)
-            ax = torch.stack((1 - fx, fx), -1)
+            g_w = _per_sample_weight_grad(grad, table.view(rows_total, head_dim), rows, 4 * k).view(bags, 2, 2, k)
+            ax = torch.stack((1 - fx, fx), 1)
             if ctx.needs_input_grad[2]:
-                ay = torch.stack((1 - fy, fy), -1)
-                grad_attn = ((g_w * ax[..., None, :]).sum(-1) * ay).sum(-1)
+                ay = torch.stack((1 - fy, fy), 1)
+                grad_attn = ((g_w * ax[:, None]).sum(2) * ay).sum(1)
             if ctx.needs_input_grad[1]:
-                g_w = g_w * attn[..., None, None]
-                dx = g_w[..., 1] - g_w[..., 0]  # (…, 2): d/dfx per y corner
-                dy = g_w[..., 1, :] - g_w[..., 0, :]  # (…, 2): d/dfy per x corner
-                g_fx = dx[..., 0] * (1 - fy) + dx[..., 1] * fy
-                g_fy = dy[..., 0] * (1 - fx) + dy[..., 1] * fx
-                hp, wp, _ = ctx.spatial
-                w_l = torch.tensor(wp, dtype=fx.dtype, device=fx.device).view(1, 1, 1, levels, 1) - (_PAD_LO + _PAD_HI)
-                h_l = torch.tensor(hp, dtype=fx.dtype, device=fx.device).view(1, 1, 1, levels, 1) - (_PAD_LO + _PAD_HI)
+                dx = g_w[:, :, 1] - g_w[:, :, 0]  # (B, 2 y corners, K): d/dfx
+                dy = g_w[:, 1] - g_w[:, 0]  # (B, 2 x corners, K): d/dfy
+                g_fx = (dx[:, 0] * (1 - fy)).add_(dx[:, 1] * fy).mul_(attn)
+                g_fy = (dy[:, 0] * (1 - fx)).add_(dy[:, 1] * fx).mul_(attn)
                 # d(pixel x)/d(normalised x) = w (grid_sample's unnormalisation); 0 where clamped.
-                grad_loc = torch.stack((g_fx * w_l * inside_x, g_fy * h_l * inside_y), -1)
+                grad_loc = torch.stack((g_fx.mul_(wf).mul_(inside_x), g_fy.mul_(hf).mul_(inside_y)))
         return grad_table, grad_loc, grad_attn, None
+
+
+def _per_sample_weight_grad(grad: Tensor, table: Tensor, rows: Tensor, k: int) -> Tensor:
+    """<grad[bag], table[row]> for every (bag, row) pair, bags of ``k`` consecutive rows.
+
+    The ATen kernel (embedding_bag's per-sample-weight backward) runs on one thread; split the bags
+    over ``torch.get_num_threads()`` Python threads (the kernel releases the GIL).
+    """
+    bags = grad.shape[0]
+    workers = max(1, min(torch.get_num_threads(), bags // 4096))
+    chunk = -(-bags // workers)
+
+    def run(b0: int) -> Tensor:
+        b1 = min(bags, b0 + chunk)
+        nb = b1 - b0
+        offsets = torch.arange(0, nb * k, k, device=grad.device, dtype=rows.dtype)
+        offset2bag = torch.arange(nb, device=grad.device, dtype=rows.dtype).view(-1, 1).expand(nb, k).reshape(-1)
+        return torch.ops.aten._embedding_bag_per_sample_weights_backward(
+            grad[b0:b1], table, rows[b0 * k : b1 * k], offsets, offset2bag, 0, -1
+        )
+
+    starts = list(range(0, bags, chunk))
+    if len(starts) == 1:
+        return run(0)
+    with ThreadPoolExecutor(len(starts)) as pool:
+        return torch.cat(list(pool.map(run, starts)))
+
+
+def _ms_deform_attn_xy(value: Tensor, spatial_shapes, locations_xy: Tensor, attention_weights: Tensor) -> Tensor:
+    """``ms_deform_attn_fast`` with the locations given as (2, N, Lq, heads, levels, points)."""
+    n, _, heads, head_dim = value.shape
+    num_queries = attention_weights.shape[1]
+    spatial_shapes = [(int(h), int(w)) for h, w in spatial_shapes]
+    table = _pad_levels(value, spatial_shapes)
+    bags = n * num_queries * heads
+    out = _MSDeformAttnFunction.apply(
+        table, locations_xy.reshape(2, bags, -1), attention_weights.reshape(bags, -1), spatial_shapes
+    )
+    return out.view(n, num_queries, heads * head_dim)
 
 
 def ms_deform_attn_fast(
     value: Tensor, spatial_shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
 ) -> Tensor:
     """Same contract and result as ``ms_deform_attn_reference``, via one weighted gather over all levels."""
-    spatial_shapes = [(int(h), int(w)) for h, w in spatial_shapes]
-    table = _pad_levels(value, spatial_shapes)
-    return _MSDeformAttnFunction.apply(table, sampling_locations, attention_weights.contiguous(), spatial_shapes)
+    return _ms_deform_attn_xy(value, spatial_shapes, sampling_locations.movedim(-1, 0), attention_weights)
 
 
 def ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights, impl: str = "fast") -> Tensor:
@@ -240,19 +283,26 @@ class MultiScaleDeformableAttention(nn.Module):
         offsets = self.sampling_offsets(query).view(n, num_queries, self.heads, self.levels, self.points, 2)
         weights = self.attention_weights(query).view(n, num_queries, self.heads, self.levels * self.points)
         weights = weights.softmax(-1).view(n, num_queries, self.heads, self.levels, self.points)
+        if reference_points.shape[-1] not in (2, 4):
+            raise ValueError(f"reference_points must end in 2 or 4 coordinates, got {reference_points.shape[-1]}")
+        if self.impl == "fast":
+            # Same arithmetic, element by element, with (x, y) as the outermost dim: (2, N, Lq, heads, levels, points).
+            offsets = offsets.movedim(-1, 0).contiguous()
+            refs = reference_points.movedim(-1, 0)[:, :, :, None, :, None]
+        else:
+            refs = reference_points[:, :, None, :, None, :]
+        xy = 0 if self.impl == "fast" else -1  # the coordinate dim
         if reference_points.shape[-1] == 2:
             # Offsets are in pixels of each level: normalise by (w, h).
-            normalizer = torch.tensor(
-                [[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device
-            )
-            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        elif reference_points.shape[-1] == 4:
-            # Offsets are relative to the reference box: half its size per unit, spread over points.
-            locations = (
-                reference_points[:, :, None, :, None, :2]
-                + offsets / self.points * reference_points[:, :, None, :, None, 2:] * 0.5
-            )
+            normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+            normalizer = normalizer.t()[:, None, None, None, :, None] if xy == 0 else normalizer[None, None, None, :, None, :]
+            locations = refs + offsets / normalizer
         else:
-            raise ValueError(f"reference_points must end in 2 or 4 coordinates, got {reference_points.shape[-1]}")
-        out = ms_deform_attn(value, spatial_shapes, locations, weights, self.impl)
+            # Offsets are relative to the reference box: half its size per unit, spread over points.
+            ref_xy, ref_wh = (refs[:2], refs[2:]) if xy == 0 else (refs[..., :2], refs[..., 2:])
+            locations = ref_xy + offsets / self.points * ref_wh * 0.5
+        if self.impl == "fast":
+            out = _ms_deform_attn_xy(value, spatial_shapes, locations, weights)
+        else:
+            out = ms_deform_attn_reference(value, spatial_shapes, locations, weights)
         return self.output_proj(out)

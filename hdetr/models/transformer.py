@@ -64,9 +64,18 @@ class DecoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
 
-    def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, memory_padding_mask, self_attn_mask):
+    def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, memory_padding_mask, self_attn_mask,
+                query_groups=None):
+        """``query_groups`` (sizes of consecutive query groups that never see each other) replaces a
+        block-diagonal ``self_attn_mask``: one attention per group, no masked scores computed."""
         q = k = tgt + query_pos
-        attn = self.self_attn(q, k, tgt, attn_mask=self_attn_mask, need_weights=False)[0]
+        if query_groups is not None and len(query_groups) > 1:
+            attn = torch.cat([
+                self.self_attn(qg, qg, tg, need_weights=False)[0]
+                for qg, tg in zip(q.split(list(query_groups), 1), tgt.split(list(query_groups), 1))
+            ], 1)
+        else:
+            attn = self.self_attn(q, k, tgt, attn_mask=self_attn_mask, need_weights=False)[0]
         tgt = self.self_attn_norm(tgt + self.dropout1(attn))
         attn = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, memory_padding_mask)
         tgt = self.cross_attn_norm(tgt + self.dropout2(attn))
@@ -216,6 +225,7 @@ class DeformableTransformer(nn.Module):
         class_heads: nn.ModuleList,
         box_heads: nn.ModuleList,
         self_attn_mask: Tensor | None = None,
+        query_groups: tuple[int, ...] | None = None,
     ) -> TransformerOutput:
         spatial_shapes = [(int(s.shape[2]), int(s.shape[3])) for s in srcs]
         src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
@@ -253,11 +263,13 @@ class DeformableTransformer(nn.Module):
             reference_points = self.reference_points_proj(query_pos).sigmoid()
 
         hidden, boxes = self._decode(
-            tgt, query_pos, reference_points, memory, spatial_shapes, mask_flat, valid_ratios, box_heads, self_attn_mask
+            tgt, query_pos, reference_points, memory, spatial_shapes, mask_flat, valid_ratios, box_heads, self_attn_mask,
+            query_groups,
         )
         return TransformerOutput(hidden, boxes, enc_logits, enc_boxes)
 
-    def _decode(self, tgt, query_pos, reference, memory, spatial_shapes, memory_mask, valid_ratios, box_heads, attn_mask):
+    def _decode(self, tgt, query_pos, reference, memory, spatial_shapes, memory_mask, valid_ratios, box_heads, attn_mask,
+                query_groups=None):
         """Run the decoder; each layer predicts a box relative to a reference box.
 
         Layer l refines its sampling reference r_l into n_l = sigmoid(head_l(h_l) + logit(r_l)), and
@@ -279,7 +291,7 @@ class DeformableTransformer(nn.Module):
                 ref_input = reference[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
             else:
                 ref_input = reference[:, :, None] * valid_ratios[:, None]
-            output = layer(output, query_pos, ref_input, memory, spatial_shapes, memory_mask, attn_mask)
+            output = layer(output, query_pos, ref_input, memory, spatial_shapes, memory_mask, attn_mask, query_groups)
             delta = box_heads[lid](output)
             refined = apply(delta, reference)
             hidden.append(output)
