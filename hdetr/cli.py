@@ -9,6 +9,7 @@ import sys
 # verb -> module in hdetr.commands exposing ``add_arguments(parser)`` and ``run(args) -> int``.
 VERBS = {
     "convert": "convert",
+    "bench": "bench",
 }
 
 
