@@ -50,6 +50,8 @@ ATTENTION_IMPLS = ("fast", "reference")
 # x in [-1, w] (y likewise), so all 4 corners always fall inside the padded level and a corner that
 # is off the map reads a zero -- grid_sample's zero padding, with no validity masks.
 _PAD_LO, _PAD_HI = 1, 2
+# Below this many (sample, corner) pairs the value gradient is a direct index_add (no sort).
+_SCATTER_MAX_CORNERS = 1 << 19
 
 
 def _pad_levels(value: Tensor, spatial_shapes) -> Tensor:
@@ -133,7 +135,18 @@ class _MSDeformAttnFunction(torch.autograd.Function):
         grad = grad_out.contiguous()  # (B, head_dim)
         grad_table = grad_loc = grad_attn = None
 
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and 4 * row00.numel() <= _SCATTER_MAX_CORNERS:
+            # Few samples (e.g. a 300-query decoder) against a large table: scatter-add the corner
+            # contributions directly instead of sorting and summing per table row.
+            rows = (row00[:, None, None, :] + corner_offsets).reshape(-1).long()
+            ay = torch.stack((1 - fy, fy), 1).mul_(attn[:, None])
+            ax = torch.stack((1 - fx, fx), 1)
+            weights = (ay[:, :, None] * ax[:, None]).reshape(bags, -1)  # (B, 4K)
+            src = (weights[:, :, None] * grad[:, None, :]).reshape(-1, head_dim)
+            grad_table = torch.zeros(rows_total, head_dim, dtype=grad.dtype, device=grad.device)
+            grad_table.index_add_(0, rows, src)
+            grad_table = grad_table.view(n, s_pad, heads, head_dim)
+        elif ctx.needs_input_grad[0]:
             # Transposed gather. Group the samples by their top-left row (one sort over samples, not
             # corners); corner c of those samples reads the row ``corner_offsets[c]`` further on, and
             # within a padded level that shift never leaves the level.
