@@ -42,8 +42,8 @@ class ModelConfig:
     look_forward_twice: bool = True
     num_queries: int = 300  # one-to-one queries: the ones used at inference
     topk: int = 100  # detections kept per image by the post-processing
-    # fast | reference: the computation path of deformable attention, decoder self-attention and the
-    # matcher. Both give the same numbers (up to float rounding); reference is the plain code
+    # fast | reference: the computation path of deformable attention and of the decoder's grouped
+    # self-attention. Both give the same numbers (up to float rounding); reference is the plain code
     # conformance was established on, fast is the CPU-optimised one (docs/performance.md).
     attention_impl: str = "fast"
 
