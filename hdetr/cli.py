@@ -11,6 +11,7 @@ VERBS = {
     "convert": "convert",
     "check-data": "check_data",
     "export": "export",
+    "bench": "bench",
 }
 
 

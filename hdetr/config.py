@@ -43,6 +43,10 @@ class ModelConfig:
     look_forward_twice: bool = True
     num_queries: int = 300  # one-to-one queries: the ones used at inference
     topk: int = 100  # detections kept per image by the post-processing
+    # fast | reference: the computation path of deformable attention and of the decoder's grouped
+    # self-attention. Both give the same numbers (up to float rounding); reference is the plain code
+    # conformance was established on, fast is the CPU-optimised one (docs/performance.md).
+    attention_impl: str = "fast"
 
 
 @dataclass
@@ -116,6 +120,7 @@ class Config:
 
 
 SCHEMES = ("none", "branch", "epoch", "layer")
+ATTENTION_IMPLS = ("fast", "reference")
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
@@ -286,6 +291,8 @@ def validate(cfg: Config) -> None:
     need(not m.mixed_selection or m.two_stage, "model.mixed_selection needs model.two_stage: true")
     need(m.backbone != "precomputed" or bool(m.backbone_channels),
          "model.backbone_channels must list the feature channels when model.backbone is 'precomputed'")
+    need(m.attention_impl in ATTENTION_IMPLS,
+         f"model.attention_impl must be one of {', '.join(ATTENTION_IMPLS)}, got {m.attention_impl!r}")
     need(h.scheme in SCHEMES, f"hybrid.scheme must be one of {', '.join(SCHEMES)}, got {h.scheme!r}")
     need(h.k >= 1, f"hybrid.k must be >= 1, got {h.k}")
     need(h.num_queries_one2many >= 0, f"hybrid.num_queries_one2many must be >= 0, got {h.num_queries_one2many}")

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
+from .models.deformable_attention import MultiScaleDeformableAttention
 from .postprocess import topk_detections
 
 DEFAULT_OPSET = 18  # GridSample needs >= 16; 18 is well supported by onnxruntime >= 1.14
@@ -134,6 +135,12 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
+    # The graph is traced from the grid_sample reference path (an ONNX GridSample op); the fast path is
+    # a custom autograd kernel with data-dependent index arithmetic that exporters cannot follow.
+    attention = [m for m in model.modules() if isinstance(m, MultiScaleDeformableAttention)]
+    impls = [m.impl for m in attention]
+    for m in attention:
+        m.impl = "reference"
     wrapper = (WithPostprocess(model, topk) if postprocess else RawOutputs(model)).eval()
     inputs = example_inputs(mask_dtype=mask_dtype, postprocess=postprocess)
 
@@ -169,6 +176,8 @@ def export_onnx(
         raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
     finally:
         model.train(was_training)
+        for m, impl in zip(attention, impls):
+            m.impl = impl
 
     meta = {
         META_CLASS_NAMES: json.dumps(list(class_names or [])),

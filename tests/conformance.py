@@ -78,7 +78,8 @@ def load_inputs(case: Path):
     return features, mask, targets, inputs["orig_target_sizes"].long()
 
 
-def run_case(case: Path) -> CaseRun:
+def run_case(case: Path, attention_impl: str | None = None) -> CaseRun:
+    """Run a case; ``attention_impl`` (fast | reference) overrides ``model.attention_impl``."""
     manifest = json.loads((case / "manifest.json").read_text())
     args = manifest["config"]["args"]
     official_state = {k: v.float() for k, v in safe_torch_load(case / "checkpoint.pth")["model"].items()}
@@ -86,6 +87,8 @@ def run_case(case: Path) -> CaseRun:
     derived = manifest.get("derived", {})
     cfg.model.backbone = "precomputed"
     cfg.model.backbone_channels = list(derived["backbone_num_channels"])
+    if attention_impl is not None:
+        cfg.model.attention_impl = attention_impl
     torch.manual_seed(0)
     model = build_model(cfg)
     state = convert_official_state_dict(official_state)

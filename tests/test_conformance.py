@@ -1,9 +1,13 @@
 """Conformance with the official H-Deformable-DETR, for every case folder (see tests/conformance.py).
 
-Set HDETR_CONFORMANCE_DIR to run other case folders of the same format.
+Set HDETR_CONFORMANCE_DIR to run other case folders of the same format. Every case runs with both
+computation paths (``model.attention_impl`` fast and reference); HDETR_ATTENTION_IMPL=fast or
+=reference restricts the run to one.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import pytest
@@ -12,13 +16,15 @@ from safetensors.torch import load_file
 from conformance import case_dirs, run_case
 
 CASES = case_dirs()
+IMPLS = [i for i in ("fast", "reference") if os.environ.get("HDETR_ATTENTION_IMPL", i) == i]
+PARAMS = [(c, impl) for c in CASES for impl in IMPLS]
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[c.name for c in CASES])
+@pytest.fixture(scope="module", params=PARAMS, ids=[f"{c.name}-{impl}" for c, impl in PARAMS])
 def case(request):
     torch.set_num_threads(2)
-    path = request.param
-    return path, run_case(path)
+    path, impl = request.param
+    return path, run_case(path, attention_impl=impl)
 
 
 def tol(manifest: dict, group: str) -> dict:
@@ -28,6 +34,7 @@ def tol(manifest: dict, group: str) -> dict:
 
 def test_there_are_cases():
     assert CASES, "no conformance case folders found"
+    assert IMPLS, "HDETR_ATTENTION_IMPL must be fast or reference"
 
 
 def test_train_outputs(case):

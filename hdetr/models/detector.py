@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from .backbone import build_backbone
+from .deformable_attention import ATTENTION_IMPLS, MultiScaleDeformableAttention
 from .position_encoding import SinePositionEncoding, downsample_mask
 from .transformer import DeformableTransformer
 
@@ -83,6 +84,7 @@ class HDETR(nn.Module):
             mixed_selection=cfg.mixed_selection,
             look_forward_twice=cfg.look_forward_twice,
             with_box_refine=cfg.with_box_refine,
+            attention_impl=cfg.attention_impl,
         )
         total = self.num_queries + num_queries_one2many
         if not cfg.two_stage:
@@ -107,6 +109,19 @@ class HDETR(nn.Module):
             self.box_heads = nn.ModuleList(box_head for _ in range(num_heads))
         if not cfg.two_stage:
             nn.init.constant_(self.box_heads[0].layers[-1].bias[2:], -2.0)
+
+    @property
+    def attention_impl(self) -> str:
+        return self.cfg.attention_impl
+
+    def set_attention_impl(self, impl: str) -> None:
+        """Switch every fast path (deformable attention, grouped self-attention) on or off in place."""
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"unknown attention_impl {impl!r}; choose one of {', '.join(ATTENTION_IMPLS)}")
+        self.cfg.attention_impl = impl
+        for m in self.modules():
+            if isinstance(m, MultiScaleDeformableAttention):
+                m.impl = impl
 
     def active_queries(self) -> tuple[int, int]:
         """(one2one, one2many) queries of the next forward: the extra group exists only in training."""
@@ -138,8 +153,14 @@ class HDETR(nn.Module):
         n_o2o, n_o2m = self.active_queries()
         total = n_o2o + n_o2m
         query_embed = None if self.query_embedding is None else self.query_embedding.weight[:total]
-        attn_mask = query_group_mask(n_o2o, total, mask.device) if n_o2m else None
-        out = self.transformer(srcs, masks, pos, query_embed, total, self.class_heads, self.box_heads, attn_mask)
+        attn_mask = groups = None
+        if n_o2m and self.attention_impl == "fast":
+            groups = (n_o2o, n_o2m)  # two separate self-attentions instead of one masked one
+        elif n_o2m:
+            attn_mask = query_group_mask(n_o2o, total, mask.device)
+        out = self.transformer(
+            srcs, masks, pos, query_embed, total, self.class_heads, self.box_heads, attn_mask, query_groups=groups
+        )
 
         logits = torch.stack([self.class_heads[i](h) for i, h in enumerate(out.hidden_states)])
         return assemble_outputs(logits, out.boxes, n_o2o, out.enc_logits, out.enc_boxes)

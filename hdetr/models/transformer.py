@@ -34,9 +34,10 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, d_model: int, d_ffn: int, dropout: float, levels: int, heads: int, points: int):
+    def __init__(self, d_model: int, d_ffn: int, dropout: float, levels: int, heads: int, points: int,
+                 attention_impl: str = "fast"):
         super().__init__()
-        self.self_attn = MultiScaleDeformableAttention(d_model, levels, heads, points)
+        self.self_attn = MultiScaleDeformableAttention(d_model, levels, heads, points, attention_impl)
         self.self_attn_norm = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, d_ffn, dropout)
         self.ffn_norm = nn.LayerNorm(d_model)
@@ -51,20 +52,30 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """Self-attention among queries (masked between query groups), then deformable cross-attention."""
 
-    def __init__(self, d_model: int, d_ffn: int, dropout: float, levels: int, heads: int, points: int):
+    def __init__(self, d_model: int, d_ffn: int, dropout: float, levels: int, heads: int, points: int,
+                 attention_impl: str = "fast"):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
         self.self_attn_norm = nn.LayerNorm(d_model)
-        self.cross_attn = MultiScaleDeformableAttention(d_model, levels, heads, points)
+        self.cross_attn = MultiScaleDeformableAttention(d_model, levels, heads, points, attention_impl)
         self.cross_attn_norm = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, d_ffn, dropout)
         self.ffn_norm = nn.LayerNorm(d_model)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
 
-    def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, memory_padding_mask, self_attn_mask):
+    def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, memory_padding_mask, self_attn_mask,
+                query_groups=None):
+        """``query_groups`` (sizes of consecutive query groups that never see each other) replaces a
+        block-diagonal ``self_attn_mask``: one attention per group, no masked scores computed."""
         q = k = tgt + query_pos
-        attn = self.self_attn(q, k, tgt, attn_mask=self_attn_mask, need_weights=False)[0]
+        if query_groups is not None and len(query_groups) > 1:
+            attn = torch.cat([
+                self.self_attn(qg, qg, tg, need_weights=False)[0]
+                for qg, tg in zip(q.split(list(query_groups), 1), tgt.split(list(query_groups), 1))
+            ], 1)
+        else:
+            attn = self.self_attn(q, k, tgt, attn_mask=self_attn_mask, need_weights=False)[0]
         tgt = self.self_attn_norm(tgt + self.dropout1(attn))
         attn = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, memory_padding_mask)
         tgt = self.cross_attn_norm(tgt + self.dropout2(attn))
@@ -131,6 +142,7 @@ class DeformableTransformer(nn.Module):
         mixed_selection: bool = False,
         look_forward_twice: bool = False,
         with_box_refine: bool = False,
+        attention_impl: str = "fast",
     ):
         super().__init__()
         if two_stage and d_model != 256:
@@ -142,10 +154,10 @@ class DeformableTransformer(nn.Module):
         self.look_forward_twice = look_forward_twice
         self.with_box_refine = with_box_refine
         self.encoder_layers = nn.ModuleList(
-            EncoderLayer(d_model, d_ffn, dropout, levels, heads, enc_points) for _ in range(enc_layers)
+            EncoderLayer(d_model, d_ffn, dropout, levels, heads, enc_points, attention_impl) for _ in range(enc_layers)
         )
         self.decoder_layers = nn.ModuleList(
-            DecoderLayer(d_model, d_ffn, dropout, levels, heads, dec_points) for _ in range(dec_layers)
+            DecoderLayer(d_model, d_ffn, dropout, levels, heads, dec_points, attention_impl) for _ in range(dec_layers)
         )
         self.level_embed = nn.Parameter(torch.empty(levels, d_model))
         if two_stage:
@@ -215,6 +227,7 @@ class DeformableTransformer(nn.Module):
         class_heads: nn.ModuleList,
         box_heads: nn.ModuleList,
         self_attn_mask: Tensor | None = None,
+        query_groups: tuple[int, ...] | None = None,
     ) -> TransformerOutput:
         # Sizes stay as given by .shape (plain ints in eager mode, symbolic under torch.export).
         spatial_shapes = [(s.shape[2], s.shape[3]) for s in srcs]
@@ -259,11 +272,13 @@ class DeformableTransformer(nn.Module):
             reference_points = self.reference_points_proj(query_pos).sigmoid()
 
         hidden, boxes = self._decode(
-            tgt, query_pos, reference_points, memory, spatial_shapes, mask_flat, valid_ratios, box_heads, self_attn_mask
+            tgt, query_pos, reference_points, memory, spatial_shapes, mask_flat, valid_ratios, box_heads, self_attn_mask,
+            query_groups,
         )
         return TransformerOutput(hidden, boxes, enc_logits, enc_boxes)
 
-    def _decode(self, tgt, query_pos, reference, memory, spatial_shapes, memory_mask, valid_ratios, box_heads, attn_mask):
+    def _decode(self, tgt, query_pos, reference, memory, spatial_shapes, memory_mask, valid_ratios, box_heads, attn_mask,
+                query_groups=None):
         """Run the decoder; each layer predicts a box relative to a reference box.
 
         Layer l refines its sampling reference r_l into n_l = sigmoid(head_l(h_l) + logit(r_l)), and
@@ -285,7 +300,7 @@ class DeformableTransformer(nn.Module):
                 ref_input = reference[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
             else:
                 ref_input = reference[:, :, None] * valid_ratios[:, None]
-            output = layer(output, query_pos, ref_input, memory, spatial_shapes, memory_mask, attn_mask)
+            output = layer(output, query_pos, ref_input, memory, spatial_shapes, memory_mask, attn_mask, query_groups)
             delta = box_heads[lid](output)
             refined = apply(delta, reference)
             hidden.append(output)

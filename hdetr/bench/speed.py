@@ -1,0 +1,465 @@
+"""Speed of the full-size R50 H-DETR on this machine (Benchmarks section 2).
+
+The backbone is replaced by precomputed stride-8/16/32 feature maps of one 800x1066 image (or, with
+``--real-backbone``, a randomly initialised ResNet-50 runs on the image). Measured, median over
+``--repeats`` after one warm-up (none with ``--quick``):
+
+- a training step of the hybrid-branch model (300 one-to-one + 1500 one-to-many queries) and of the
+  one-to-one baseline (300 queries), split into forward, loss (matching included), backward and
+  optimizer step (gradient clipping + AdamW);
+- the matcher alone (every Hungarian matching of one hybrid training step);
+- an eval-mode forward (300 queries, no gradients);
+- multi-scale deformable attention alone at the encoder's size (every token a query), forward and
+  backward.
+
+``--impl both`` times the fast and the reference computation paths side by side in one process,
+interleaved, on the same weights. Results go to the screen and to ``--out`` as JSON, with the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+TARGETS = {  # fast path, full size (docs/performance.md)
+    "hybrid.train_step": ("<=", 16.0, "s"),
+    "eval.forward": ("<=", 3.0, "s"),
+    "hybrid_overhead": ("<=", 0.20, "fraction"),
+}
+HYBRID_PRESET = "r50_hybrid_branch_12ep"
+BASELINE_PRESET = "r50_baseline_12ep"
+FEATURE_CHANNELS = (512, 1024, 2048)
+FEATURE_STRIDES = (8, 16, 32)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--repeats", type=int, default=None, help="timed repetitions per measurement (default 3, --quick 1)")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    p.add_argument("--impl", choices=["fast", "reference", "both"], default="fast",
+                   help="computation path (model.attention_impl); 'both' times them side by side")
+    p.add_argument("--quick", action="store_true", help="smoke run: 384x512 image, 1 repeat, no warm-up")
+    p.add_argument("--real-backbone", action="store_true", help="run a (randomly initialised) ResNet-50 on the image")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="image size (default 800 1066; --quick 384 512)")
+    p.add_argument("--boxes", type=int, default=8, help="ground-truth boxes in the synthetic target (default 8)")
+    p.add_argument("--only", nargs="+", default=None,
+                   choices=["hybrid", "baseline", "matcher", "eval", "attention"], help="run only these measurements")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="also profile one hybrid training step per impl (torch.profiler) and write the op tables here")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"), help="JSON results file")
+
+
+# -- machine --------------------------------------------------------------------------------------
+def machine_info() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda_available": torch.cuda.is_available(),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "git_commit": commit,
+    }
+
+
+# -- setup ----------------------------------------------------------------------------------------
+class Timer:
+    """Wall and process-CPU time of a block (CPU time shows how much the machine was shared)."""
+
+    def __enter__(self):
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall0
+        self.cpu = time.process_time() - self.cpu0
+
+
+def synthetic_inputs(image_size, boxes: int, real_backbone: bool, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = image_size
+    mask = torch.zeros(1, h, w, dtype=torch.bool)
+    image = torch.randn(1, 3, h, w, generator=g) if real_backbone else None
+    features = None
+    if not real_backbone:
+        features = [torch.randn(1, c, -(-h // s), -(-w // s), generator=g) for c, s in zip(FEATURE_CHANNELS, FEATURE_STRIDES)]
+    cxcy = torch.rand(boxes, 2, generator=g) * 0.6 + 0.2
+    wh = torch.rand(boxes, 2, generator=g) * 0.3 + 0.05
+    targets = [{"labels": torch.randint(0, 91, (boxes,), generator=g), "boxes": torch.cat([cxcy, wh], 1)}]
+    return image, mask, features, targets
+
+
+def build(preset: str, impl: str, real_backbone: bool):
+    import torch
+
+    from ..config import load_config
+    from ..hybrid import matching_plan
+    from ..losses import SetCriterion
+    from ..models import build_model
+
+    overrides = [f"model.attention_impl={impl}"]
+    if not real_backbone:
+        overrides += ["model.backbone=precomputed", f"model.backbone_channels={list(FEATURE_CHANNELS)}"]
+    cfg = load_config(preset, overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    criterion = SetCriterion(cfg.model.num_classes, cfg.loss)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return cfg, model, criterion, optimizer, matching_plan(cfg, epoch=0)
+
+
+# -- measurements ---------------------------------------------------------------------------------
+def _record(results: dict, impl: str, name: str, t: Timer) -> None:
+    entry = results.setdefault(impl, {}).setdefault(name, {"wall_s": [], "cpu_s": []})
+    entry["wall_s"].append(t.wall)
+    entry["cpu_s"].append(t.cpu)
+
+
+def _schedule(impls, repeats: int, warmup: int):
+    """(repeat index or None for warm-up, impl) pairs; impl order alternates between repeats."""
+    order = []
+    for r in range(warmup + repeats):
+        seq = impls if r % 2 == 0 else impls[::-1]
+        order += [(None if r < warmup else r - warmup, impl) for impl in seq]
+    return order
+
+
+def measure_train(preset: str, tag: str, impls, inputs, args, results: dict, checks: dict, warmup: int) -> None:
+    import torch
+
+    image, mask, features, targets = inputs
+    cfg, model, criterion, optimizer, plan = build(preset, impls[0], args.real_backbone)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for rep, impl in _schedule(impls, args.repeats, warmup):
+        model.set_attention_impl(impl)
+        optimizer.zero_grad(set_to_none=True)
+        with Timer() as t_fwd:
+            out = model(image, mask, features=features)
+        with Timer() as t_loss:
+            losses = criterion(out, targets, plan)
+            total = criterion.total(losses)
+        with Timer() as t_bwd:
+            total.backward()
+        if rep is None:
+            # Warm-ups skip the optimizer step, so every impl's warm-up sees the same weights.
+            checks.setdefault(f"{tag}.loss_total", {})[impl] = float(total.detach())
+            continue
+        with Timer() as t_opt:
+            torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_max_norm)
+            optimizer.step()
+        step = Timer()
+        step.wall = t_fwd.wall + t_loss.wall + t_bwd.wall
+        step.cpu = t_fwd.cpu + t_loss.cpu + t_bwd.cpu
+        for name, t in (("forward", t_fwd), ("loss", t_loss), ("backward", t_bwd), ("optimizer_step", t_opt),
+                        ("train_step", step)):
+            _record(results, impl, f"{tag}.{name}", t)
+        del out, losses, total
+
+
+def measure_matcher(impls, inputs, args, results: dict, warmup: int) -> None:
+    """All matcher calls of one hybrid training step, on fixed (detached) outputs."""
+    import torch
+
+    from ..losses import binary_targets, repeat_targets
+
+    image, mask, features, targets = inputs
+    cfg, model, criterion, _, plan = build(HYBRID_PRESET, impls[0], args.real_backbone)
+    model.train()
+    with torch.no_grad():
+        out = model(image, mask, features=features)
+    main = out["aux_outputs"] + [{"pred_logits": out["pred_logits"], "pred_boxes": out["pred_boxes"]}]
+    extra = out["aux_outputs_one2many"] + [
+        {"pred_logits": out["pred_logits_one2many"], "pred_boxes": out["pred_boxes_one2many"]}
+    ]
+    calls = [(o, repeat_targets(targets, k)) for o, k in zip(main, plan.layer_repeats)]
+    if "enc_outputs" in out:
+        calls.append((out["enc_outputs"], repeat_targets(binary_targets(targets), plan.enc_repeats)))
+    calls += [(o, repeat_targets(targets, plan.branch_repeats)) for o in extra]
+    for rep, impl in _schedule(impls, args.repeats, warmup):
+        with Timer() as t:
+            for o, tg in calls:
+                criterion.matcher(o, tg)
+        if rep is not None:
+            _record(results, impl, "matcher.hybrid_step", t)
+
+
+def measure_eval(impls, inputs, args, results: dict, checks: dict, warmup: int) -> None:
+    import torch
+
+    image, mask, features, _ = inputs
+    _, model, _, _, _ = build(HYBRID_PRESET, impls[0], args.real_backbone)
+    model.eval()
+    outs = {}
+    for rep, impl in _schedule(impls, args.repeats, warmup):
+        model.set_attention_impl(impl)
+        with torch.no_grad(), Timer() as t:
+            out = model(image, mask, features=features)
+        outs[impl] = out
+        if rep is not None:
+            _record(results, impl, "eval.forward", t)
+    if len(outs) == 2:
+        a, b = outs.values()
+        if "enc_outputs" in a:
+            # Two-stage: the decoder queries are the top-k encoder proposals. Near-tied proposal scores
+            # (17821 of them at full size) may swap places under float rounding, which changes which
+            # proposal a query slot holds; compare the proposal scores, then the slots that agree.
+            ea, eb = a["enc_outputs"]["pred_logits"], b["enc_outputs"]["pred_logits"]
+            checks["eval.enc_logits_max_abs_diff"] = float((ea - eb).abs().max())
+            k = a["pred_logits"].shape[1]
+            same = torch.topk(ea[..., 0], k, dim=1)[1] == torch.topk(eb[..., 0], k, dim=1)[1]
+            checks["eval.query_slots_with_same_proposal"] = f"{int(same.sum())}/{same.numel()}"
+            diff = (a["pred_logits"] - b["pred_logits"]).abs().amax(-1)[same]
+            checks["eval.pred_logits_max_abs_diff"] = float(diff.max()) if diff.numel() else None
+        else:
+            checks["eval.pred_logits_max_abs_diff"] = float((a["pred_logits"] - b["pred_logits"]).abs().max())
+
+
+def measure_attention(impls, image_size, args, results: dict, checks: dict, warmup: int) -> None:
+    """Deformable attention alone, as in an encoder layer: every token of the 4 levels is a query."""
+    import torch
+
+    from ..models.deformable_attention import ms_deform_attn_fast, ms_deform_attn_reference
+
+    fns = {"fast": ms_deform_attn_fast, "reference": ms_deform_attn_reference}
+    h, w = image_size
+    shapes = []
+    for s in FEATURE_STRIDES:
+        shapes.append((-(-h // s), -(-w // s)))
+    shapes.append((-(-shapes[-1][0] // 2), -(-shapes[-1][1] // 2)))  # the extra stride-64 level
+    heads, head_dim, levels, points = 8, 32, len(shapes), 4
+    tokens = sum(a * b for a, b in shapes)
+    g = torch.Generator().manual_seed(0)
+    value = torch.randn(1, tokens, heads, head_dim, generator=g).requires_grad_()
+    # Samples around each token's own position, a few pixels away, some off the map.
+    refs = torch.cat([torch.stack(torch.meshgrid((torch.arange(a) + 0.5) / a, (torch.arange(b) + 0.5) / b,
+                                                 indexing="ij")[::-1], -1).view(-1, 2) for a, b in shapes])
+    offsets = torch.randn(1, tokens, heads, levels, points, 2, generator=g) * 0.02
+    locations = (refs[None, :, None, None, None, :] + offsets).requires_grad_()
+    weights = torch.randn(1, tokens, heads, levels * points, generator=g).softmax(-1)
+    weights = weights.view(1, tokens, heads, levels, points).requires_grad_()
+    grad_out = torch.randn(1, tokens, heads * head_dim, generator=g)
+    outs = {}
+    for rep, impl in _schedule(impls, args.repeats, warmup):
+        for t in (value, locations, weights):
+            t.grad = None
+        with Timer() as t_fwd:
+            out = fns[impl](value, shapes, locations, weights)
+        with Timer() as t_bwd:
+            out.backward(grad_out)
+        outs[impl] = (out.detach(), value.grad.clone(), locations.grad.clone(), weights.grad.clone())
+        if rep is not None:
+            _record(results, impl, "attention.forward", t_fwd)
+            _record(results, impl, "attention.backward", t_bwd)
+    if len(outs) == 2:
+        a, b = outs.values()
+        for name, x, y in zip(("out", "grad_value", "grad_locations", "grad_weights"), a, b):
+            checks[f"attention.{name}_max_abs_diff"] = float((x - y).abs().max())
+    checks["attention.shape"] = {"queries": tokens, "heads": heads, "head_dim": head_dim, "levels": levels,
+                                 "points": points, "spatial_shapes": shapes}
+
+
+def profile_step(impl: str, inputs, args, out_dir: Path) -> Path:
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    image, mask, features, targets = inputs
+    cfg, model, criterion, _, plan = build(HYBRID_PRESET, impl, args.real_backbone)
+    model.train()
+
+    def step():
+        with record_function("## forward"):
+            out = model(image, mask, features=features)
+        with record_function("## loss"):
+            total = criterion.total(criterion(out, targets, plan))
+        with record_function("## backward"):
+            total.backward()
+
+    step()  # warm-up
+    model.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"profile_hybrid_step_{impl}.txt"
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=60)
+    shapes = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=50, max_shapes_column_width=90
+    )
+    path.write_text(f"hybrid training step (forward+loss+backward), impl={impl}\n\n{table}\n\nby input shape:\n{shapes}\n")
+    return path
+
+
+# -- report ---------------------------------------------------------------------------------------
+ROWS = [
+    ("hybrid.forward", "hybrid  forward"),
+    ("hybrid.loss", "hybrid  loss (matching incl.)"),
+    ("hybrid.backward", "hybrid  backward"),
+    ("hybrid.optimizer_step", "hybrid  optimizer step"),
+    ("hybrid.train_step", "hybrid  TRAIN STEP (fwd+loss+bwd)"),
+    ("baseline.forward", "baseline forward"),
+    ("baseline.loss", "baseline loss (matching incl.)"),
+    ("baseline.backward", "baseline backward"),
+    ("baseline.optimizer_step", "baseline optimizer step"),
+    ("baseline.train_step", "baseline TRAIN STEP (fwd+loss+bwd)"),
+    ("matcher.hybrid_step", "matcher, all calls of a hybrid step"),
+    ("eval.forward", "EVAL FORWARD (300 queries)"),
+    ("attention.forward", "deformable attn fwd (encoder size)"),
+    ("attention.backward", "deformable attn bwd (encoder size)"),
+]
+
+
+def summarise(results: dict) -> dict:
+    summary = {}
+    for impl, entries in results.items():
+        s = {name: {"median_s": statistics.median(e["wall_s"]), "median_cpu_s": statistics.median(e["cpu_s"]),
+                    "wall_s": e["wall_s"], "cpu_s": e["cpu_s"]} for name, e in entries.items()}
+        if "hybrid.train_step" in s and "baseline.train_step" in s:
+            s["hybrid_overhead"] = {"median": s["hybrid.train_step"]["median_s"] / s["baseline.train_step"]["median_s"] - 1}
+        summary[impl] = s
+    return summary
+
+
+def format_table(summary: dict, header: str) -> str:
+    impls = list(summary)
+    lines = [header, f"{'median seconds':40s}" + "".join(f"{i:>12s}" for i in impls)
+             + ("   speed-up" if len(impls) == 2 else "")]
+    for key, label in ROWS:
+        if not any(key in summary[i] for i in impls):
+            continue
+        vals = [summary[i].get(key, {}).get("median_s") for i in impls]
+        line = f"{label:40s}" + "".join(f"{v:12.3f}" if v is not None else f"{'-':>12s}" for v in vals)
+        if len(impls) == 2 and None not in vals and impls == ["fast", "reference"]:
+            line += f"   x{vals[1] / vals[0]:.2f}"
+        lines.append(line)
+    if any("hybrid_overhead" in summary[i] for i in impls):
+        vals = [summary[i].get("hybrid_overhead", {}).get("median") for i in impls]
+        lines.append(f"{'hybrid overhead over baseline':40s}"
+                     + "".join(f"{v * 100:+11.1f}%" if v is not None else f"{'-':>12s}" for v in vals))
+    return "\n".join(lines)
+
+
+def check_targets(summary: dict, quick: bool, real_backbone: bool, image_size) -> dict | None:
+    if quick or real_backbone or tuple(image_size) != (800, 1066) or "fast" not in summary:
+        return None  # the targets are for the full-size precomputed-feature setup
+    out = {}
+    for key, (op, limit, unit) in TARGETS.items():
+        entry = summary["fast"].get(key)
+        if entry is None:
+            continue
+        value = entry.get("median_s", entry.get("median"))
+        out[key] = {"value": value, "limit": limit, "unit": unit, "met": value <= limit}
+    return out
+
+
+def run_speed(args) -> int:
+    import torch
+
+    from ..errors import UserError
+
+    if args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    if args.repeats is not None and args.repeats < 1:
+        raise UserError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.boxes < 0:
+        raise UserError(f"--boxes must be >= 0, got {args.boxes}")
+    torch.set_num_threads(args.threads)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    image_size = tuple(args.image_size or ((384, 512) if args.quick else (800, 1066)))
+    warmup = 0 if args.quick else 1
+    h, w = image_size
+    sides = [(-(-h // st), -(-w // st)) for st in FEATURE_STRIDES]
+    tokens = sum(a * b for a, b in sides) + (-(-sides[-1][0] // 2)) * (-(-sides[-1][1] // 2))
+    if tokens < 1800:  # two-stage picks 300 + 1500 proposals among the encoder tokens
+        raise UserError(f"--image-size {h} {w} gives {tokens} encoder tokens, fewer than the 1800 queries; use at least 288 352")
+    impls = ["fast", "reference"] if args.impl == "both" else [args.impl]
+    only = set(args.only or ["hybrid", "baseline", "matcher", "eval", "attention"])
+    inputs = synthetic_inputs(image_size, args.boxes, args.real_backbone)
+
+    machine = machine_info()
+    setup = "ResNet-50 backbone on the image" if args.real_backbone else "precomputed backbone features"
+    header = (f"hdetr bench speed: R50 H-DETR ({HYBRID_PRESET} / {BASELINE_PRESET}), {setup}, one "
+              f"{image_size[0]}x{image_size[1]} image, {args.boxes} boxes, {args.threads} threads, "
+              f"median of {args.repeats}\n{machine['cpu']}, {machine['usable_cores']} usable cores, torch {machine['torch']}")
+    print(header, flush=True)
+    results, checks = {impl: {} for impl in impls}, {}
+    started = time.perf_counter()
+    steps = [
+        ("hybrid", lambda: measure_train(HYBRID_PRESET, "hybrid", impls, inputs, args, results, checks, warmup)),
+        ("baseline", lambda: measure_train(BASELINE_PRESET, "baseline", impls, inputs, args, results, checks, warmup)),
+        ("matcher", lambda: measure_matcher(impls, inputs, args, results, warmup)),
+        ("eval", lambda: measure_eval(impls, inputs, args, results, checks, warmup)),
+        ("attention", lambda: measure_attention(impls, image_size, args, results, checks, warmup)),
+    ]
+    for name, fn in steps:
+        if name in only:
+            print(f"  measuring {name} ...", flush=True)
+            fn()
+    profiles = []
+    if args.profile:
+        for impl in impls:
+            print(f"  profiling a hybrid training step ({impl}) ...", flush=True)
+            profiles.append(str(profile_step(impl, inputs, args, args.profile)))
+
+    summary = summarise(results)
+    print()
+    print(format_table(summary, header))
+    targets = check_targets(summary, args.quick, args.real_backbone, image_size)
+    if targets:
+        print("targets (fast path): " + ", ".join(
+            f"{k} {v['value']:.3g} <= {v['limit']:g}: {'met' if v['met'] else 'NOT met'}" for k, v in targets.items()))
+    for key, value in checks.items():
+        if "diff" in key or key.endswith("loss_total"):
+            print(f"check {key}: {value}")
+    machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    report = {
+        "benchmark": "speed",
+        "machine": machine,
+        "settings": {
+            "presets": {"hybrid": HYBRID_PRESET, "baseline": BASELINE_PRESET},
+            "backbone": "resnet50 (random init)" if args.real_backbone else "precomputed features",
+            "image_size": list(image_size), "boxes": args.boxes, "threads": args.threads, "repeats": args.repeats,
+            "warmup": warmup, "impls": impls, "quick": args.quick,
+            "train_step": "forward + loss (matching included) + backward; optimizer_step (clip + AdamW) reported apart",
+        },
+        "results": summary,
+        "checks": checks,
+        "targets": targets,
+        "profiles": profiles,
+        "elapsed_s": time.perf_counter() - started,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+run = run_speed

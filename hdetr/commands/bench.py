@@ -1,0 +1,30 @@
+"""Benchmarks: `hdetr bench speed` (and further subcommands, one module each in hdetr.bench).
+
+Each subcommand lives in ``hdetr.bench.<module>`` and exposes ``add_arguments(parser)`` and
+``run(args) -> int``; add it to SUBCOMMANDS below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# subcommand -> module in hdetr.bench
+SUBCOMMANDS = {
+    "speed": "speed",
+}
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(f"hdetr.bench.{module_name}")
+        doc = module.__doc__ or name
+        sp = sub.add_parser(name, help=doc.strip().splitlines()[0], description=doc,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sp)
+        sp.set_defaults(_bench_run=module.run)
+
+
+def run(args) -> int:
+    return int(args._bench_run(args) or 0)
