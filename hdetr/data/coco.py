@@ -1,0 +1,317 @@
+"""COCO-format detection datasets, category mapping and dataset layout detection."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from faster_coco_eval import COCO
+from PIL import Image, ImageOps
+from torchvision.transforms import v2
+
+from hdetr.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetrTransforms
+
+# The 80 COCO 2017 detection categories (id -> name). Ids are sparse up to 90;
+# DETR keeps the sparse ids as class indices, hence 91 logits.
+COCO_CATEGORIES: dict[int, str] = {
+    1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus",
+    7: "train", 8: "truck", 9: "boat", 10: "traffic light", 11: "fire hydrant",
+    13: "stop sign", 14: "parking meter", 15: "bench", 16: "bird", 17: "cat", 18: "dog",
+    19: "horse", 20: "sheep", 21: "cow", 22: "elephant", 23: "bear", 24: "zebra",
+    25: "giraffe", 27: "backpack", 28: "umbrella", 31: "handbag", 32: "tie",
+    33: "suitcase", 34: "frisbee", 35: "skis", 36: "snowboard", 37: "sports ball",
+    38: "kite", 39: "baseball bat", 40: "baseball glove", 41: "skateboard",
+    42: "surfboard", 43: "tennis racket", 44: "bottle", 46: "wine glass", 47: "cup",
+    48: "fork", 49: "knife", 50: "spoon", 51: "bowl", 52: "banana", 53: "apple",
+    54: "sandwich", 55: "orange", 56: "broccoli", 57: "carrot", 58: "hot dog",
+    59: "pizza", 60: "donut", 61: "cake", 62: "chair", 63: "couch", 64: "potted plant",
+    65: "bed", 67: "dining table", 70: "toilet", 72: "tv", 73: "laptop", 74: "mouse",
+    75: "remote", 76: "keyboard", 77: "cell phone", 78: "microwave", 79: "oven",
+    80: "toaster", 81: "sink", 82: "refrigerator", 84: "book", 85: "clock", 86: "vase",
+    87: "scissors", 88: "teddy bear", 89: "hair drier", 90: "toothbrush",
+}
+COCO_NUM_CLASSES = 91
+UNUSED_CLASS_NAME = "N/A"
+
+CATEGORY_MODES = ("coco", "contiguous")
+
+
+@dataclass(frozen=True)
+class CategoryMap:
+    """COCO category ids <-> model class indices <-> names.
+
+    ``coco`` mode keeps the sparse COCO ids as indices (num_classes 91, holes
+    named ``N/A``) so official DETR checkpoints line up; ``contiguous`` mode
+    numbers the categories 0..N-1 in ascending id order.
+    """
+
+    mode: str
+    cat_ids: tuple[int, ...]
+    cat_names: tuple[str, ...]
+    _to_index: dict[int, int] = field(init=False, repr=False, compare=False)
+    _to_cat: dict[int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.mode not in CATEGORY_MODES:
+            raise ValueError(f"unknown category mode {self.mode!r}; expected one of {CATEGORY_MODES}")
+        if len(self.cat_ids) != len(self.cat_names):
+            raise ValueError("cat_ids and cat_names must have the same length")
+        if len(set(self.cat_ids)) != len(self.cat_ids):
+            raise ValueError(f"duplicate category ids in {list(self.cat_ids)}")
+        if list(self.cat_ids) != sorted(self.cat_ids):
+            raise ValueError("cat_ids must be sorted ascending")
+        if self.mode == "coco":
+            bad = [c for c in self.cat_ids if not 0 < c < COCO_NUM_CLASSES]
+            if bad:
+                raise ValueError(f"coco mode needs category ids in 1..{COCO_NUM_CLASSES - 1}, got {bad}")
+            to_index = {c: c for c in self.cat_ids}
+        else:
+            to_index = {c: i for i, c in enumerate(self.cat_ids)}
+        object.__setattr__(self, "_to_index", to_index)
+        object.__setattr__(self, "_to_cat", {i: c for c, i in to_index.items()})
+
+    @property
+    def num_classes(self) -> int:
+        return COCO_NUM_CLASSES if self.mode == "coco" else len(self.cat_ids)
+
+    @property
+    def names(self) -> list[str]:
+        out = [UNUSED_CLASS_NAME] * self.num_classes
+        for cat_id, name in zip(self.cat_ids, self.cat_names):
+            out[self._to_index[cat_id]] = name
+        return out
+
+    @property
+    def index_to_cat_id(self) -> dict[int, int]:
+        return dict(self._to_cat)
+
+    @property
+    def cat_id_to_index(self) -> dict[int, int]:
+        return dict(self._to_index)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "cat_ids": list(self.cat_ids), "names": list(self.cat_names)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CategoryMap:
+        return cls(mode=d["mode"], cat_ids=tuple(int(c) for c in d["cat_ids"]), cat_names=tuple(d["names"]))
+
+    @classmethod
+    def from_categories(cls, categories: list[dict], mode: str = "auto") -> CategoryMap:
+        """From a COCO ``categories`` list; ``mode='auto'`` picks coco mode only
+        for the genuine 80 COCO categories."""
+        cats = sorted(categories, key=lambda c: int(c["id"]))
+        ids = tuple(int(c["id"]) for c in cats)
+        names = tuple(str(c.get("name", c["id"])) for c in cats)
+        if mode == "auto":
+            mode = "coco" if _is_coco80(ids, names) else "contiguous"
+        return cls(mode=mode, cat_ids=ids, cat_names=names)
+
+    @classmethod
+    def from_coco(cls, coco: COCO, mode: str = "auto") -> CategoryMap:
+        return cls.from_categories(list(coco.cats.values()), mode=mode)
+
+
+def _is_coco80(ids: tuple[int, ...], names: tuple[str, ...]) -> bool:
+    if set(ids) != set(COCO_CATEGORIES):
+        return False
+    return all(COCO_CATEGORIES[i].lower() == n.lower() for i, n in zip(ids, names))
+
+
+def default_eval_transforms() -> DetrTransforms:
+    """No geometry change, just float + ImageNet normalisation + box normalisation."""
+    return DetrTransforms(
+        v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
+    )
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        return im.convert("RGB")
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """COCO-format detection dataset returning ``(image, target)`` for DETR.
+
+    ``target``: ``boxes`` (n,4) float32 normalised cx,cy,w,h of the transformed
+    unpadded image, ``labels`` int64 model class indices, ``image_id`` int64
+    scalar, ``orig_size`` and ``size`` int64 [h, w] before / after transforms.
+    """
+
+    def __init__(
+        self,
+        images_dir: str | os.PathLike,
+        ann_file: str | os.PathLike | dict,
+        transforms=None,
+        category_map: CategoryMap | None = None,
+    ):
+        self.images_dir = Path(images_dir)
+        self.coco = COCO(ann_file if isinstance(ann_file, dict) else str(ann_file))
+        self.ids = sorted(self.coco.imgs.keys())
+        self.category_map = category_map if category_map is not None else CategoryMap.from_coco(self.coco)
+        self.transforms = transforms if transforms is not None else default_eval_transforms()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, image_id: int) -> Path:
+        info = self.coco.imgs[image_id]
+        if info.get("file_name"):
+            return self.images_dir / info["file_name"]
+        if info.get("coco_url"):
+            # LVIS omits file_name; its images are COCO's, addressed as .../<split>2017/<file>.
+            split_dir, fname = info["coco_url"].rstrip("/").split("/")[-2:]
+            return self.images_dir / split_dir / fname
+        raise KeyError(f"image {image_id} has neither 'file_name' nor 'coco_url'")
+
+    def load_target(self, image_id: int, width: int, height: int) -> dict[str, torch.Tensor]:
+        """Absolute XYXY boxes clipped to the image, crowd and degenerate boxes dropped."""
+        to_index = self.category_map.cat_id_to_index
+        boxes, labels = [], []
+        for ann in self.coco.imgToAnns.get(image_id, []):
+            # Crowd regions are ignored by the COCO evaluator; training on them
+            # would teach the model to fire on "many people" blobs.
+            if ann.get("iscrowd", 0):
+                continue
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+            x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            cat = int(ann["category_id"])
+            if cat not in to_index:
+                raise KeyError(
+                    f"annotation {ann.get('id')} uses category id {cat}, unknown to the category map "
+                    f"(known ids: {sorted(to_index)})"
+                )
+            boxes.append([x0, y0, x1, y1])
+            labels.append(to_index[cat])
+        return {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+        }
+
+    def __getitem__(self, idx: int):
+        image_id = self.ids[idx]
+        image = load_image(self.image_path(image_id))
+        w, h = image.size
+        target = self.load_target(image_id, w, h)
+        image, target = self.transforms(image, target)
+        target["image_id"] = torch.tensor(image_id, dtype=torch.int64)
+        target["orig_size"] = torch.tensor([h, w], dtype=torch.int64)
+        target["size"] = torch.tensor(list(image.shape[-2:]), dtype=torch.int64)
+        return image, target
+
+
+# ---------------------------------------------------------------------------
+# Layout detection
+
+SPLIT_ALIASES = {
+    "train": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
+ROBOFLOW_ANN = "_annotations.coco.json"
+_LAYOUT_HELP = (
+    "expected one of:\n"
+    "  COCO 2017:  ROOT/{train2017,val2017}/ + ROOT/annotations/instances_{train,val}2017.json\n"
+    "  Roboflow:   ROOT/{train,valid,test}/_annotations.coco.json (images next to it)\n"
+    "  LVIS v1:    ROOT/annotations/lvis_v1_{train,val}.json + ROOT/{train2017,val2017}/\n"
+    "  explicit:   (images_dir, annotations.json) pair, or a path to a .json file"
+)
+
+
+def _normalise_split(split: str) -> str:
+    try:
+        return SPLIT_ALIASES[split.lower()]
+    except KeyError:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_ALIASES)}") from None
+
+
+def _explicit(images_dir, ann_file) -> tuple[Path, Path]:
+    images_dir, ann_file = Path(images_dir), Path(ann_file)
+    if not ann_file.is_file():
+        raise FileNotFoundError(f"annotation file not found: {ann_file}")
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"images directory not found: {images_dir} (annotations: {ann_file})")
+    return images_dir, ann_file
+
+
+def _coco2017(root: Path, split: str) -> tuple[Path, Path] | None:
+    ann = root / "annotations" / f"instances_{split}2017.json"
+    if ann.is_file():
+        return _explicit(root / f"{split}2017", ann)
+    return None
+
+
+def _lvis(root: Path, split: str) -> tuple[Path, Path] | None:
+    ann = root / "annotations" / f"lvis_v1_{split}.json"
+    if ann.is_file():
+        # Images are located through coco_url (<split>2017/<file>) relative to ROOT.
+        if not any((root / d).is_dir() for d in ("train2017", "val2017")):
+            raise FileNotFoundError(f"LVIS annotations {ann} found but no {root}/train2017 or {root}/val2017 image folder")
+        return root, ann
+    return None
+
+
+def _roboflow(root: Path, split: str) -> tuple[Path, Path] | None:
+    names = {"train": ["train"], "val": ["valid", "val"], "test": ["test"]}[split]
+    for name in names:
+        ann = root / name / ROBOFLOW_ANN
+        if ann.is_file():
+            return root / name, ann
+    if (root / ROBOFLOW_ANN).is_file():  # ROOT is itself one split folder
+        return root, root / ROBOFLOW_ANN
+    return None
+
+
+_LAYOUTS = {"coco": _coco2017, "roboflow": _roboflow, "lvis": _lvis}
+
+
+def resolve_dataset(path_or_spec: Any, split: str) -> tuple[Path, Path]:
+    """Find ``(images_dir, ann_file)`` for ``split`` in a dataset location.
+
+    ``path_or_spec`` may be a directory in COCO 2017, Roboflow or LVIS v1 layout
+    (optionally prefixed ``coco:``, ``roboflow:`` or ``lvis:`` to force one), a
+    ``.json`` file whose images sit next to it, an ``(images_dir, json)`` pair,
+    or a dict ``{"images": ..., "json": ...}`` (optionally keyed by split).
+    """
+    split = _normalise_split(split)
+    if isinstance(path_or_spec, dict):
+        spec = path_or_spec
+        for key in (split, *[k for k, v in SPLIT_ALIASES.items() if v == split]):
+            if key in spec and isinstance(spec[key], (dict, list, tuple)):
+                return resolve_dataset(spec[key], split)
+        if "images" in spec and ("json" in spec or "annotations" in spec):
+            return _explicit(spec["images"], spec.get("json", spec.get("annotations")))
+        raise ValueError(f"dataset spec {spec!r} has no entry for split {split!r} nor 'images'+'json' keys")
+    if isinstance(path_or_spec, (list, tuple)):
+        if len(path_or_spec) != 2:
+            raise ValueError(f"explicit dataset spec must be (images_dir, json), got {path_or_spec!r}")
+        return _explicit(*path_or_spec)
+
+    text = os.fspath(path_or_spec)
+    forced = None
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix in _LAYOUTS:
+        forced, text = prefix, rest
+    root = Path(text).expanduser()
+    if root.is_file() and root.suffix == ".json":
+        return _explicit(root.parent, root)
+    if not root.exists():
+        raise FileNotFoundError(f"dataset path does not exist: {root}\n{_LAYOUT_HELP}")
+    if not root.is_dir():
+        raise ValueError(f"dataset path is neither a directory nor a .json file: {root}\n{_LAYOUT_HELP}")
+    order = [forced] if forced else ["coco", "roboflow", "lvis"]
+    for name in order:
+        found = _LAYOUTS[name](root, split)
+        if found is not None:
+            return found
+    what = f" in {forced} layout" if forced else ""
+    raise FileNotFoundError(f"no {split!r} split found{what} under {root};\n{_LAYOUT_HELP}")
