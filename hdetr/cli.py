@@ -9,6 +9,11 @@ import sys
 # verb -> module in hdetr.commands exposing ``add_arguments(parser)`` and ``run(args) -> int``.
 VERBS = {
     "convert": "convert",
+    "train": "train",
+    "eval": "eval",
+    "predict": "predict",
+    "synth": "synth",
+    "demo": "demo",
 }
 
 

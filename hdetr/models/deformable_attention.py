@@ -99,5 +99,8 @@ class MultiScaleDeformableAttention(nn.Module):
             )
         else:
             raise ValueError(f"reference_points must end in 2 or 4 coordinates, got {reference_points.shape[-1]}")
-        out = ms_deform_attn_reference(value, spatial_shapes, locations, weights)
-        return self.output_proj(out)
+        # The sampling runs in fp32 even under autocast: bf16/fp16 locations lose sub-pixel precision
+        # and grid_sample's half-precision backward accumulates badly (the official kernel is fp32 too).
+        with torch.autocast(device_type=value.device.type, enabled=False):
+            out = ms_deform_attn_reference(value.float(), spatial_shapes, locations.float(), weights.float())
+        return self.output_proj(out.to(query.dtype))
