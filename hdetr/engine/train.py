@@ -138,7 +138,7 @@ class Trainer:
         self.last_saved_step: int | None = None
         if resume:
             self._resume()
-        elif self.is_main and (self.out / LAST).exists():
+        elif (self.out / LAST).exists():  # checked on every rank: a lone failing rank would hang the rest
             raise UserError(f"{self.out} already holds a training run ({LAST}); pass --resume to continue "
                             f"it or choose another --out folder")
         distributed.barrier()
@@ -384,7 +384,6 @@ class Trainer:
                 if t.save_every and self.step % t.save_every == 0 and self.step_in_epoch < self.steps_per_epoch:
                     self.save_last()
             bar.close()
-            del batches  # shuts the workers of this epoch down
             if self.step_in_epoch >= self.steps_per_epoch:
                 self._end_epoch()
             else:
