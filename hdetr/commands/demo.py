@@ -19,7 +19,7 @@ DEMO_TRAIN_IMAGES = 600
 DEMO_VAL_IMAGES = 100
 DEMO_IMAGE_SIZE = 128
 GRID_IMAGES = 8
-GRID_THRESHOLD = 0.5
+GRID_THRESHOLD = 0.3  # an 8-epoch CPU model scores its detections around 0.3-0.5
 
 
 def add_arguments(p):
