@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet50"  # resnet50 | resnet18 | swin_tiny | swin_small | swin_large | precomputed
+    backbone: str = "resnet50"  # resnet50 | resnet18 | tiny | swin_tiny | swin_small | swin_large | precomputed
     pretrained_backbone: bool = False
     backbone_channels: list[int] | None = None  # only for backbone 'precomputed'
     num_classes: int = 91
@@ -88,7 +88,8 @@ class TrainConfig:
     ema_decay: float = 0.9997
     eval_every: int = 1  # epochs
     log_every: int = 20  # iterations
-    max_iters: int = 0  # stop after this many iterations (0: no limit); for smoke runs
+    max_iters: int = 0  # stop after this many iterations (optimizer steps; 0: no limit); for smoke runs
+    save_every: int = 0  # also write last.pt every this many iterations (0: at the end of each epoch only)
     nonfinite: str = "stop"  # stop | skip: what a NaN/Inf loss or gradient does
 
 
@@ -316,3 +317,7 @@ def validate(cfg: Config) -> None:
     need(0.0 < t.ema_decay < 1.0, f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
     need(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
     need(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
+    need(t.max_iters >= 0, f"train.max_iters must be >= 0, got {t.max_iters}")
+    need(t.save_every >= 0, f"train.save_every must be >= 0, got {t.save_every}")
+    need(t.num_workers >= 0, f"train.num_workers must be >= 0, got {t.num_workers}")
+    need(t.clip_max_norm >= 0, f"train.clip_max_norm must be >= 0 (0 disables clipping), got {t.clip_max_norm}")

@@ -326,8 +326,9 @@ class MultiScaleDeformableAttention(nn.Module):
             # Offsets are relative to the reference box: half its size per unit, spread over points.
             ref_xy, ref_wh = (refs[:2], refs[2:]) if xy == 0 else (refs[..., :2], refs[..., 2:])
             locations = ref_xy + offsets / self.points * ref_wh * 0.5
-        if self.impl == "fast":
-            out = _ms_deform_attn_xy(value, spatial_shapes, locations, weights)
-        else:
-            out = ms_deform_attn_reference(value, spatial_shapes, locations, weights)
-        return self.output_proj(out)
+        # The sampling runs in fp32 even under autocast: bf16/fp16 locations lose sub-pixel precision
+        # and grid_sample's half-precision backward accumulates badly (the official kernel is fp32 too).
+        sample = _ms_deform_attn_xy if self.impl == "fast" else ms_deform_attn_reference
+        with torch.autocast(device_type=value.device.type, enabled=False):
+            out = sample(value.float(), spatial_shapes, locations.float(), weights.float())
+        return self.output_proj(out.to(query.dtype))

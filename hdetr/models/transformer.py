@@ -253,9 +253,9 @@ class DeformableTransformer(nn.Module):
             enc_boxes = enc_coords.sigmoid()
             if num_queries > enc_logits.shape[1]:
                 raise ValueError(
-                    f"two-stage needs {num_queries} proposals (one-to-one + one-to-many queries) but the encoder "
-                    f"has only {enc_logits.shape[1]} tokens for this {spatial_shapes[0][0] * 8}x{spatial_shapes[0][1] * 8} "
-                    f"input: use larger images (data scales) or fewer queries"
+                    f"two-stage query selection needs at least {num_queries} encoder tokens (the queries of "
+                    f"both groups), but these images give {enc_logits.shape[1]} at shapes {spatial_shapes}: "
+                    f"use larger images (data.train_scales / data.val_scale) or fewer queries"
                 )
             topk = torch.topk(enc_logits[..., 0], num_queries, dim=1)[1]
             topk_coords = torch.gather(enc_coords, 1, topk.unsqueeze(-1).expand(-1, -1, 4)).detach()

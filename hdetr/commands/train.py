@@ -1,0 +1,44 @@
+"""Train a detector: hdetr train CONFIG [section.key=value ...] [--out DIR] [--resume].
+
+CONFIG is a preset name (e.g. r50_hybrid_branch_12ep, synthetic_small) or a YAML file. The run folder
+gets config.yaml, metrics.jsonl, last.pt, best.pt, curves.png and model/ (for eval/predict). For
+several GPUs or nodes launch it with torchrun, e.g. torchrun --nproc_per_node 8 -m hdetr.cli train ...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ConfigError, load_config
+from ..errors import UserError
+
+
+def add_arguments(p):
+    p.add_argument("config", help="preset name or YAML config file")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. data.train=path/to/dataset train.epochs=24")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+
+def run(args) -> int:
+    from ..engine import distributed
+    from ..engine.train import train
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    out = args.out or Path("runs") / Path(args.config).stem
+    try:
+        result = train(cfg, out, resume=args.resume, device=args.device,
+                       progress=False if args.no_progress else None)
+        is_main = distributed.current().is_main
+    finally:
+        distributed.cleanup()
+    if is_main:
+        best = f", best AP {result.best_ap:.3f}" if result.best_ap is not None else ""
+        skipped = f", {result.skipped_steps} non-finite steps skipped" if result.skipped_steps else ""
+        print(f"trained {result.steps} steps{best}{skipped}; run folder {result.out_dir}, model {result.model_dir}")
+    return 0

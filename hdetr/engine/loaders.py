@@ -1,0 +1,109 @@
+"""Datasets and DataLoaders for training and evaluation, from the ``data`` section of the config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import Config
+from ..data.coco import CategoryMap, CocoDetection, resolve_dataset
+from ..data.collate import collate
+from ..data.transforms import build_transforms
+from ..errors import UserError
+from .distributed import DistInfo
+from .sampling import EpochBatches, SeededSamples, worker_init
+
+# The official crop branch (resize to 400/500/600, crop 384..600) is tuned for 480..800 scales; other
+# scale ranges get it scaled by the same factor.
+OFFICIAL_MAX_SCALE = 800
+OFFICIAL_CROP = ((400, 500, 600), 384, 600)
+
+
+def crop_for_scales(scales: list[int]) -> tuple[tuple[int, ...], int, int]:
+    f = max(scales) / OFFICIAL_MAX_SCALE
+    pre, lo, hi = OFFICIAL_CROP
+    return tuple(max(8, round(s * f)) for s in pre), max(8, round(lo * f)), max(8, round(hi * f))
+
+
+def locate(spec: str, split: str) -> tuple[Path, Path]:
+    """``spec`` is a dataset folder (COCO / Roboflow / LVIS layout), a ``.json`` file, or
+    ``IMAGES_DIR:ANNOTATIONS.json``."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail.endswith(".json") and head not in ("coco", "roboflow", "lvis"):
+        spec_or_pair = (head, tail)
+    else:
+        spec_or_pair = spec
+    try:
+        return resolve_dataset(spec_or_pair, split)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+
+
+def val_spec(cfg: Config) -> str | None:
+    """Where to evaluate: ``data.val``, else the validation split next to ``data.train`` if it has one."""
+    if cfg.data.val:
+        return cfg.data.val
+    try:
+        resolve_dataset(cfg.data.train, "val")
+    except (FileNotFoundError, ValueError):
+        return None
+    return cfg.data.train
+
+
+@dataclass
+class Split:
+    dataset: CocoDetection
+    images_dir: Path
+    ann_file: Path
+
+    @property
+    def is_lvis(self) -> bool:
+        cats = list(self.dataset.coco.cats.values())
+        return (bool(cats) and "frequency" in cats[0]) or "lvis" in self.ann_file.name.lower()
+
+
+def load_split(spec: str, split: str, cfg: Config, train: bool, category_map: CategoryMap | None = None) -> Split:
+    images_dir, ann_file = locate(spec, split)
+    d = cfg.data
+    if train:
+        tf = build_transforms(True, scales=d.train_scales, max_size=d.max_size,
+                              crop=crop_for_scales(d.train_scales) if d.crop else None)
+    else:
+        tf = build_transforms(False, scales=[d.val_scale], max_size=d.max_size, crop=None, val_size=d.val_scale)
+    try:
+        ds = CocoDetection(images_dir, ann_file, transforms=tf, category_map=category_map)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{ann_file}: cannot read the dataset ({e})") from None
+    return Split(ds, images_dir, ann_file)
+
+
+def train_loader(ds, cfg: Config, info: DistInfo) -> tuple[DataLoader, EpochBatches]:
+    t = cfg.train
+    sampler = EpochBatches(len(ds), t.batch_size, t.seed, info.rank, info.world_size, shuffle=True, drop_last=True)
+    if len(sampler) < t.grad_accum:
+        raise UserError(
+            f"the training set has {len(ds)} images: too few for {info.world_size} process(es) x "
+            f"batch {t.batch_size} x grad_accum {t.grad_accum}"
+        )
+    loader = DataLoader(
+        SeededSamples(ds),
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=t.num_workers,
+        worker_init_fn=worker_init,
+        generator=torch.Generator().manual_seed(t.seed + info.rank),
+        # The batch sampler runs in this process and hands (index, seed) pairs to the workers, so
+        # workers can live across epochs and still follow set_epoch().
+        persistent_workers=t.num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+    return loader, sampler
+
+
+def eval_loader(ds, batch_size: int, num_workers: int, info: DistInfo) -> DataLoader:
+    sampler = EpochBatches(len(ds), batch_size, 0, info.rank, info.world_size, shuffle=False, drop_last=False)
+    return DataLoader(SeededSamples(ds), batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                      worker_init_fn=worker_init, pin_memory=torch.cuda.is_available())

@@ -1,0 +1,103 @@
+"""What a training run leaves behind for people: metrics.jsonl, TensorBoard events, curves.png.
+
+Only rank 0 creates a ``RunLog``. ``metrics.jsonl`` has one JSON object per line: training records
+(``epoch``, ``iter`` within the epoch, ``step`` overall, ``lr``, ``losses``, ``time``) every
+``log_every`` steps, and evaluation records (``epoch``, ``step``, ``eval``) after each evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+
+
+def read_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a crash: everything after it is suspect
+    return out
+
+
+class RunLog:
+    def __init__(self, out_dir: Path, resume_step: int | None = None):
+        self.out_dir = out_dir
+        self.path = out_dir / METRICS_FILE
+        if resume_step is not None:
+            # Records written after the checkpoint we resume from will be produced again: drop them.
+            kept = [r for r in read_records(self.path) if r.get("step", 0) <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        elif self.path.exists():
+            self.path.unlink()
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step)
+        except Exception:  # tensorboard is optional
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, allow_nan=True) + "\n")
+        if self.tb is not None:
+            step = record.get("step", 0)
+            for k, v in record.get("losses", {}).items():
+                self.tb.add_scalar(f"train/{k}", v, step)
+            if "lr" in record:
+                self.tb.add_scalar("train/lr", record["lr"], step)
+            for k, v in record.get("eval", {}).items():
+                self.tb.add_scalar(f"eval/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_curves(out_dir: Path) -> Path | None:
+    """Loss terms over steps and AP/AP50 over epochs, from metrics.jsonl."""
+    records = read_records(out_dir / METRICS_FILE)
+    train = [r for r in records if "losses" in r]
+    evals = [r for r in records if "eval" in r]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(11, 4))
+    keys = ["loss", "loss_ce", "loss_bbox", "loss_giou", "loss_ce_one2many", "loss_ce_enc"]
+    steps = [r["step"] for r in train]
+    for key in keys:
+        ys = [r["losses"].get(key, math.nan) for r in train]
+        if any(math.isfinite(y) for y in ys):
+            ax_loss.plot(steps, ys, label=key, linewidth=1)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_yscale("log")
+    ax_loss.set_title("training losses")
+    ax_loss.legend(fontsize=7)
+    if evals:
+        epochs = [r["epoch"] + 1 for r in evals]
+        for key in ("AP", "AP50", "AP75"):
+            ax_ap.plot(epochs, [r["eval"].get(key, math.nan) for r in evals], marker="o", label=key)
+        ax_ap.legend()
+    ax_ap.set_xlabel("epoch")
+    ax_ap.set_title("validation")
+    ax_ap.set_ylim(0, 1)
+    fig.tight_layout()
+    path = out_dir / CURVES_FILE
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,458 @@
+"""The training loop: official optimisation recipe, hybrid matching plans, exact resume, DDP.
+
+Positions are counted in *steps* (optimizer updates); a step consumes ``train.grad_accum`` batches.
+Checkpoints are only ever written between steps, so a checkpoint is (epoch, step within the epoch)
+plus every state that decides what happens next: weights, optimizer, scheduler, grad scaler, EMA and
+the random generators of every rank. The data order and augmentation depend on (seed, epoch, index)
+alone (see sampling.py), so a resumed run sees the very batches the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..checkpoint import CheckpointError, atomic_write, safe_torch_load, save_model
+from ..config import Config
+from ..data.coco import CategoryMap
+from ..errors import UserError
+from ..hybrid import matching_plan
+from ..losses import SetCriterion
+from ..models import build_model
+from . import distributed
+from .ema import ModelEMA
+from .inference import autocast_context, evaluate
+from .loaders import eval_loader, load_split, train_loader, val_spec
+from .optim import build_optimizer, build_scheduler
+from .runlog import RunLog, plot_curves
+from .sampling import rng_state, seed_everything, set_rng_state
+
+LAST = "last.pt"
+BEST = "best.pt"
+MODEL_DIR = "model"
+CHECKPOINT_FORMAT = "hdetr-train-v1"
+
+
+class NonFiniteLossError(UserError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int  # optimizer steps done in total (including the ones a resume skipped)
+    skipped_steps: int
+    best_ap: float | None
+    metrics: dict | None  # the last evaluation's metrics
+    model_dir: Path | None
+
+
+def _float_outputs(obj):
+    """AMP outputs -> fp32, so the losses (focal, GIoU, matching costs) are computed in full precision."""
+    if isinstance(obj, torch.Tensor):
+        return obj.float()
+    if isinstance(obj, dict):
+        return {k: _float_outputs(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_float_outputs(v) for v in obj]
+    return obj
+
+
+def _to_device(targets: list[dict], device) -> list[dict]:
+    return [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+
+
+def _amp_mode(cfg: Config, device: torch.device) -> str:
+    if cfg.train.amp == "none":
+        return "none"
+    if device.type != "cuda":
+        print(f"note: train.amp={cfg.train.amp} needs CUDA; training in fp32 on {device.type}")
+        return "none"
+    if cfg.train.amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UserError("train.amp=bf16: this GPU does not support bfloat16; use train.amp=fp16")
+    return cfg.train.amp
+
+
+def _model_meta(cmap: CategoryMap) -> dict:
+    return {"category_map": json.dumps(cmap.to_dict())}
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out_dir: str | Path, resume: bool = False, device: str | None = None,
+                 progress: bool | None = None):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.info, self.device = distributed.init_distributed(device)
+        self.is_main = self.info.is_main
+        # None: tqdm decides (a bar on terminals, nothing in logs); only rank 0 ever shows one.
+        self.progress = progress if self.is_main else False
+        t = cfg.train
+        if not cfg.data.train:
+            raise UserError("data.train is empty: give the training set, e.g. data.train=path/to/dataset")
+
+        self.train_split = load_split(cfg.data.train, "train", cfg, train=True)
+        self.cmap = self.train_split.dataset.category_map
+        if cfg.model.num_classes != self.cmap.num_classes:
+            self.log(f"note: model.num_classes {cfg.model.num_classes} -> {self.cmap.num_classes} "
+                     f"({self.cmap.mode} categories of {self.train_split.ann_file})")
+            cfg.model.num_classes = self.cmap.num_classes
+        vspec = val_spec(cfg)
+        self.val_split = load_split(vspec, "val", cfg, train=False) if vspec else None
+
+        # The same initial weights on every rank (DDP would broadcast rank 0's anyway), then
+        # rank-specific streams for everything random that follows.
+        seed_everything(t.seed)
+        self.model = build_model(cfg).to(self.device)
+        seed_everything(t.seed + self.info.rank)
+        self.criterion = SetCriterion(cfg.model.num_classes, cfg.loss)
+        self.optimizer = build_optimizer(self.model, t)
+        self.scheduler = build_scheduler(self.optimizer, t)
+        self.amp = _amp_mode(cfg, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
+        self.ema = ModelEMA(self.model, t.ema_decay) if t.ema else None
+        self.ddp = self.model
+        if self.info.enabled:
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.loader, self.sampler = train_loader(self.train_split.dataset, cfg, self.info)
+        self.steps_per_epoch = len(self.sampler) // t.grad_accum
+        self.val_loader = (
+            eval_loader(self.val_split.dataset, t.batch_size, t.num_workers, self.info) if self.val_split else None
+        )
+
+        self.epoch, self.step_in_epoch, self.step = 0, 0, 0
+        self.skipped_steps = 0
+        self.best_ap: float | None = None
+        self.metrics: dict | None = None
+        self.last_saved_step: int | None = None
+        if resume:
+            self._resume()
+        elif (self.out / LAST).exists():  # checked on every rank: a lone failing rank would hang the rest
+            raise UserError(f"{self.out} already holds a training run ({LAST}); pass --resume to continue "
+                            f"it or choose another --out folder")
+        distributed.barrier()
+        self.runlog = None
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.out / "config.yaml",
+                         lambda p: Path(p).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+            self.runlog = RunLog(self.out, resume_step=self.step if resume else None)
+
+    # -- small helpers -----------------------------------------------------------------------------
+    def log(self, msg: str) -> None:
+        if self.is_main:
+            tqdm.write(msg)
+            sys.stdout.flush()  # log files see each line as it happens
+
+    def _eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _plan_len(self) -> int:
+        return self.cfg.train.epochs * self.steps_per_epoch
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "step": self.step,
+            "skipped_steps": self.skipped_steps,
+            "best_ap": self.best_ap,
+            "metrics": self.metrics,
+            "category_map": self.cmap.to_dict(),
+            "class_names": self.cmap.names,
+            "world_size": self.info.world_size,
+        }
+
+    def save_last(self) -> None:
+        # Every rank's generators go into the checkpoint: a collective, so all ranks call this.
+        rngs = distributed.gather_objects(rng_state())
+        if self.is_main:
+            state = self._state()
+            state["rng"] = rngs
+            atomic_write(self.out / LAST, lambda p: torch.save(state, p))
+        self.last_saved_step = self.step
+        distributed.barrier()
+
+    def save_best(self) -> None:
+        """best.pt (weights used for evaluation + metadata) and the model folder for eval/predict."""
+        if not self.is_main:
+            return
+        weights = self._eval_model().state_dict()
+        state = {
+            "format": "hdetr-model-v1",
+            "config": self.cfg.to_dict(),
+            "model": weights,
+            "category_map": self.cmap.to_dict(),
+            "class_names": self.cmap.names,
+            "epoch": self.epoch,
+            "step": self.step,
+            "metrics": self.metrics,
+        }
+        atomic_write(self.out / BEST, lambda p: torch.save(state, p))
+        self.export_model()
+
+    def export_model(self) -> Path | None:
+        if not self.is_main:
+            return None
+        return save_model(self.out / MODEL_DIR, self.cfg, self._eval_model().state_dict(),
+                          class_names=self.cmap.names, extra_meta=_model_meta(self.cmap))
+
+    def _resume(self) -> None:
+        path = self.out / LAST
+        if not path.exists():
+            raise UserError(f"--resume: no {LAST} in {self.out}")
+        try:
+            ckpt = safe_torch_load(path)
+        except CheckpointError as e:
+            raise UserError(str(e)) from None
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"{path}: not an hdetr training checkpoint")
+        saved = ckpt["config"]
+        for section in ("model", "hybrid", "loss"):
+            if saved[section] != self.cfg.to_dict()[section]:
+                diff = {k: (saved[section].get(k), v) for k, v in self.cfg.to_dict()[section].items()
+                        if saved[section].get(k) != v}
+                raise UserError(f"--resume: the {section} settings differ from the run in {self.out}: "
+                                f"{diff} (saved, now)")
+        self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None:
+            if ckpt.get("ema") is None:
+                self.log("note: the checkpoint has no EMA; starting the EMA from the current weights")
+                self.ema = ModelEMA(self.model, self.cfg.train.ema_decay)
+            else:
+                self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step_in_epoch, self.step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]
+        self.skipped_steps = ckpt.get("skipped_steps", 0)
+        self.best_ap, self.metrics = ckpt.get("best_ap"), ckpt.get("metrics")
+        rngs = ckpt.get("rng") or []
+        if len(rngs) == self.info.world_size:
+            set_rng_state(rngs[self.info.rank])
+        else:
+            self.log(f"note: the run was saved with {len(rngs)} process(es), resumed with "
+                     f"{self.info.world_size}: the data order is kept, the model's random streams are not")
+        self.last_saved_step = self.step
+        self.log(f"resumed {path}: epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch} "
+                 f"of the epoch, {self.step} steps done")
+
+    # -- one optimizer step ------------------------------------------------------------------------
+    def _nonfinite(self, what: str, terms: dict[str, float], image_ids: list[int]) -> None:
+        """Agree on a bad step across ranks; stop with a message naming it, or skip it."""
+        reports = distributed.gather_objects({"terms": terms, "images": image_ids})
+        bad_terms = {k: v for r in reports for k, v in r["terms"].items()}
+        images = sorted({i for r in reports for i in r["images"]})
+        where = f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1} of the epoch (global step {self.step + 1})"
+        if self.cfg.train.nonfinite == "skip":
+            self.skipped_steps += 1
+            self.log(f"warning: non-finite {what} at {where}: {bad_terms}; images {images}; step skipped "
+                     f"({self.skipped_steps} so far)")
+            return
+        last = (f"the last good checkpoint is {self.out / LAST} (step {self.last_saved_step})"
+                if self.last_saved_step is not None else "no checkpoint was written yet")
+        raise NonFiniteLossError(
+            f"non-finite {what} at {where}: {', '.join(f'{k}={v}' for k, v in bad_terms.items()) or 'on another rank'}; "
+            f"image ids {images}. Training stopped; {last}. Lower train.lr, keep gradient clipping "
+            f"(train.clip_max_norm) or set train.nonfinite=skip to skip such steps."
+        )
+
+    def _micro_batch_weights(self, batches) -> list[float]:
+        """Loss weights that make ``grad_accum`` micro-batches add up to one batch that many times larger.
+
+        The criterion divides each micro-batch's loss by its own (process-averaged) box count; the big
+        batch divides by the count over all of them. Re-weighting by count_i / sum(counts) turns the
+        first into the second (exactly, unless a micro-batch has under one box per process).
+        """
+        if len(batches) == 1:
+            return [1.0]
+        counts = torch.tensor([float(sum(len(t["labels"]) for t in b[2])) for b in batches], device=self.device)
+        if self.info.enabled:
+            torch.distributed.all_reduce(counts)
+            counts /= self.info.world_size
+        return (counts.clamp(min=1) / counts.sum().clamp(min=1)).tolist()
+
+    def train_step(self, batches, plan) -> dict[str, float] | None:
+        """Forward/backward over ``grad_accum`` batches, then one update. Returns the mean loss terms,
+        or None when the step was skipped."""
+        t = self.cfg.train
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        image_ids: list[int] = []
+        weights = self._micro_batch_weights(batches)
+        for micro, (images, mask, targets) in enumerate(batches):
+            images = images.to(self.device, non_blocking=True)
+            mask = mask.to(self.device, non_blocking=True)
+            targets = _to_device(targets, self.device)
+            ids = [int(x["image_id"]) for x in targets]
+            image_ids += ids
+            # Gradients are all-reduced once per step, on the last micro-batch.
+            sync = self.info.enabled and micro < len(batches) - 1
+            with self.ddp.no_sync() if sync else contextlib.nullcontext():
+                with autocast_context(self.device, self.amp):
+                    outputs = self.ddp(images, mask)
+                with torch.autocast(device_type=self.device.type, enabled=False):
+                    losses = self.criterion(_float_outputs(outputs), targets, plan)
+                    loss = self.criterion.total(losses)
+                keys = list(losses)
+                values = torch.stack([losses[k].detach().float() for k in keys] + [loss.detach().float()]).cpu()
+                bad = not bool(torch.isfinite(values[-1]))
+                if distributed.any_true(bad, self.device):
+                    terms = {k: float(v) for k, v in zip(keys, values[:-1].tolist()) if not math.isfinite(v)}
+                    self._nonfinite("loss", terms, ids if bad else [])
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return None
+                self.scaler.scale(loss * weights[micro]).backward()
+            for k, v in zip(keys + ["loss"], values.tolist()):
+                sums[k] = sums.get(k, 0.0) + v / len(batches)
+
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if t.clip_max_norm > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip_max_norm)
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        grad_norm = float(grad_norm)
+        sums["grad_norm"] = grad_norm
+        # fp16: the grad scaler itself skips steps with inf/nan gradients and lowers its scale.
+        if self.amp != "fp16" and not math.isfinite(grad_norm):
+            self._nonfinite("gradient", {"grad_norm": grad_norm}, image_ids)
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return sums
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        t = self.cfg.train
+        stop = False
+        window: dict[str, float] = {}
+        window_n, window_start = 0, time.perf_counter()
+        run_start = time.perf_counter()
+        steps_this_session = 0
+        if self.max_iters_reached():
+            stop = True
+        while self.epoch < t.epochs and not stop:
+            plan = matching_plan(self.cfg, self.epoch)
+            self.sampler.set_epoch(self.epoch, self.step_in_epoch * t.grad_accum)
+            batches = iter(self.loader)
+            bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch,
+                       desc=f"epoch {self.epoch + 1}/{t.epochs}", disable=None if self.progress is None
+                       else not self.progress, dynamic_ncols=True, leave=False)
+            while self.step_in_epoch < self.steps_per_epoch:
+                group = [next(batches) for _ in range(t.grad_accum)]
+                logs = self.train_step(group, plan)
+                self.step_in_epoch += 1
+                self.step += 1
+                steps_this_session += 1
+                lr = self.optimizer.param_groups[0]["lr"]
+                bar.update(1)
+                if logs is not None:
+                    for k, v in logs.items():
+                        window[k] = window.get(k, 0.0) + v
+                    window_n += 1
+                    bar.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{lr:.1e}", refresh=False)
+                if self.step % t.log_every == 0 or self.step_in_epoch == self.steps_per_epoch:
+                    self._log_window(window, window_n, lr, time.perf_counter() - window_start,
+                                     time.perf_counter() - run_start, steps_this_session)
+                    window, window_n, window_start = {}, 0, time.perf_counter()
+                if self.max_iters_reached():
+                    stop = True
+                    break
+                if t.save_every and self.step % t.save_every == 0 and self.step_in_epoch < self.steps_per_epoch:
+                    self.save_last()
+            bar.close()
+            if self.step_in_epoch >= self.steps_per_epoch:
+                self._end_epoch()
+            else:
+                self.save_last()  # stopped mid-epoch by train.max_iters
+        if self.last_saved_step != self.step:
+            self.save_last()
+        model_dir = None
+        if self.is_main:
+            model_dir = self.out / MODEL_DIR
+            if self.best_ap is None:
+                self.export_model()  # never evaluated: the model folder holds the latest weights
+            plot_curves(self.out)
+            self.runlog.close()
+        distributed.barrier()
+        return TrainResult(self.out, self.step, self.skipped_steps, self.best_ap, self.metrics, model_dir)
+
+    def max_iters_reached(self) -> bool:
+        return bool(self.cfg.train.max_iters) and self.step >= self.cfg.train.max_iters
+
+    def _log_window(self, window, n, lr, seconds, elapsed, session_steps) -> None:
+        if n == 0:
+            return
+        losses = distributed.mean_dict({k: v / n for k, v in window.items()}, self.device)
+        if not self.is_main:
+            return
+        per_step = elapsed / max(session_steps, 1)
+        todo = self._plan_len() - self.step
+        if self.cfg.train.max_iters:
+            todo = min(todo, self.cfg.train.max_iters - self.step)
+        self.runlog.write({"epoch": self.epoch, "iter": self.step_in_epoch, "step": self.step, "lr": lr,
+                           "losses": losses, "time": round(elapsed, 3), "sec_per_iter": round(seconds / n, 4),
+                           "skipped_steps": self.skipped_steps})
+        main = " ".join(f"{k[5:]} {losses[k]:.3f}" for k in ("loss_ce", "loss_bbox", "loss_giou") if k in losses)
+        self.log(f"epoch {self.epoch + 1}/{self.cfg.train.epochs} iter {self.step_in_epoch}/{self.steps_per_epoch} "
+                 f"loss {losses['loss']:.3f} ({main}) lr {lr:.2e} {1 / per_step:.2f} it/s "
+                 f"eta {_hms(per_step * max(todo, 0))}")
+
+    def _end_epoch(self) -> None:
+        t = self.cfg.train
+        finished = self.epoch
+        self.scheduler.step()
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.save_last()
+        if self.val_loader is not None and (self.epoch % t.eval_every == 0 or self.epoch == t.epochs):
+            self.evaluate(finished)
+
+    def evaluate(self, epoch: int) -> dict | None:
+        metrics = evaluate(self._eval_model(), self.val_split, self.val_loader, self.cmap, self.device,
+                           self.cfg.model.topk, self.amp, progress=self.progress)
+        metrics = distributed.broadcast_object(metrics)
+        self.metrics = metrics
+        if self.is_main:
+            self.runlog.write({"epoch": epoch, "step": self.step, "eval": metrics})
+            self.log(f"epoch {epoch + 1} eval: AP {metrics['AP']:.3f} AP50 {metrics['AP50']:.3f} "
+                     f"AP75 {metrics['AP75']:.3f}")
+            plot_curves(self.out)
+        if self.best_ap is None or metrics["AP"] > self.best_ap:
+            self.best_ap = metrics["AP"]
+            self.save_best()
+        self.save_last()  # records best_ap / metrics
+        return metrics
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str | None = None,
+          progress: bool | None = None) -> TrainResult:
+    return Trainer(cfg, out_dir, resume=resume, device=device, progress=progress).run()
