@@ -114,5 +114,5 @@ def test_too_few_encoder_tokens_for_the_proposals_is_a_clear_error():
     cfg = tiny_config("hybrid.scheme=branch", "model.num_queries=50", "hybrid.num_queries_one2many=300")
     model = build_model(cfg).train()
     feats, mask, _ = tiny_batch(sizes=((32, 32),), num_boxes=(1,))
-    with pytest.raises(ValueError, match="encoder has only"):
+    with pytest.raises(ValueError, match="encoder tokens"):
         model(None, mask, features=feats)

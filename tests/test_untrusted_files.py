@@ -25,7 +25,8 @@ def _dotted(node: ast.AST) -> str:
         return node.id
     if isinstance(node, ast.Attribute):
         base = _dotted(node.value)
-        return f"{base}.{node.attr}" if base else node.attr
+        # A method of a computed object (``f(x).eval()``) is never the builtin: keep a placeholder base.
+        return f"{base}.{node.attr}" if base else f"<expr>.{node.attr}"
     return ""
 
 
@@ -101,6 +102,7 @@ def test_scanner_catches_every_pattern():
     assert len(find_unsafe_calls(bad)) == 14
     good = textwrap.dedent("""
         model.eval()
+        copy.deepcopy(model).eval()
         torch.load(p, map_location="cpu", weights_only=True)
         yaml.safe_load(s)
         yaml.load(s, Loader=yaml.SafeLoader)

@@ -329,6 +329,7 @@ class MultiScaleDeformableAttention(nn.Module):
         # The sampling runs in fp32 even under autocast: bf16/fp16 locations lose sub-pixel precision
         # and grid_sample's half-precision backward accumulates badly (the official kernel is fp32 too).
         sample = _ms_deform_attn_xy if self.impl == "fast" else ms_deform_attn_reference
+        dtype = torch.promote_types(value.dtype, torch.float32)  # half -> fp32; fp32/fp64 unchanged
         with torch.autocast(device_type=value.device.type, enabled=False):
-            out = sample(value.float(), spatial_shapes, locations.float(), weights.float())
+            out = sample(value.to(dtype), spatial_shapes, locations.to(dtype), weights.to(dtype))
         return self.output_proj(out.to(query.dtype))
