@@ -50,7 +50,8 @@ def ensure_dataset(root: Path) -> Path:
         print(f"using the synthetic dataset in {root}")
     else:
         print(f"writing the synthetic dataset to {root} ({DEMO_TRAIN_IMAGES} train / {DEMO_VAL_IMAGES} val images)")
-        write_synthetic_dataset(root, DEMO_TRAIN_IMAGES, DEMO_VAL_IMAGES, DEMO_IMAGE_SIZE, seed=0)
+        # Colour follows class here: a from-scratch backbone learns the classes within the demo's minutes.
+        write_synthetic_dataset(root, DEMO_TRAIN_IMAGES, DEMO_VAL_IMAGES, DEMO_IMAGE_SIZE, seed=0, palette="by_class")
     return root
 
 

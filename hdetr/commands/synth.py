@@ -17,6 +17,8 @@ def add_arguments(p):
     p.add_argument("--val", type=int, default=synthetic.DEFAULT_NUM_VAL, help="validation images")
     p.add_argument("--size", type=int, default=synthetic.DEFAULT_IMAGE_SIZE, help="image side in pixels")
     p.add_argument("--seed", type=int, default=synthetic.DEFAULT_SEED)
+    p.add_argument("--palette", choices=synthetic.PALETTES, default="random",
+                   help="random: classes differ by shape only; by_class: each class also has its own colour")
 
 
 def run(args) -> int:
@@ -24,7 +26,7 @@ def run(args) -> int:
     from ..errors import UserError
 
     try:
-        summary = write_synthetic_dataset(args.out, args.train, args.val, args.size, args.seed)
+        summary = write_synthetic_dataset(args.out, args.train, args.val, args.size, args.seed, palette=args.palette)
     except (ValueError, OSError) as e:
         raise UserError(str(e)) from None
     for split in ("train", "valid"):

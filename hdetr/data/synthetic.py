@@ -47,6 +47,10 @@ COLOURS = (
     (245, 245, 245),
     (30, 30, 30),
 )
+# palette="by_class": each class keeps one base colour (jittered), so colour is a class cue. The CPU
+# demo uses it: a backbone trained from scratch for a few minutes then separates the classes.
+CLASS_COLOURS = ((220, 40, 40), (40, 170, 60), (50, 80, 220), (230, 200, 40))
+PALETTES = ("random", "by_class")
 SPLITS = (("train", 0), ("valid", 1))
 ANNOTATION_FILE = "_annotations.coco.json"
 
@@ -103,7 +107,7 @@ def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _render(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, list[dict]]:
+def _render(rng: np.random.Generator, w: int, h: int, palette: str = "random") -> tuple[Image.Image, list[dict]]:
     img = _background(rng, w, h)
     n = 0 if rng.random() < EMPTY_IMAGE_FRACTION else int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
     short = min(w, h)
@@ -120,7 +124,9 @@ def _render(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, list
             box = mask.getbbox()
             if box is None or any(_iou(box, o["box"]) > MAX_PAIR_IOU for o in objects):
                 continue
-            colour = np.array(COLOURS[int(rng.integers(len(COLOURS)))]) + rng.integers(-20, 21, size=3)
+            pick = int(rng.integers(len(COLOURS)))  # drawn in both palettes: same layouts either way
+            base = CLASS_COLOURS[cat["id"] - 1] if palette == "by_class" else COLOURS[pick]
+            colour = np.array(base) + rng.integers(-20, 21, size=3)
             img.paste(tuple(int(c) for c in np.clip(colour, 0, 255)), mask=mask)
             area = int(np.count_nonzero(np.asarray(mask)))
             objects.append({"category_id": cat["id"], "box": box, "area": area})
@@ -140,13 +146,17 @@ def write_synthetic_dataset(
     num_val: int = DEFAULT_NUM_VAL,
     image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE,
     seed: int = DEFAULT_SEED,
+    palette: str = "random",
 ) -> dict:
     """Write ``out_dir/{train,valid}/`` (JPEGs + ``_annotations.coco.json``).
 
     ``image_size`` is an int (square) or ``(width, height)``. The same arguments
-    always produce byte-identical files. Returns a summary dict with per-split
+    always produce byte-identical files. ``palette`` is ``random`` (classes differ by shape only) or
+    ``by_class`` (each class also has its own colour). Returns a summary dict with per-split
     ``images_dir``, ``ann_file``, ``num_images`` and ``num_annotations``.
     """
+    if palette not in PALETTES:
+        raise ValueError(f"palette must be one of {', '.join(PALETTES)}, got {palette!r}")
     w, h = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
     if min(w, h) < 32:
         raise ValueError(f"image_size must be at least 32 px, got {(w, h)}")
@@ -160,7 +170,7 @@ def write_synthetic_dataset(
         for i in range(counts[split]):
             # A generator per image keeps files stable when counts change.
             rng = np.random.default_rng([seed, split_idx, i])
-            img, objects = _render(rng, w, h)
+            img, objects = _render(rng, w, h, palette)
             image_id = i + 1
             file_name = f"{split}_{i:06d}.jpg"
             (split_dir / file_name).write_bytes(_encode_jpeg(img))
