@@ -1,7 +1,8 @@
 """Python API: run a trained detector on images.
 
     from hdetr import Detector
-    det = Detector.from_checkpoint("runs/demo/model")
+    det = Detector.from_checkpoint("runs/demo/model")      # eager PyTorch
+    det = Detector.from_onnx("model.onnx", threads=2)       # a graph from ``hdetr export``, onnxruntime
     found = det.predict("image.jpg", threshold=0.5)
     found.boxes, found.scores, found.labels, found.label_names
 """
@@ -53,10 +54,22 @@ def as_uint8_image(image: ImageInput) -> Tensor:
     raise TypeError(f"unsupported image type {type(image).__name__}: pass a path, a PIL image or a tensor")
 
 
+def default_class_names(cfg, class_names: list[str] | None, category_map: CategoryMap | None) -> list[str]:
+    """Stored names, else the category map's, else the COCO names for a 91-class model."""
+    names = list(class_names or []) or (list(category_map.names) if category_map else [])
+    if not names and cfg.model.num_classes == 91:
+        from .data.coco import COCO_CATEGORIES, UNUSED_CLASS_NAME
+
+        names = [COCO_CATEGORIES.get(i, UNUSED_CLASS_NAME) for i in range(91)]
+    return names
+
+
 class Detector:
-    def __init__(self, model: torch.nn.Module, cfg, class_names: list[str],
+    """Preprocessing, one network call (``_forward``), post-processing: the same for every backend."""
+
+    def __init__(self, model: torch.nn.Module | None, cfg, class_names: list[str],
                  category_map: CategoryMap | None = None, device: str | torch.device = "cpu"):
-        self.model = model.eval()
+        self.model = model.eval() if model is not None else None
         self.cfg = cfg
         self.device = torch.device(device)
         self.category_map = category_map
@@ -69,13 +82,33 @@ class Detector:
         from .engine.weights import build_detector_model, load_weights
 
         loaded = load_weights(path)
-        names = loaded.class_names or (loaded.category_map.names if loaded.category_map else [])
-        if not names and loaded.cfg.model.num_classes == 91:
-            from .data.coco import COCO_CATEGORIES, UNUSED_CLASS_NAME
-
-            names = [COCO_CATEGORIES.get(i, UNUSED_CLASS_NAME) for i in range(91)]
+        names = default_class_names(loaded.cfg, loaded.class_names, loaded.category_map)
         model = build_detector_model(loaded, device)
         return cls(model, loaded.cfg, names, loaded.category_map, device)
+
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike, threads: int | None = None, optimization: str = "all") -> Detector:
+        """A raw-output graph written by ``hdetr export``, run with onnxruntime on the CPU.
+
+        Config, class names and category map come from the graph's metadata. A ``--postprocess`` graph
+        is refused: ``Detector`` post-processes the raw outputs itself.
+        """
+        from .config import build_config
+        from .errors import UserError
+        from .runtime import OnnxBackend
+
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such ONNX file")
+        backend = OnnxBackend(path, threads=threads, optimization=optimization)
+        meta = backend.metadata
+        if backend.postprocessed:
+            raise UserError(f"{path} was exported with --postprocess (top-k inside the graph, no raw outputs); "
+                            "re-export it without --postprocess to use it with Detector / hdetr predict")
+        if not meta["config"]:
+            raise UserError(f"{path}: no hdetr config in the ONNX metadata (not written by hdetr export?)")
+        cfg = build_config(meta["config"])
+        cmap = CategoryMap.from_dict(meta["category_map"]) if meta.get("category_map") else None
+        return OnnxDetector(backend, cfg, default_class_names(cfg, meta["class_names"], cmap), cmap)
 
     def category_id(self, label: int) -> int:
         """COCO category id of a class index (the index itself when the mapping is unknown)."""
@@ -122,3 +155,14 @@ class Detector:
 
     def predict(self, image: ImageInput, threshold: float = 0.5) -> Detections:
         return self.predict_batch([image], threshold)[0]
+
+
+class OnnxDetector(Detector):
+    """``Detector`` whose network is an onnxruntime session (``hdetr.runtime.OnnxBackend``); CPU only."""
+
+    def __init__(self, backend, cfg, class_names: list[str], category_map: CategoryMap | None = None):
+        super().__init__(None, cfg, class_names, category_map, device="cpu")
+        self.backend = backend
+
+    def _forward(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        return self.backend.forward(images, mask)

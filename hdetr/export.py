@@ -48,6 +48,7 @@ META_CONFIG = "config"
 META_OUTPUTS = "hdetr_outputs"  # "raw" | "postprocessed"
 META_TOPK = "topk"
 META_MIN_SIDE = "min_side"
+META_CATEGORY_MAP = "category_map"  # JSON of CategoryMap.to_dict(), when the model has one
 
 
 class ExportError(RuntimeError):
@@ -121,6 +122,7 @@ def export_onnx(
     mask_dtype: str = "bool",
     verify: bool = True,
     verbose: bool = False,
+    category_map: dict | str | None = None,
 ) -> ExportResult:
     """Export ``model`` (an ``HDETR``) to ONNX at ``path``; see the module docstring for the graph."""
     import onnx  # noqa: F401  (fail early with a clear message if the extra is missing)
@@ -188,6 +190,8 @@ def export_onnx(
     }
     if config is not None:
         meta[META_CONFIG] = json.dumps(config.to_dict())
+    if category_map:
+        meta[META_CATEGORY_MAP] = category_map if isinstance(category_map, str) else json.dumps(category_map)
     images_shape = program.model.graph.inputs[0].shape
     program.rename_axes({images_shape[0]: "batch", images_shape[2]: "height", images_shape[3]: "width"})
     meta["onnxscript_optimized"] = str(optimized).lower()
@@ -294,6 +298,7 @@ def read_metadata(path: str | Path) -> dict:
         "hdetr_version": props.get(META_VERSION),
         "outputs": props.get(META_OUTPUTS, "raw"),
         "topk": int(props[META_TOPK]) if META_TOPK in props else None,
+        "category_map": json.loads(props[META_CATEGORY_MAP]) if META_CATEGORY_MAP in props else None,
         "min_side": int(props.get(META_MIN_SIDE, MIN_SIDE)),
         "onnxscript_optimized": props.get("onnxscript_optimized") == "true",
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
@@ -318,4 +323,4 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
         )
     return export_onnx(model, out, config=cfg, class_names=meta.get("class_names") or [], postprocess=postprocess,
-                       opset=opset, mask_dtype=mask_dtype, verify=verify)
+                       opset=opset, mask_dtype=mask_dtype, verify=verify, category_map=meta.get("category_map"))

@@ -4,7 +4,9 @@ A small random-init model (ResNet-18, 1 encoder / 6 decoder layers: the decoder 
 which an onnxscript rewrite once broke) is exported twice per run:
 raw outputs through the ``hdetr export`` verb, and with in-graph post-processing (uint8 mask) through
 ``export_onnx``. Tolerance: |score difference| and |normalised box difference| <= 1e-4; the top
-detections (query, label) must be identical.
+detections (query, label) must be identical. Everything runs through the unified API:
+``hdetr.runtime.OnnxBackend`` (the session) and ``hdetr.api.Detector.from_onnx`` / ``hdetr predict
+--backend onnxruntime`` against ``Detector.from_checkpoint`` / ``--backend torch``.
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ from hdetr.config import build_config  # noqa: E402
 from hdetr.export import export_onnx, read_metadata  # noqa: E402
 from hdetr.models import build_model  # noqa: E402
 from hdetr.postprocess import postprocess  # noqa: E402
-from hdetr.runtime import OnnxDetector, TorchDetector  # noqa: E402
+from hdetr.api import Detector  # noqa: E402
+from hdetr.errors import UserError  # noqa: E402
+from hdetr.runtime import OnnxBackend  # noqa: E402
 
 ATOL = 1e-4
 TOP = 10  # detections whose (query, label) must be identical
 CLASS_NAMES = ["person", "bicycle", "car", "dog", "cat", "chair", "cup"]
+CAT_IDS = [1, 2, 3, 5, 8, 13, 21]  # dataset category ids of the classes: not the class indices
 
 # Batches of images of their own sizes (h, w), padded to the largest; none equals the export example.
 BATCHES = [
@@ -84,7 +89,9 @@ def exported(tmp_path_factory):
         for head in model.class_heads:
             head.weight.mul_(3.0)
     root = tmp_path_factory.mktemp("export")
-    save_model(root / "model", cfg, model.state_dict(), class_names=CLASS_NAMES)
+    cmap = {"mode": "contiguous", "cat_ids": CAT_IDS, "names": CLASS_NAMES}
+    save_model(root / "model", cfg, model.state_dict(), class_names=CLASS_NAMES,
+               extra_meta={"category_map": json.dumps(cmap)})
     raw = root / "raw.onnx"
     assert cli_main(["export", str(root / "model"), "--format", "onnx", str(raw)]) == 0
     post = root / "post.onnx"
@@ -103,39 +110,41 @@ def test_graph_axes_are_dynamic(exported):
     assert outs == {"pred_logits": ["batch", 30, len(CLASS_NAMES)], "pred_boxes": ["batch", 30, 4]}
 
 
+def pairs(d):
+    return list(zip(d["query_index"].tolist(), d["labels"].tolist()))
+
+
 @pytest.mark.parametrize("sizes", BATCHES, ids=["x".join(f"{h}x{w}" for h, w in s) for s in BATCHES])
 def test_raw_outputs_match_eager(exported, sizes):
-    model, onnx_det = exported["model"], OnnxDetector(exported["raw"], threads=2)
+    model, backend = exported["model"], OnnxBackend(exported["raw"], threads=2)
     images, mask, orig = make_batch(sizes, seed=len(sizes))
     with torch.no_grad():
         ref = model(images, mask)
-    got = onnx_det.forward(images, mask)
+    got = backend.forward(images, mask)
     assert got["pred_logits"].shape == ref["pred_logits"].shape
     torch.testing.assert_close(got["pred_logits"].sigmoid(), ref["pred_logits"].sigmoid(), rtol=0, atol=ATOL)
     torch.testing.assert_close(got["pred_boxes"], ref["pred_boxes"], rtol=0, atol=ATOL)
-    ours = onnx_det.detect(images, mask, orig)
-    theirs = postprocess(ref, orig, topk=20)
-    for a, b in zip(ours, theirs):
-        pairs = lambda d: list(zip(d["query_index"].tolist(), d["labels"].tolist()))  # noqa: E731
+    for a, b in zip(postprocess(got, orig, topk=20), postprocess(ref, orig, topk=20)):
         assert_same_top(pairs(a), pairs(b), b["scores"])
 
 
 @pytest.mark.parametrize("sizes", BATCHES[1:3], ids=["b2", "b3"])
 def test_postprocess_graph_matches_postprocess(exported, sizes):
-    model = exported["model"]
-    session = ort.InferenceSession(str(exported["post"]), providers=["CPUExecutionProvider"])
+    model, backend = exported["model"], OnnxBackend(exported["post"], threads=2)
+    assert backend._mask_dtype is np.uint8
     images, mask, orig = make_batch(sizes, seed=7)
-    scores, labels, boxes = session.run(None, {"images": images.numpy(), "mask": mask.numpy().astype(np.uint8),
-                                               "orig_sizes": orig.numpy()})
+    scores, labels, boxes = backend.run_postprocessed(images, mask, orig)
     with torch.no_grad():
         ref = postprocess(model(images, mask), orig, topk=20)
     assert scores.shape == (len(sizes), 20) and boxes.shape == (len(sizes), 20, 4)
-    assert labels.dtype == np.int64
+    assert labels.dtype == torch.int64
     for i, r in enumerate(ref):
         scale = orig[i].flip(0).repeat(2).float()  # (w, h, w, h)
-        torch.testing.assert_close(torch.from_numpy(scores[i]), r["scores"], rtol=0, atol=ATOL)
-        torch.testing.assert_close(torch.from_numpy(boxes[i]) / scale, r["boxes"] / scale, rtol=0, atol=ATOL)
+        torch.testing.assert_close(scores[i], r["scores"], rtol=0, atol=ATOL)
+        torch.testing.assert_close(boxes[i] / scale, r["boxes"] / scale, rtol=0, atol=ATOL)
         assert_same_top(labels[i].tolist(), r["labels"].tolist(), r["scores"])
+    with pytest.raises(RuntimeError, match="no raw outputs"):
+        backend.forward(images, mask)
 
 
 def test_metadata_round_trip(exported):
@@ -148,31 +157,95 @@ def test_metadata_round_trip(exported):
     assert read_metadata(exported["raw"])["outputs"] == "raw"
     assert read_metadata(exported["raw"])["onnxscript_optimized"]
     assert read_metadata(exported["post"])["outputs"] == "postprocessed"
-    det = OnnxDetector(exported["post"])
-    assert det.class_names == CLASS_NAMES and det.config.model.backbone == "resnet18"
+    assert read_metadata(exported["raw"])["category_map"]["cat_ids"] == CAT_IDS  # from the model folder
+    assert OnnxBackend(exported["post"]).metadata["class_names"] == CLASS_NAMES
+    det = Detector.from_onnx(exported["raw"])
+    assert det.class_names == CLASS_NAMES and det.cfg.model.backbone == "resnet18"
+    assert det.cfg.to_dict() == exported["cfg"].to_dict()
+    assert [det.category_id(i) for i in range(len(CAT_IDS))] == CAT_IDS
+
+
+def test_from_onnx_refuses_postprocess_graph(exported):
+    with pytest.raises(UserError, match="--postprocess"):
+        Detector.from_onnx(exported["post"])
+
+
+def random_images(sizes, seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
 
 
 def test_predict_backends_agree(exported):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((480, 640), (300, 200))]
-    eager = TorchDetector.from_checkpoint(exported["root"] / "model")
-    for path in (exported["raw"], exported["post"]):
-        onnx_det = OnnxDetector(path, threads=2)
-        for a, b in zip(onnx_det.predict(images), eager.predict(images)):
-            assert_same_top(a["labels"].tolist(), b["labels"].tolist(), b["scores"])
-            assert set(a["names"]) <= set(CLASS_NAMES)
-            torch.testing.assert_close(a["scores"], b["scores"], rtol=0, atol=ATOL)
-            torch.testing.assert_close(a["boxes"], b["boxes"], rtol=0, atol=0.05)  # pixels, ~1e-4 of the side
-    single = OnnxDetector(exported["raw"]).predict(images[0], threshold=0.5)
-    assert isinstance(single, dict) and bool((single["scores"] >= 0.5).all())
+    images = random_images(((480, 640), (300, 200), (250, 700)))
+    eager = Detector.from_checkpoint(exported["root"] / "model")
+    onnx_det = Detector.from_onnx(exported["raw"], threads=2)
+    for batch in ([images[0]], images):  # one image, and a padded batch of three aspect ratios
+        for a, b in zip(onnx_det.predict_batch(batch, threshold=0.0), eager.predict_batch(batch, threshold=0.0)):
+            assert len(a) == len(b) == 20
+            assert_same_top(a.labels.tolist(), b.labels.tolist(), b.scores)
+            assert set(a.label_names) <= set(CLASS_NAMES)
+            torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=ATOL)
+            torch.testing.assert_close(a.boxes, b.boxes, rtol=0, atol=0.05)  # pixels, ~1e-4 of the side
+    single = onnx_det.predict(images[0], threshold=0.3)
+    assert bool((single.scores >= 0.3).all())
 
 
 def test_too_small_input_is_refused(exported):
-    det = OnnxDetector(exported["raw"])
+    det = Detector.from_onnx(exported["raw"])
     with pytest.raises(ValueError, match="sides >= 65"):
-        det.forward(torch.zeros(1, 3, 64, 200), torch.zeros(1, 64, 200, dtype=torch.bool))
+        det._forward(torch.zeros(1, 3, 64, 200), torch.zeros(1, 64, 200, dtype=torch.bool))
+    # val_scale 320 / max_size 512: a 20x2000 image is resized to 5x512.
+    with pytest.raises(ValueError, match="sides >= 65"):
+        det.predict(torch.zeros(3, 20, 2000, dtype=torch.uint8))
+
+
+def test_predict_cli_backends_agree(exported, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k, im in enumerate(random_images(((480, 640), (300, 200), (350, 350)), seed=3)):
+        im.save(folder / f"img{k}.png")
+    model_dir, onnx_path = exported["root"] / "model", exported["raw"]
+    runs = {
+        "torch": ["predict", str(model_dir), str(folder), "--backend", "torch"],
+        "onnxruntime": ["predict", str(onnx_path), str(folder), "--backend", "onnxruntime", "--threads", "2"],
+        "auto": ["predict", str(onnx_path), str(folder)],  # .onnx suffix -> onnxruntime
+    }
+    found = {}
+    for key, argv in runs.items():
+        assert cli_main(argv + ["--threshold", "0.0", "--out", str(tmp_path / key)]) == 0
+        found[key] = json.loads((tmp_path / key / "detections.json").read_text())
+        drawings = sorted(p.name for p in (tmp_path / key).glob("*.png"))
+        assert drawings == ["img0.png", "img1.png", "img2.png"]
+        with Image.open(tmp_path / key / "img1.png") as im:
+            assert im.size == (200, 300)
+    assert found["auto"] == found["onnxruntime"]
+    ref, got = found["torch"], found["onnxruntime"]
+    assert len(got) == len(ref) == 3 * 20
+    assert {d["category_id"] for d in got} <= set(CAT_IDS)
+    for image_id in (1, 2, 3):
+        a = [d for d in got if d["image_id"] == image_id]
+        b = [d for d in ref if d["image_id"] == image_id]
+        assert [d["file_name"] for d in a] == [d["file_name"] for d in b]
+        assert_same_top([d["category_id"] for d in a], [d["category_id"] for d in b],
+                        torch.tensor([d["score"] for d in b]))
+        assert_same_top([d["category_name"] for d in a], [d["category_name"] for d in b],
+                        torch.tensor([d["score"] for d in b]))
+        torch.testing.assert_close(torch.tensor([d["score"] for d in a]), torch.tensor([d["score"] for d in b]),
+                                   rtol=0, atol=ATOL)
+        torch.testing.assert_close(torch.tensor([d["bbox"] for d in a]), torch.tensor([d["bbox"] for d in b]),
+                                   rtol=0, atol=0.05)
+    capsys.readouterr()
+    assert cli_main(["predict", str(exported["post"]), str(folder), "--out", str(tmp_path / "x")]) == 2
+    assert "--postprocess" in capsys.readouterr().err
+    assert cli_main(["predict", str(onnx_path), str(folder), "--backend", "torch", "--out", str(tmp_path / "x")]) == 2
+    assert "--backend onnxruntime" in capsys.readouterr().err
+    assert cli_main(["predict", str(model_dir), str(folder), "--backend", "onnxruntime",
+                     "--out", str(tmp_path / "x")]) == 2
+    assert ".onnx" in capsys.readouterr().err
 
 
 def test_export_cli_errors(exported, tmp_path, capsys):
