@@ -94,6 +94,19 @@ def _amp_mode(cfg: Config, device: torch.device) -> str:
     return cfg.train.amp
 
 
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    if hasattr(torch.nn.utils, "get_total_norm"):  # what clip_grad_norm_ computes (torch >= 2.6)
+        return torch.nn.utils.get_total_norm(grads, 2.0)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def _clip_with_norm(params: list, max_norm: float, total: torch.Tensor) -> None:
+    if hasattr(torch.nn.utils, "clip_grads_with_norm_"):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
 def grad_verdict(amp: str, finite: bool, scale: float | None) -> str:
     """What a step's gradients mean: ``ok``; ``overflow`` (fp16 loss scaling overflowed: the grad scaler
     skips the step and lowers its scale; not a fault); ``fault`` (non-finite gradients: stop or skip)."""
@@ -412,11 +425,12 @@ class Trainer:
 
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if t.clip_max_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip_max_norm)
-        else:
-            grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
-        grad_norm = float(grad_norm)
+        # The norm first, clipping only when it is finite: clipping by a NaN norm would turn every
+        # gradient into NaN and hide which parameters were non-finite.
+        total_norm = _total_norm([p.grad for p in params])
+        grad_norm = float(total_norm)
+        if t.clip_max_norm > 0 and math.isfinite(grad_norm):
+            _clip_with_norm(params, t.clip_max_norm, total_norm)
         sums["grad_norm"] = grad_norm
         finite = math.isfinite(grad_norm)
         verdict = grad_verdict(self.amp, finite, None if finite or self.amp != "fp16" else self.scaler.get_scale())
