@@ -147,3 +147,12 @@ def test_fp16_overflow_is_left_to_the_grad_scaler():
     assert grad_verdict("fp16", False, 2.0 ** -3) == "fault"  # non-finite even unscaled: a real fault
     assert grad_verdict("bf16", False, None) == "fault"
     assert grad_verdict("none", False, None) == "fault"
+
+
+def test_bad_image_in_a_loader_worker_is_reported_without_the_worker_traceback(data, tmp_path):
+    trainer = _break_after_start(data, tmp_path, "train.num_workers=1", "train.max_iters=1")
+    with pytest.raises(DataError) as info:
+        trainer.run()
+    msg = str(info.value)
+    assert ".jpg: image" in msg and "Traceback" not in msg and "met at epoch 1, step 1" in msg
+    assert "no checkpoint was written yet" in msg

@@ -107,6 +107,15 @@ def _clip_with_norm(params: list, max_norm: float, total: torch.Tensor) -> None:
         torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
+def _worker_message(message: str) -> str:
+    """A DataLoader worker's exception arrives with the worker's traceback as its message; keep the
+    original message (its last line) so the user sees the file and the problem only."""
+    if "Original Traceback" not in message:
+        return message
+    last = message.rstrip().splitlines()[-1]
+    return last.split("Error: ", 1)[1] if "Error: " in last else last
+
+
 def grad_verdict(amp: str, finite: bool, scale: float | None) -> str:
     """What a step's gradients mean: ``ok``; ``overflow`` (fp16 loss scaling overflowed: the grad scaler
     skips the step and lowers its scale; not a fault); ``fault`` (non-finite gradients: stop or skip)."""
@@ -197,7 +206,11 @@ class Trainer:
             for spec, split in ((self.cfg.data.train, "train"), (vspec, "val")):
                 if not spec:
                     continue
-                images_dir, ann_file = locate(spec, split)
+                try:
+                    images_dir, ann_file = locate(spec, split)
+                except UserError as e:  # reported on every rank below, so none waits for the others
+                    result["error"] = str(e)
+                    break
                 report = validate_dataset(images_dir, ann_file, check_images=True)
                 repairs = sum(i.count for i in report.repairs.values())
                 warnings = sum(i.count for i in report.warnings.values())
@@ -519,8 +532,9 @@ class Trainer:
         for _ in range(self.cfg.train.grad_accum):
             try:
                 group.append(next(batches))
-            except BadImageError as e:  # DataLoader workers re-raise it in this process with its message
-                bad = bad or e
+            except BadImageError as e:  # DataLoader workers re-raise it in this process
+                bad = bad or BadImageError(_worker_message(str(e)), getattr(e, "path", None),
+                                           getattr(e, "image_id", None))
         if self.info.enabled and distributed.any_true(bad is not None, self.device):
             messages = [m for m in distributed.gather_objects(str(bad) if bad is not None else None) if m]
             bad = bad or BadImageError(f"on another process: {messages[0]}")
@@ -550,11 +564,10 @@ class Trainer:
             return
 
         def handler(signum, frame):
+            # No printing here: a handler that writes to stdout can interrupt another write to it.
             if self._signal is not None:
                 raise KeyboardInterrupt
             self._signal = signum
-            self.log(f"received {signal.Signals(signum).name}: saving a checkpoint at the end of this step "
-                     f"(send it again to stop at once)")
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -569,9 +582,10 @@ class Trainer:
             got = next(f for f in distributed.gather_objects(got) if f is not None)
         if got is None:
             return
+        name = signal.Signals(got).name
+        self.log(f"received {name}: saving a checkpoint at step {self.step} and stopping")
         if self.last_saved_step != self.step:
             self.save_last()
-        name = signal.Signals(got).name
         raise Interrupted(f"stopped by {name} at epoch {self.epoch + 1}, step {self.step_in_epoch} of the epoch "
                           f"({self.step} steps done); checkpoint {self.out / LAST}. Continue with --resume.", got)
 
