@@ -90,7 +90,7 @@ def test_bad_image_mid_epoch_stops_naming_the_file_and_keeps_the_checkpoint(data
 def test_bad_image_mid_epoch_is_skipped_and_counted(data, tmp_path):
     trainer = _break_after_start(data, tmp_path, "data.skip_bad_images=true", "train.max_iters=2")
     result = trainer.run()
-    assert result.steps == 2
+    assert result.steps == 2 and result.bad_image_steps == 2
     assert load_state(tmp_path / "run" / "last.pt")["bad_image_steps"] == 2
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["bad_image_steps"] for r in records] == [1, 2]

@@ -66,6 +66,7 @@ class TrainResult:
     best_ap: float | None
     metrics: dict | None  # the last evaluation's metrics
     model_dir: Path | None
+    bad_image_steps: int = 0  # steps skipped because an image could not be loaded (data.skip_bad_images)
 
 
 def _float_outputs(obj):
@@ -475,7 +476,8 @@ class Trainer:
             plot_curves(self.out)
             self.runlog.close()
         distributed.barrier()
-        return TrainResult(self.out, self.step, self.skipped_steps, self.best_ap, self.metrics, model_dir)
+        return TrainResult(self.out, self.step, self.skipped_steps, self.best_ap, self.metrics, model_dir,
+                           self.bad_image_steps)
 
     def _loop(self) -> None:
         t = self.cfg.train
