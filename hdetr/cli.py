@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import UserError
+    from .errors import Interrupted, UserError
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"hdetr {args.verb}: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"hdetr {args.verb}: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"hdetr {args.verb}: interrupted", file=sys.stderr)
         return 130

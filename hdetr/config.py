@@ -101,6 +101,9 @@ class DataConfig:
     max_size: int = 1333
     val_scale: int = 800
     crop: bool = True  # the official resize -> random crop -> resize branch of the augmentation
+    # Images that cannot be used (missing, corrupt, wrong size, outside the images folder) stop training
+    # by default; true leaves them out (found at start-up) or skips their step (found mid-epoch), counted.
+    skip_bad_images: bool = False
 
 
 @dataclass

@@ -17,3 +17,13 @@ class BadImageError(DataError):
         super().__init__(message)
         self.path = path
         self.image_id = image_id
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGINT/SIGTERM after saving a checkpoint; the CLI exits with ``exit_code``
+    (128 + the signal number: 130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum

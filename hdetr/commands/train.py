@@ -3,6 +3,9 @@
 CONFIG is a preset name (e.g. r50_hybrid_branch_12ep, synthetic_small) or a YAML file. The run folder
 gets config.yaml, metrics.jsonl, last.pt, best.pt, curves.png and model/ (for eval/predict). For
 several GPUs or nodes launch it with torchrun, e.g. torchrun --nproc_per_node 8 -m hdetr.cli train ...
+
+SIGINT/SIGTERM finish the current step, save last.pt and exit with status 130/143; continue with
+--resume. Exit status 2: a config, data or non-finite-loss error (the message says which).
 """
 
 from __future__ import annotations
@@ -40,5 +43,7 @@ def run(args) -> int:
     if is_main:
         best = f", best AP {result.best_ap:.3f}" if result.best_ap is not None else ""
         skipped = f", {result.skipped_steps} non-finite steps skipped" if result.skipped_steps else ""
+        if result.bad_image_steps:
+            skipped += f", {result.bad_image_steps} steps skipped for unreadable images"
         print(f"trained {result.steps} steps{best}{skipped}; run folder {result.out_dir}, model {result.model_dir}")
     return 0

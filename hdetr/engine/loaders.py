@@ -65,7 +65,8 @@ class Split:
         return (bool(cats) and "frequency" in cats[0]) or "lvis" in self.ann_file.name.lower()
 
 
-def load_split(spec: str, split: str, cfg: Config, train: bool, category_map: CategoryMap | None = None) -> Split:
+def load_split(spec: str, split: str, cfg: Config, train: bool, category_map: CategoryMap | None = None,
+               skip_image_ids=()) -> Split:
     images_dir, ann_file = locate(spec, split)
     d = cfg.data
     if train:
@@ -74,7 +75,8 @@ def load_split(spec: str, split: str, cfg: Config, train: bool, category_map: Ca
     else:
         tf = build_transforms(False, scales=[d.val_scale], max_size=d.max_size, crop=None, val_size=d.val_scale)
     try:
-        ds = CocoDetection(images_dir, ann_file, transforms=tf, category_map=category_map)
+        ds = CocoDetection(images_dir, ann_file, transforms=tf, category_map=category_map,
+                           skip_image_ids=skip_image_ids)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{ann_file}: cannot read the dataset ({e})") from None
     return Split(ds, images_dir, ann_file)

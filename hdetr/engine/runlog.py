@@ -11,6 +11,8 @@ import json
 import math
 from pathlib import Path
 
+from ..checkpoint import atomic_write
+
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 
@@ -36,7 +38,8 @@ class RunLog:
         if resume_step is not None:
             # Records written after the checkpoint we resume from will be produced again: drop them.
             kept = [r for r in read_records(self.path) if r.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            text = "".join(json.dumps(r) + "\n" for r in kept)
+            atomic_write(self.path, lambda p: Path(p).write_text(text))
         elif self.path.exists():
             self.path.unlink()
         self.tb = None

@@ -13,6 +13,7 @@ loaded and thrown away), and the same image gets the same crop with 0 or 8 worke
 from __future__ import annotations
 
 import random
+import signal
 
 import numpy as np
 import torch
@@ -92,6 +93,8 @@ class EpochBatches(Sampler):
 
 def worker_init(worker_id: int) -> None:
     """DataLoader workers: derive numpy/python seeds from torch's per-worker seed (for user transforms)."""
+    # Ctrl-C reaches the whole process group: the main process saves and stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)

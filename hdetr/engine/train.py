@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,25 +25,33 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError, atomic_write, safe_torch_load, save_model
+from ..checkpoint import CheckpointError, atomic_write, safe_torch_load, save_model, temp_files
 from ..config import Config
 from ..data.coco import CategoryMap
-from ..errors import UserError
+from ..data.validate import validate_dataset
+from ..errors import BadImageError, DataError, Interrupted, UserError
 from ..hybrid import matching_plan
 from ..losses import SetCriterion
 from ..models import build_model
 from . import distributed
 from .ema import ModelEMA
 from .inference import autocast_context, evaluate
-from .loaders import eval_loader, load_split, train_loader, val_spec
+from .loaders import eval_loader, load_split, locate, train_loader, val_spec
 from .optim import build_optimizer, build_scheduler
 from .runlog import RunLog, plot_curves
 from .sampling import rng_state, seed_everything, set_rng_state
 
 LAST = "last.pt"
+PREV = "prev.pt"  # the checkpoint before last.pt: resume falls back to it when last.pt is damaged
 BEST = "best.pt"
 MODEL_DIR = "model"
 CHECKPOINT_FORMAT = "hdetr-train-v1"
+# Test hook: seconds to wait between writing a checkpoint's temporary file and renaming it into place,
+# so that tests can kill the process in the middle of a checkpoint write.
+WRITE_DELAY_ENV = "HDETR_CHECKPOINT_WRITE_DELAY"
+# fp16: a non-finite gradient is an overflow for the grad scaler to handle (skip the step, lower the
+# scale) while the scale is at least this; below it the gradients are non-finite even unscaled: a fault.
+MIN_FP16_SCALE = 1.0
 
 
 class NonFiniteLossError(UserError):
@@ -55,6 +66,7 @@ class TrainResult:
     best_ap: float | None
     metrics: dict | None  # the last evaluation's metrics
     model_dir: Path | None
+    bad_image_steps: int = 0  # steps skipped because an image could not be loaded (data.skip_bad_images)
 
 
 def _float_outputs(obj):
@@ -83,6 +95,38 @@ def _amp_mode(cfg: Config, device: torch.device) -> str:
     return cfg.train.amp
 
 
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    if hasattr(torch.nn.utils, "get_total_norm"):  # what clip_grad_norm_ computes (torch >= 2.6)
+        return torch.nn.utils.get_total_norm(grads, 2.0)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def _clip_with_norm(params: list, max_norm: float, total: torch.Tensor) -> None:
+    if hasattr(torch.nn.utils, "clip_grads_with_norm_"):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def _worker_message(message: str) -> str:
+    """A DataLoader worker's exception arrives with the worker's traceback as its message; keep the
+    original message (its last line) so the user sees the file and the problem only."""
+    if "Original Traceback" not in message:
+        return message
+    last = message.rstrip().splitlines()[-1]
+    return last.split("Error: ", 1)[1] if "Error: " in last else last
+
+
+def grad_verdict(amp: str, finite: bool, scale: float | None) -> str:
+    """What a step's gradients mean: ``ok``; ``overflow`` (fp16 loss scaling overflowed: the grad scaler
+    skips the step and lowers its scale; not a fault); ``fault`` (non-finite gradients: stop or skip)."""
+    if finite:
+        return "ok"
+    if amp == "fp16" and scale is not None and scale >= MIN_FP16_SCALE:
+        return "overflow"
+    return "fault"
+
+
 def _model_meta(cmap: CategoryMap) -> dict:
     return {"category_map": json.dumps(cmap.to_dict())}
 
@@ -100,14 +144,17 @@ class Trainer:
         if not cfg.data.train:
             raise UserError("data.train is empty: give the training set, e.g. data.train=path/to/dataset")
 
-        self.train_split = load_split(cfg.data.train, "train", cfg, train=True)
+        self.bad_image_steps = 0  # steps skipped mid-epoch because an image could not be loaded
+        vspec = val_spec(cfg)
+        skip_ids = self._check_data(vspec)
+        self.train_split = load_split(cfg.data.train, "train", cfg, train=True, skip_image_ids=skip_ids["train"])
         self.cmap = self.train_split.dataset.category_map
         if cfg.model.num_classes != self.cmap.num_classes:
             self.log(f"note: model.num_classes {cfg.model.num_classes} -> {self.cmap.num_classes} "
                      f"({self.cmap.mode} categories of {self.train_split.ann_file})")
             cfg.model.num_classes = self.cmap.num_classes
-        vspec = val_spec(cfg)
-        self.val_split = load_split(vspec, "val", cfg, train=False) if vspec else None
+        self.val_split = (load_split(vspec, "val", cfg, train=False, skip_image_ids=skip_ids["val"])
+                          if vspec else None)
 
         # The same initial weights on every rank (DDP would broadcast rank 0's anyway), then
         # rank-specific streams for everything random that follows.
@@ -138,7 +185,7 @@ class Trainer:
         self.last_saved_step: int | None = None
         if resume:
             self._resume()
-        elif (self.out / LAST).exists():  # checked on every rank: a lone failing rank would hang the rest
+        elif (self.out / LAST).exists() or (self.out / PREV).exists():  # checked on every rank: a lone failing rank would hang the rest
             raise UserError(f"{self.out} already holds a training run ({LAST}); pass --resume to continue "
                             f"it or choose another --out folder")
         distributed.barrier()
@@ -148,6 +195,44 @@ class Trainer:
             atomic_write(self.out / "config.yaml",
                          lambda p: Path(p).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
             self.runlog = RunLog(self.out, resume_step=self.step if resume else None)
+
+    # -- start-up data check -------------------------------------------------------------------------
+    def _check_data(self, vspec: str | None) -> dict[str, list]:
+        """Validate the train (and val) split on rank 0 before anything expensive is built; every rank
+        gets the verdict. Fatal problems stop here with the report's message (a ``DataError``); with
+        ``data.skip_bad_images`` the images with image-level problems are left out, counted."""
+        skip = self.cfg.data.skip_bad_images
+        result: dict = {"error": None, "train": [], "val": []}
+        if self.is_main:
+            for spec, split in ((self.cfg.data.train, "train"), (vspec, "val")):
+                if not spec:
+                    continue
+                try:
+                    images_dir, ann_file = locate(spec, split)
+                except UserError as e:  # reported on every rank below, so none waits for the others
+                    result["error"] = str(e)
+                    break
+                report = validate_dataset(images_dir, ann_file, check_images=True)
+                repairs = sum(i.count for i in report.repairs.values())
+                warnings = sum(i.count for i in report.warnings.values())
+                line = (f"data check {split}: {report.num_images} images, {report.num_boxes} boxes, "
+                        f"{repairs} box repair(s), {warnings} warning(s)")
+                try:
+                    report.raise_if_fatal(allow_bad_images=skip)
+                except DataError as e:
+                    self.log(line + ": FAILED")
+                    result["error"] = str(e)
+                    break
+                if report.bad_image_ids:
+                    line += (f", {len(report.bad_image_ids)} bad image(s) left out (data.skip_bad_images): "
+                             f"{sorted(report.bad_image_ids, key=str)[:10]}")
+                    result[split] = sorted(report.bad_image_ids, key=str)
+                self.log(line)
+        result = distributed.broadcast_object(result)
+        if result["error"]:
+            hint = "" if skip else "\n(or set data.skip_bad_images=true to leave out images that cannot be used)"
+            raise DataError(result["error"] + hint)
+        return result
 
     # -- small helpers -----------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -175,6 +260,7 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "step": self.step,
             "skipped_steps": self.skipped_steps,
+            "bad_image_steps": self.bad_image_steps,
             "best_ap": self.best_ap,
             "metrics": self.metrics,
             "category_map": self.cmap.to_dict(),
@@ -188,7 +274,15 @@ class Trainer:
         if self.is_main:
             state = self._state()
             state["rng"] = rngs
-            atomic_write(self.out / LAST, lambda p: torch.save(state, p))
+            delay = float(os.environ.get(WRITE_DELAY_ENV) or 0)
+
+            def write(p):
+                torch.save(state, p)
+                if delay:
+                    time.sleep(delay)
+
+            # last.pt -> prev.pt, then the new file -> last.pt: two complete checkpoints at all times.
+            atomic_write(self.out / LAST, write, previous=self.out / PREV)
         self.last_saved_step = self.step
         distributed.barrier()
 
@@ -216,16 +310,33 @@ class Trainer:
         return save_model(self.out / MODEL_DIR, self.cfg, self._eval_model().state_dict(),
                           class_names=self.cmap.names, extra_meta=_model_meta(self.cmap))
 
-    def _resume(self) -> None:
-        path = self.out / LAST
-        if not path.exists():
+    def _load_resume_checkpoint(self) -> tuple[Path, dict]:
+        """The newest complete checkpoint: last.pt, or prev.pt when last.pt is missing or damaged.
+        Temporary files of a write that was killed are removed, never read."""
+        if self.is_main:
+            for tmp in temp_files(self.out / LAST) + temp_files(self.out / PREV):
+                self.log(f"note: removing {tmp.name}, an unfinished checkpoint write of an interrupted run")
+                tmp.unlink(missing_ok=True)
+        problems = []
+        for path in (self.out / LAST, self.out / PREV):
+            if not path.exists():
+                continue
+            try:
+                ckpt = safe_torch_load(path)
+            except CheckpointError as e:
+                problems.append(str(e))
+                self.log(f"warning: {e}; trying the previous checkpoint")
+                continue
+            if ckpt.get("format") != CHECKPOINT_FORMAT:
+                problems.append(f"{path}: not an hdetr training checkpoint")
+                continue
+            return path, ckpt
+        if not problems:
             raise UserError(f"--resume: no {LAST} in {self.out}")
-        try:
-            ckpt = safe_torch_load(path)
-        except CheckpointError as e:
-            raise UserError(str(e)) from None
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"{path}: not an hdetr training checkpoint")
+        raise UserError("--resume: no usable checkpoint in " + str(self.out) + ":\n  " + "\n  ".join(problems))
+
+    def _resume(self) -> None:
+        path, ckpt = self._load_resume_checkpoint()
         saved = ckpt["config"]
         for section in ("model", "hybrid", "loss"):
             if saved[section] != self.cfg.to_dict()[section]:
@@ -245,6 +356,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step_in_epoch, self.step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]
         self.skipped_steps = ckpt.get("skipped_steps", 0)
+        self.bad_image_steps = ckpt.get("bad_image_steps", 0)
         self.best_ap, self.metrics = ckpt.get("best_ap"), ckpt.get("metrics")
         rngs = ckpt.get("rng") or []
         if len(rngs) == self.info.world_size:
@@ -327,15 +439,23 @@ class Trainer:
 
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if t.clip_max_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip_max_norm)
-        else:
-            grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
-        grad_norm = float(grad_norm)
+        # The norm first, clipping only when it is finite: clipping by a NaN norm would turn every
+        # gradient into NaN and hide which parameters were non-finite.
+        total_norm = _total_norm([p.grad for p in params])
+        grad_norm = float(total_norm)
+        if t.clip_max_norm > 0 and math.isfinite(grad_norm):
+            _clip_with_norm(params, t.clip_max_norm, total_norm)
         sums["grad_norm"] = grad_norm
-        # fp16: the grad scaler itself skips steps with inf/nan gradients and lowers its scale.
-        if self.amp != "fp16" and not math.isfinite(grad_norm):
-            self._nonfinite("gradient", {"grad_norm": grad_norm}, image_ids)
+        finite = math.isfinite(grad_norm)
+        verdict = grad_verdict(self.amp, finite, None if finite or self.amp != "fp16" else self.scaler.get_scale())
+        # "overflow": fp16 loss scaling; scaler.step below skips the update and scaler.update lowers the
+        # scale. Not a fault, not counted in skipped_steps.
+        if verdict == "fault":
+            bad = [n for n, p in self.model.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+            terms = {"grad_norm": grad_norm,
+                     "parameters": f"{len(bad)} with non-finite gradients, e.g. {', '.join(bad[:3])}",
+                     "loss": sums.get("loss")}  # finite: the loss check passed
+            self._nonfinite("gradient", terms, image_ids)
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.scaler.step(self.optimizer)
@@ -346,14 +466,26 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        with self._signals_to_checkpoint():
+            self._loop()
+        model_dir = None
+        if self.is_main:
+            model_dir = self.out / MODEL_DIR
+            if self.best_ap is None:
+                self.export_model()  # never evaluated: the model folder holds the latest weights
+            plot_curves(self.out)
+            self.runlog.close()
+        distributed.barrier()
+        return TrainResult(self.out, self.step, self.skipped_steps, self.best_ap, self.metrics, model_dir,
+                           self.bad_image_steps)
+
+    def _loop(self) -> None:
         t = self.cfg.train
-        stop = False
         window: dict[str, float] = {}
         window_n, window_start = 0, time.perf_counter()
         run_start = time.perf_counter()
         steps_this_session = 0
-        if self.max_iters_reached():
-            stop = True
+        stop = self.max_iters_reached()
         while self.epoch < t.epochs and not stop:
             plan = matching_plan(self.cfg, self.epoch)
             self.sampler.set_epoch(self.epoch, self.step_in_epoch * t.grad_accum)
@@ -362,8 +494,8 @@ class Trainer:
                        desc=f"epoch {self.epoch + 1}/{t.epochs}", disable=None if self.progress is None
                        else not self.progress, dynamic_ncols=True, leave=False)
             while self.step_in_epoch < self.steps_per_epoch:
-                group = [next(batches) for _ in range(t.grad_accum)]
-                logs = self.train_step(group, plan)
+                group, bad = self._next_group(batches)
+                logs = self._skip_bad_images(bad) if bad is not None else self.train_step(group, plan)
                 self.step_in_epoch += 1
                 self.step += 1
                 steps_this_session += 1
@@ -378,6 +510,8 @@ class Trainer:
                     self._log_window(window, window_n, lr, time.perf_counter() - window_start,
                                      time.perf_counter() - run_start, steps_this_session)
                     window, window_n, window_start = {}, 0, time.perf_counter()
+                if self.step_in_epoch < self.steps_per_epoch:  # at an epoch end: after _end_epoch
+                    self._stop_if_signalled()
                 if self.max_iters_reached():
                     stop = True
                     break
@@ -386,25 +520,85 @@ class Trainer:
             bar.close()
             if self.step_in_epoch >= self.steps_per_epoch:
                 self._end_epoch()
+                self._stop_if_signalled()
             else:
                 self.save_last()  # stopped mid-epoch by train.max_iters
         if self.last_saved_step != self.step:
             self.save_last()
-        model_dir = None
-        if self.is_main:
-            model_dir = self.out / MODEL_DIR
-            if self.best_ap is None:
-                self.export_model()  # never evaluated: the model folder holds the latest weights
-            plot_curves(self.out)
-            self.runlog.close()
-        distributed.barrier()
-        return TrainResult(self.out, self.step, self.skipped_steps, self.best_ap, self.metrics, model_dir)
+
+    # -- bad images met mid-epoch ---------------------------------------------------------------------
+    def _next_group(self, batches) -> tuple[list, BadImageError | None]:
+        """The step's ``grad_accum`` batches. All of them are drawn even when one fails to load, so the
+        data position stays (epoch, step) exactly, as resume assumes."""
+        group, bad = [], None
+        for _ in range(self.cfg.train.grad_accum):
+            try:
+                group.append(next(batches))
+            except BadImageError as e:  # DataLoader workers re-raise it in this process
+                bad = bad or BadImageError(_worker_message(str(e)), getattr(e, "path", None),
+                                           getattr(e, "image_id", None))
+        if self.info.enabled and distributed.any_true(bad is not None, self.device):
+            messages = [m for m in distributed.gather_objects(str(bad) if bad is not None else None) if m]
+            bad = bad or BadImageError(f"on another process: {messages[0]}")
+        return group, bad
+
+    def _skip_bad_images(self, bad: BadImageError) -> None:
+        where = f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1} of the epoch (global step {self.step + 1})"
+        if self.cfg.data.skip_bad_images:
+            self.bad_image_steps += 1
+            self.log(f"warning: {bad}; step at {where} skipped (data.skip_bad_images; "
+                     f"{self.bad_image_steps} so far)")
+            return None
+        last = (f"the last good checkpoint is {self.out / LAST} (step {self.last_saved_step})"
+                if self.last_saved_step is not None else "no checkpoint was written yet")
+        raise DataError(f"{bad}\n(met at {where}). Training stopped; {last}. Fix or remove the image and "
+                        f"resume with --resume, or set data.skip_bad_images=true to skip such steps.")
+
+    # -- SIGINT / SIGTERM -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _signals_to_checkpoint(self):
+        """While training, SIGINT and SIGTERM only set a flag; the loop saves last.pt at the end of the
+        current step and raises ``Interrupted``. A second signal interrupts at once (KeyboardInterrupt);
+        the checkpoint files stay consistent either way (atomic writes)."""
+        self._signal: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            # No printing here: a handler that writes to stdout can interrupt another write to it.
+            if self._signal is not None:
+                raise KeyboardInterrupt
+            self._signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _stop_if_signalled(self) -> None:
+        got = self._signal
+        if self.info.enabled and distributed.any_true(got is not None, self.device):
+            got = next(f for f in distributed.gather_objects(got) if f is not None)
+        if got is None:
+            return
+        name = signal.Signals(got).name
+        self.log(f"received {name}: saving a checkpoint at step {self.step} and stopping")
+        if self.last_saved_step != self.step:
+            self.save_last()
+        raise Interrupted(f"stopped by {name} at epoch {self.epoch + 1}, step {self.step_in_epoch} of the epoch "
+                          f"({self.step} steps done); checkpoint {self.out / LAST}. Continue with --resume.", got)
 
     def max_iters_reached(self) -> bool:
         return bool(self.cfg.train.max_iters) and self.step >= self.cfg.train.max_iters
 
     def _log_window(self, window, n, lr, seconds, elapsed, session_steps) -> None:
-        if n == 0:
+        if n == 0:  # every step of the window was skipped: still record the counts
+            if self.is_main:
+                self.runlog.write({"epoch": self.epoch, "iter": self.step_in_epoch, "step": self.step, "lr": lr,
+                                   "skipped_steps": self.skipped_steps, "bad_image_steps": self.bad_image_steps})
             return
         losses = distributed.mean_dict({k: v / n for k, v in window.items()}, self.device)
         if not self.is_main:
@@ -415,7 +609,7 @@ class Trainer:
             todo = min(todo, self.cfg.train.max_iters - self.step)
         self.runlog.write({"epoch": self.epoch, "iter": self.step_in_epoch, "step": self.step, "lr": lr,
                            "losses": losses, "time": round(elapsed, 3), "sec_per_iter": round(seconds / n, 4),
-                           "skipped_steps": self.skipped_steps})
+                           "skipped_steps": self.skipped_steps, "bad_image_steps": self.bad_image_steps})
         main = " ".join(f"{k[5:]} {losses[k]:.3f}" for k in ("loss_ce", "loss_bbox", "loss_giou") if k in losses)
         self.log(f"epoch {self.epoch + 1}/{self.cfg.train.epochs} iter {self.step_in_epoch}/{self.steps_per_epoch} "
                  f"loss {losses['loss']:.3f} ({main}) lr {lr:.2e} {1 / per_step:.2f} it/s "
