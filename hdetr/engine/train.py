@@ -54,6 +54,7 @@ class TrainResult:
     best_ap: float | None
     metrics: dict | None  # the last evaluation's metrics
     model_dir: Path | None
+    train_time: float = 0.0  # seconds in training steps (data + forward/backward/update), no eval/checkpoints
 
 
 def _float_outputs(obj):
@@ -132,6 +133,9 @@ class Trainer:
 
         self.epoch, self.step_in_epoch, self.step = 0, 0, 0
         self.skipped_steps = 0
+        # Seconds spent in training steps (loading the batches + forward/backward/update), summed over
+        # the run, resumes included; evaluation, checkpoints and logging are not counted.
+        self.train_time = 0.0
         self.best_ap: float | None = None
         self.metrics: dict | None = None
         self.last_saved_step: int | None = None
@@ -173,6 +177,7 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "step": self.step,
             "skipped_steps": self.skipped_steps,
+            "train_time": self.train_time,
             "best_ap": self.best_ap,
             "metrics": self.metrics,
             "category_map": self.cmap.to_dict(),
@@ -243,6 +248,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step_in_epoch, self.step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]
         self.skipped_steps = ckpt.get("skipped_steps", 0)
+        self.train_time = ckpt.get("train_time", 0.0)
         self.best_ap, self.metrics = ckpt.get("best_ap"), ckpt.get("metrics")
         rngs = ckpt.get("rng") or []
         if len(rngs) == self.info.world_size:
@@ -344,8 +350,10 @@ class Trainer:
                        desc=f"epoch {self.epoch + 1}/{t.epochs}", disable=None if self.progress is None
                        else not self.progress, dynamic_ncols=True, leave=False)
             while self.step_in_epoch < self.steps_per_epoch:
+                step_start = time.perf_counter()
                 group = [next(batches) for _ in range(t.grad_accum)]
                 logs = self.train_step(group, plan)
+                self.train_time += time.perf_counter() - step_start
                 self.step_in_epoch += 1
                 self.step += 1
                 steps_this_session += 1
@@ -381,7 +389,8 @@ class Trainer:
             plot_curves(self.out)
             self.runlog.close()
         distributed.barrier()
-        return TrainResult(self.out, self.step, self.skipped_steps, self.best_ap, self.metrics, model_dir)
+        return TrainResult(self.out, self.step, self.skipped_steps, self.best_ap, self.metrics, model_dir,
+                           self.train_time)
 
     def max_iters_reached(self) -> bool:
         return bool(self.cfg.train.max_iters) and self.step >= self.cfg.train.max_iters
@@ -398,6 +407,7 @@ class Trainer:
             todo = min(todo, self.cfg.train.max_iters - self.step)
         self.runlog.write({"epoch": self.epoch, "iter": self.step_in_epoch, "step": self.step, "lr": lr,
                            "losses": losses, "time": round(elapsed, 3), "sec_per_iter": round(seconds / n, 4),
+                           "train_time": round(self.train_time, 3),
                            "skipped_steps": self.skipped_steps})
         main = " ".join(f"{k[5:]} {losses[k]:.3f}" for k in ("loss_ce", "loss_bbox", "loss_giou") if k in losses)
         self.log(f"epoch {self.epoch + 1}/{self.cfg.train.epochs} iter {self.step_in_epoch}/{self.steps_per_epoch} "
@@ -420,7 +430,8 @@ class Trainer:
         metrics = distributed.broadcast_object(metrics)
         self.metrics = metrics
         if self.is_main:
-            self.runlog.write({"epoch": epoch, "step": self.step, "eval": metrics})
+            self.runlog.write({"epoch": epoch, "step": self.step, "train_time": round(self.train_time, 3),
+                               "eval": metrics})
             self.log(f"epoch {epoch + 1} eval: AP {metrics['AP']:.3f} AP50 {metrics['AP50']:.3f} "
                      f"AP75 {metrics['AP75']:.3f}")
             plot_curves(self.out)
