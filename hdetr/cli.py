@@ -14,6 +14,7 @@ VERBS = {
     "predict": "predict",
     "synth": "synth",
     "demo": "demo",
+    "bench": "bench",
 }
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``hdetr bench``: one module per subcommand."""
