@@ -305,6 +305,57 @@ def inference_speed(models: dict, side: int, device, rounds: int = 5, per_round:
     return {name: 1.0 / statistics.median(ts) for name, ts in times.items()}
 
 
+def train_step_speed(overrides: dict[str, list[str]], device: str, work: Path, rounds: int = 3,
+                     steps: int = 2) -> dict[str, float]:
+    """Seconds per training step of each scheme, measured side by side: one engine ``Trainer`` per
+    scheme, the same batches, the schemes timed in turn (median over rounds). On a shared machine this
+    gives fairer ratios than the runs themselves, which ran at different times. The epoch scheme is
+    timed with both of its matching plans and weighted by the share of epochs each one gets."""
+    import shutil
+
+    from ..config import load_config
+    from ..engine.train import Trainer
+    from ..hybrid import matching_plan
+
+    scratch = work / "step_timing"
+    shutil.rmtree(scratch, ignore_errors=True)
+    trainers, batches, plans = {}, {}, {}
+    for name, ov in overrides.items():
+        cfg = load_config(PRESET, ov)
+        trainer = Trainer(cfg, scratch / name, device=device, progress=False)
+        it = iter(trainer.loader)
+        batches[name] = [next(it) for _ in range(steps)]
+        epochs = cfg.train.epochs
+        by_plan: dict = {}
+        for e in range(epochs):
+            plan = matching_plan(cfg, e)
+            by_plan[plan] = by_plan.get(plan, 0) + 1 / epochs
+        trainers[name], plans[name] = trainer, by_plan
+    import torch
+
+    def sync():
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+
+    times: dict[str, dict] = {name: {plan: [] for plan in plans[name]} for name in trainers}
+    for r in range(rounds + 1):  # round 0 warms up
+        for name, trainer in trainers.items():
+            for plan in plans[name]:
+                sync()
+                t0 = time.perf_counter()
+                for b in batches[name]:
+                    trainer.train_step([b], plan)
+                sync()
+                if r:
+                    times[name][plan].append((time.perf_counter() - t0) / steps)
+    for trainer in trainers.values():
+        if trainer.runlog is not None:
+            trainer.runlog.close()
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {name: sum(w * statistics.median(times[name][plan]) for plan, w in plans[name].items())
+            for name in trainers}
+
+
 # -- aggregation -------------------------------------------------------------------------------------
 def _mean_std(xs: list[float]) -> tuple[float, float]:
     if not xs:
@@ -385,7 +436,7 @@ def format_table(doc: dict) -> str:
     base = doc["schemes"].get("baseline")
     rows = []
     head = (f"{'scheme':<22} {'queries':>9} {'AP':>13} {'AP50':>13} {'AP75':>13} {'AP@' + format(t_eq, '.0f') + 's':>8} "
-            f"{'s/iter':>7} {'x base':>6} {'peak MB':>8} {'img/s':>7} {'GFLOPs':>6}")
+            f"{'s/iter':>7} {'x base':>6} {'x base*':>7} {'peak MB':>8} {'img/s':>7} {'GFLOPs':>6}")
     rows.append(head)
     rows.append("-" * len(head))
     for name, s in doc["schemes"].items():
@@ -397,14 +448,17 @@ def format_table(doc: dict) -> str:
             return f"{m:.3f}±{sd:.3f}"
 
         ratio = s["train_s_per_iter"] / base["train_s_per_iter"] if base else math.nan
+        side = cfg.get("train_s_per_iter_side_by_side", {})
+        ratio_side = side[name] / side["baseline"] if name in side and "baseline" in side else math.nan
         rows.append(f"{name:<22} {qs:>9} {ms('AP'):>13} {ms('AP50'):>13} {ms('AP75'):>13} "
-                    f"{interpolate(s['curve'], t_eq):>8.3f} {s['train_s_per_iter']:>7.3f} {ratio:>6.2f} "
+                    f"{interpolate(s['curve'], t_eq):>8.3f} {s['train_s_per_iter']:>7.3f} {ratio:>6.2f} {ratio_side:>7.2f} "
                     f"{s['peak_mem_mb']:>8.0f} {s['infer_img_per_s']:>7.1f} {s['gflops']:>6.2f}")
     seeds = max((len(s["AP"]) for s in doc["schemes"].values()), default=0)
     its = max((s["curve"][-1][0] for s in doc["schemes"].values() if s["curve"]), default=0)
     rows.append(f"AP/AP50/AP75: final, mean±std over {seeds} seed(s), after {its} iterations "
                 f"({budget.get('epochs', '?')} epochs); AP@{t_eq:.0f}s: AP of the mean curve after {t_eq:.0f} s "
-                f"of training; queries: train/inference")
+                f"of training; s/iter and x base: the runs' training time per iteration; x base*: the same "
+                f"ratio timed side by side; queries: train/inference")
     return "\n".join(rows)
 
 
@@ -638,10 +692,13 @@ def run_ablation(args) -> int:
     if specs:
         log(f"  trained {len(specs)} run(s) in {time.perf_counter() - start:.0f} s")
 
-    # Inference speed and FLOPs of the seed-0 models, measured side by side.
+    # Training step time, inference speed and FLOPs, measured side by side.
     dev = torch.device(device)
     if not on_cuda:
         torch.set_num_threads(threads)
+    log("  timing training steps side by side ...")
+    step_s = train_step_speed({s: run_overrides(s, 0, budget, data_dir) for s in schemes}, device, work)
+    log("  timing inference side by side ...")
     models, gflops = {}, {}
     for scheme in schemes:
         model, _ = _load_trained(work / scheme / "seed0", dev)
@@ -667,7 +724,12 @@ def run_ablation(args) -> int:
         "curve": "mean over seeds: [iteration, training seconds (data + forward/backward/update; "
                  "evaluation excluded), val AP] after every epoch",
         "AP": "final val AP per seed (COCO AP@[.5:.95], faster-coco-eval)",
-        "train_s_per_iter": "training seconds / iterations, mean over seeds",
+        "train_s_per_iter": "training seconds / iterations of the runs, mean over seeds",
+        "train_s_per_iter_side_by_side": {s: step_s[s] for s in schemes},
+        "train_s_per_iter_side_by_side_note": "one training step (batch, forward, loss, backward, update) of "
+                                              "each scheme timed in turn in one process, median of 3 rounds "
+                                              "of 2 steps; fairer ratios than the runs' own times on a "
+                                              "shared machine",
         "peak_mem_mb": "CUDA: torch.cuda.max_memory_allocated; CPU: peak RSS of the training process "
                        "(includes the interpreter and libraries), mean over seeds",
         "infer_img_per_s": f"eval mode (one-to-one queries only), batch 1, {budget.image_size} px, model forward "
