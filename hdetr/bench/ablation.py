@@ -88,7 +88,7 @@ DEFAULT = Budget(
     num_queries_one2many=125, k=6, lambda_one2many=1.0, epoch_ratio=2 / 3, one2many_layers=2,
 )
 # --quick: checks that everything works end to end in a few minutes; far too short to rank schemes.
-QUICK = dataclasses.replace(DEFAULT, train_images=32, val_images=16, epochs=3, lr_drop=2, seeds=1)
+QUICK = dataclasses.replace(DEFAULT, train_images=24, val_images=16, epochs=3, lr_drop=2, seeds=1)
 BUDGETS = {"default": DEFAULT, "quick": QUICK}
 
 
@@ -506,7 +506,7 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
 # -- the command ---------------------------------------------------------------------------------------
 def add_arguments(p) -> None:
     p.add_argument("--quick", action="store_true",
-                   help="a few-minute end-to-end check (32 images, 3 epochs, 1 seed): too short to rank schemes")
+                   help="a few-minute end-to-end check (24 images, 3 epochs, 1 seed): too short to rank schemes")
     p.add_argument("--seeds", type=int, default=None, help="seeds per scheme (default: 3, 1 with --quick)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                    help="where ablation.json and ablation.png go (default: benchmarks/results)")
@@ -522,6 +522,8 @@ def add_arguments(p) -> None:
     p.add_argument("--jobs", type=int, default=None,
                    help="runs at a time, each in its own process (default: 2 on CPU, 1 on CUDA); "
                         "0 trains in this process, one run after the other")
+    p.add_argument("--timing-rounds", type=int, default=None,
+                   help="timed rounds of the side-by-side training-step and inference timings (default: 3, 1 with --quick)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per run on CPU (default: CPU cores / jobs)")
 
@@ -696,15 +698,17 @@ def run_ablation(args) -> int:
     dev = torch.device(device)
     if not on_cuda:
         torch.set_num_threads(threads)
+    rounds = max(1, args.timing_rounds or (1 if args.quick else 3))
     log("  timing training steps side by side ...")
-    step_s = train_step_speed({s: run_overrides(s, 0, budget, data_dir) for s in schemes}, device, work)
+    step_s = train_step_speed({s: run_overrides(s, 0, budget, data_dir) for s in schemes}, device, work,
+                              rounds=rounds, steps=1 if rounds == 1 else 2)
     log("  timing inference side by side ...")
     models, gflops = {}, {}
     for scheme in schemes:
         model, _ = _load_trained(work / scheme / "seed0", dev)
         models[scheme] = model
         gflops[scheme] = inference_flops(model, budget.image_size, dev)
-    infer = inference_speed(models, budget.image_size, dev)
+    infer = inference_speed(models, budget.image_size, dev, rounds=rounds + 2, per_round=5 if rounds == 1 else 10)
     del models
 
     config = {
@@ -727,9 +731,9 @@ def run_ablation(args) -> int:
         "train_s_per_iter": "training seconds / iterations of the runs, mean over seeds",
         "train_s_per_iter_side_by_side": {s: step_s[s] for s in schemes},
         "train_s_per_iter_side_by_side_note": "one training step (batch, forward, loss, backward, update) of "
-                                              "each scheme timed in turn in one process, median of 3 rounds "
-                                              "of 2 steps; fairer ratios than the runs' own times on a "
-                                              "shared machine",
+                                              "each scheme timed in turn in one process, median over rounds "
+                                              "(3 of 2 steps by default, 1 of 1 with --quick); fairer ratios than the "
+                                              "runs' own times on a shared machine",
         "peak_mem_mb": "CUDA: torch.cuda.max_memory_allocated; CPU: peak RSS of the training process "
                        "(includes the interpreter and libraries), mean over seeds",
         "infer_img_per_s": f"eval mode (one-to-one queries only), batch 1, {budget.image_size} px, model forward "
