@@ -466,7 +466,7 @@ COLOURS = {"baseline": "tab:gray", "baseline_more_queries": "tab:brown", "branch
            "epoch": "tab:blue", "layer": "tab:green"}
 
 
-def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
+def plot(results: dict[str, list[dict]], path: Path, title: str, marks: dict[str, int] | None = None) -> None:
     """AP against iterations and against training seconds; mean over seeds with a +-std band."""
     import matplotlib
 
@@ -487,8 +487,13 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
         secs = np.array([[c[i][1] for i in its] for c in per_seed]).mean(0)
         m, sd = ap.mean(0), ap.std(0, ddof=1) if len(rs) > 1 else np.zeros(len(its))
         for ax, x in ((axes[0], np.array(its)), (axes[1], secs)):
-            ax.plot(x, m, marker="o", markersize=3, color=COLOURS[name], label=f"{name} ({len(rs)} seeds)")
+            ax.plot(x, m, marker="o", markersize=3, color=COLOURS[name],
+                    label=f"{name} ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
             ax.fill_between(x, m - sd, m + sd, color=COLOURS[name], alpha=0.15, linewidth=0)
+    for i, (label, it) in enumerate((marks or {}).items()):
+        axes[0].axvline(it, color="k", linestyle=":" if i else "--", linewidth=0.8)
+        axes[0].annotate(label, (it, 1), xycoords=("data", "axes fraction"), xytext=(-3, -3 - 10 * i),
+                         textcoords="offset points", ha="right", va="top", fontsize=7)
     axes[0].set_xlabel("iteration")
     axes[1].set_xlabel("training seconds (mean over seeds; evaluation excluded)")
     axes[0].set_ylabel("val AP")
@@ -636,6 +641,7 @@ def run_ablation(args) -> int:
 
     from ..checkpoint import atomic_write
     from ..errors import UserError
+    from ..hybrid import one2many_epoch_count
 
     budget = QUICK if args.quick else DEFAULT
     budget = _apply_settings(budget, args.settings)
@@ -742,12 +748,16 @@ def run_ablation(args) -> int:
                   "and matrix products; the deformable sampling is not counted)",
     }
     doc = aggregate(results, infer, gflops, config, machine_description(device, threads, jobs))
+    iters_per_epoch = budget.train_images // budget.batch_size
     args.out.mkdir(parents=True, exist_ok=True)
     json_path, png_path = args.out / f"{name}.json", args.out / f"{name}.png"
     atomic_write(json_path, lambda p: Path(p).write_text(json.dumps(doc, indent=1) + "\n"))
     plot(results, png_path, f"hybrid matching ablation: {budget.epochs} epochs x {budget.train_images} synthetic "
                             f"images, {budget.seeds} seed(s), N={budget.num_queries}, M={budget.num_queries_one2many}, "
-                            f"K={budget.k}")
+                            f"K={budget.k}",
+         marks={"lr x0.1": budget.lr_drop * iters_per_epoch,
+                "epoch scheme: one-to-one from here": one2many_epoch_count(budget.epochs, budget.epoch_ratio)
+                * iters_per_epoch})
     log("")
     log(format_table(doc))
     log(f"\nwrote {json_path} and {png_path}")
