@@ -462,6 +462,30 @@ def format_table(doc: dict) -> str:
     return "\n".join(rows)
 
 
+def format_markdown(doc: dict) -> str:
+    """The table of ``format_table`` in Markdown (for docs/benchmarks.md)."""
+    cfg = doc.get("config", {})
+    side = cfg.get("train_s_per_iter_side_by_side", {})
+    t_eq = equal_time_seconds(doc)
+    base = doc["schemes"].get("baseline")
+    lines = [f"| scheme | queries (train / inference) | AP | AP50 | AP75 | AP after {t_eq:.0f} s | train s/iter "
+             f"| x baseline (runs / side by side) | peak RSS MB | inference img/s | GFLOPs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in doc["schemes"].items():
+        q = cfg.get("queries", {}).get(name, ["?", "?"])
+
+        def ms(key):
+            m, sd = _mean_std(s[key])
+            return f"{m:.3f} ± {sd:.3f}"
+
+        ratio = s["train_s_per_iter"] / base["train_s_per_iter"] if base else math.nan
+        ratio_side = side[name] / side["baseline"] if name in side and "baseline" in side else math.nan
+        lines.append(f"| {name} | {q[0]} / {q[1]} | {ms('AP')} | {ms('AP50')} | {ms('AP75')} | "
+                     f"{interpolate(s['curve'], t_eq):.3f} | {s['train_s_per_iter']:.2f} | {ratio:.2f} / {ratio_side:.2f} | "
+                     f"{s['peak_mem_mb']:.0f} | {s['infer_img_per_s']:.1f} | {s['gflops']:.2f} |")
+    return "\n".join(lines)
+
+
 COLOURS = {"baseline": "tab:gray", "baseline_more_queries": "tab:brown", "branch": "tab:red",
            "epoch": "tab:blue", "layer": "tab:green"}
 
