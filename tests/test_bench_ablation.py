@@ -86,10 +86,14 @@ def test_scheme_configs_follow_the_paper():
 
 
 def test_curve_helpers():
-    runs = [{"curve": [[10, 1.0, 0.1, 0, 0], [20, 2.0, 0.3, 0, 0]]},
-            {"curve": [[10, 3.0, 0.3, 0, 0], [20, 4.0, 0.5, 0, 0]]}]
-    assert ablation.mean_curve(runs) == [[10, 2.0, pytest.approx(0.2)], [20, 3.0, pytest.approx(0.4)]]
-    curve = ablation.mean_curve(runs)
+    def run(*points):
+        return {"evals": [{"step": it, "train_time": 10 * sec, "train_cpu_time": sec, "AP": ap}
+                          for it, sec, ap in points]}
+
+    runs = [run((10, 1.0, 0.1), (20, 2.0, 0.3)), run((10, 3.0, 0.3), (20, 4.0, 0.5))]
+    assert ablation.mean_curve(runs, "cpu") == [[10, 2.0, pytest.approx(0.2)], [20, 3.0, pytest.approx(0.4)]]
+    assert ablation.mean_curve(runs, "wall")[0][1] == 20.0
+    curve = ablation.mean_curve(runs, "cpu")
     assert ablation.interpolate(curve, 2.5) == pytest.approx(0.3)
     assert math.isnan(ablation.interpolate(curve, 5.0))
 

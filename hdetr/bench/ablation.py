@@ -34,6 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCHEMES = ("baseline", "baseline_more_queries", "branch", "epoch", "layer")
+# How time is measured. "cpu": CPU seconds of the (single-threaded) training process -- what one
+# dedicated core would take, and far steadier than wall time when other jobs share the CPU; "wall":
+# elapsed seconds (the right clock on a GPU).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+RUN_SECONDS = {"wall": "train_time", "cpu": "train_cpu_time"}  # the engine's record of each clock
 PRESET = "synthetic_small"  # the base config; every setting that matters is overridden below
 NUM_CLASSES = 4  # the synthetic shapes
 
@@ -205,11 +210,12 @@ def train_run(spec: dict) -> dict:
         "budget_key": spec["budget_key"],
         "overrides": spec["overrides"],
         "AP": last["AP"], "AP50": last["AP50"], "AP75": last["AP75"],
-        # [iteration, training seconds, AP, AP50, AP75] after every epoch
-        "curve": [[r["step"], r["train_time"], r["eval"]["AP"], r["eval"]["AP50"], r["eval"]["AP75"]] for r in evals],
+        # after every epoch: iterations done, training seconds so far (wall and CPU), val metrics
+        "evals": [{"step": r["step"], "train_time": r["train_time"], "train_cpu_time": r["train_cpu_time"],
+                   **{k: r["eval"][k] for k in ("AP", "AP50", "AP75")}} for r in evals],
         "steps": result.steps,
         "train_time": result.train_time,
-        "train_s_per_iter": result.train_time / max(result.steps, 1),
+        "train_cpu_time": result.train_cpu_time,
         "peak_mem_mb": _peak_memory_mb(device),
         "wall_s": wall,
         "resumed": resumed,
@@ -244,7 +250,16 @@ def _read_result(run_dir: Path, budget_key: str) -> dict | None:
         res = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    return res if res.get("budget_key") == budget_key else None
+    return res if res.get("budget_key") == budget_key and "evals" in res else None
+
+
+def run_curve(res: dict, clock: str) -> list[list[float]]:
+    """[iteration, training seconds by ``clock``, AP] after every epoch of one run."""
+    return [[e["step"], e[RUN_SECONDS[clock]], e["AP"]] for e in res["evals"]]
+
+
+def run_s_per_iter(res: dict, clock: str) -> float:
+    return res[RUN_SECONDS[clock]] / max(res["steps"], 1)
 
 
 # -- inference speed and FLOPs, side by side ---------------------------------------------------------
@@ -277,7 +292,8 @@ def inference_flops(model, side: int, device) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def inference_speed(models: dict, side: int, device, rounds: int = 5, per_round: int = 10) -> dict[str, float]:
+def inference_speed(models: dict, side: int, device, rounds: int = 5, per_round: int = 10,
+                    clock: str = "wall") -> dict[str, float]:
     """Images/s of eval-mode forwards (batch 1, one-to-one queries only), the models timed in turn."""
     import torch
 
@@ -289,6 +305,7 @@ def inference_speed(models: dict, side: int, device, rounds: int = 5, per_round:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    now = CLOCKS[clock]
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
         for model in models.values():  # warm-up
@@ -297,16 +314,16 @@ def inference_speed(models: dict, side: int, device, rounds: int = 5, per_round:
         for _ in range(rounds):
             for name, model in models.items():
                 sync()
-                t0 = time.perf_counter()
+                t0 = now()
                 for _ in range(per_round):
                     model(images, mask)
                 sync()
-                times[name].append((time.perf_counter() - t0) / per_round)
+                times[name].append((now() - t0) / per_round)
     return {name: 1.0 / statistics.median(ts) for name, ts in times.items()}
 
 
 def train_step_speed(overrides: dict[str, list[str]], device: str, work: Path, rounds: int = 3,
-                     steps: int = 2) -> dict[str, float]:
+                     steps: int = 2, clock: str = "wall") -> dict[str, float]:
     """Seconds per training step of each scheme, measured side by side: one engine ``Trainer`` per
     scheme, the same batches, the schemes timed in turn (median over rounds). On a shared machine this
     gives fairer ratios than the runs themselves, which ran at different times. The epoch scheme is
@@ -337,17 +354,18 @@ def train_step_speed(overrides: dict[str, list[str]], device: str, work: Path, r
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
 
+    now = CLOCKS[clock]
     times: dict[str, dict] = {name: {plan: [] for plan in plans[name]} for name in trainers}
     for r in range(rounds + 1):  # round 0 warms up
         for name, trainer in trainers.items():
             for plan in plans[name]:
                 sync()
-                t0 = time.perf_counter()
+                t0 = now()
                 for b in batches[name]:
                     trainer.train_step([b], plan)
                 sync()
                 if r:
-                    times[name][plan].append((time.perf_counter() - t0) / steps)
+                    times[name][plan].append((now() - t0) / steps)
     for trainer in trainers.values():
         if trainer.runlog is not None:
             trainer.runlog.close()
@@ -363,9 +381,9 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def mean_curve(results: list[dict]) -> list[list[float]]:
+def mean_curve(results: list[dict], clock: str) -> list[list[float]]:
     """[iteration, training seconds, AP] averaged over seeds, at the iterations every seed evaluated."""
-    per_seed = [{int(p[0]): p for p in r["curve"]} for r in results]
+    per_seed = [{int(p[0]): p for p in run_curve(r, clock)} for r in results]
     common = sorted(set.intersection(*(set(c) for c in per_seed))) if per_seed else []
     return [[it, statistics.fmean(c[it][1] for c in per_seed), statistics.fmean(c[it][2] for c in per_seed)]
             for it in common]
@@ -402,7 +420,7 @@ def machine_description(device: str, threads: int, jobs: int) -> str:
 
 
 def aggregate(results: dict[str, list[dict]], infer: dict[str, float], gflops: dict[str, float],
-              config: dict, machine: str) -> dict:
+              config: dict, machine: str, clock: str) -> dict:
     schemes = {}
     for name in SCHEMES:
         rs = results.get(name) or []
@@ -412,8 +430,8 @@ def aggregate(results: dict[str, list[dict]], infer: dict[str, float], gflops: d
             "AP": [r["AP"] for r in rs],
             "AP50": [r["AP50"] for r in rs],
             "AP75": [r["AP75"] for r in rs],
-            "curve": mean_curve(rs),
-            "train_s_per_iter": statistics.fmean(r["train_s_per_iter"] for r in rs),
+            "curve": mean_curve(rs, clock),
+            "train_s_per_iter": statistics.fmean(run_s_per_iter(r, clock) for r in rs),
             "peak_mem_mb": statistics.fmean(r["peak_mem_mb"] for r in rs),
             "infer_img_per_s": infer.get(name, math.nan),
             "gflops": gflops.get(name, math.nan),
@@ -490,7 +508,8 @@ COLOURS = {"baseline": "tab:gray", "baseline_more_queries": "tab:brown", "branch
            "epoch": "tab:blue", "layer": "tab:green"}
 
 
-def plot(results: dict[str, list[dict]], path: Path, title: str, marks: dict[str, int] | None = None) -> None:
+def plot(results: dict[str, list[dict]], path: Path, title: str, clock: str,
+         marks: dict[str, int] | None = None) -> None:
     """AP against iterations and against training seconds; mean over seeds with a +-std band."""
     import matplotlib
 
@@ -503,7 +522,7 @@ def plot(results: dict[str, list[dict]], path: Path, title: str, marks: dict[str
         rs = results.get(name) or []
         if not rs:
             continue
-        per_seed = [{int(p[0]): p for p in r["curve"]} for r in rs]
+        per_seed = [{int(p[0]): p for p in run_curve(r, clock)} for r in rs]
         its = sorted(set.intersection(*(set(c) for c in per_seed)))
         if not its:
             continue
@@ -519,7 +538,7 @@ def plot(results: dict[str, list[dict]], path: Path, title: str, marks: dict[str
         axes[0].annotate(label, (it, 1), xycoords=("data", "axes fraction"), xytext=(-3, -3 - 10 * i),
                          textcoords="offset points", ha="right", va="top", fontsize=7)
     axes[0].set_xlabel("iteration")
-    axes[1].set_xlabel("training seconds (mean over seeds; evaluation excluded)")
+    axes[1].set_xlabel(f"training {'CPU ' if clock == 'cpu' else ''}seconds (mean over seeds; evaluation excluded)")
     axes[0].set_ylabel("val AP")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -551,6 +570,10 @@ def add_arguments(p) -> None:
     p.add_argument("--jobs", type=int, default=None,
                    help="runs at a time, each in its own process (default: 2 on CPU, 1 on CUDA); "
                         "0 trains in this process, one run after the other")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default=None,
+                   help="how training and inference time is measured: cpu = CPU seconds of the single-threaded "
+                        "process (default on CPU: steady when other jobs share the machine), wall = elapsed "
+                        "seconds (default on CUDA)")
     p.add_argument("--timing-rounds", type=int, default=None,
                    help="timed rounds of the side-by-side training-step and inference timings (default: 3, 1 with --quick)")
     p.add_argument("--threads", type=int, default=None,
@@ -654,9 +677,10 @@ def _run_pending(pending: list[dict], jobs: int, log) -> list[dict]:
 
 
 def _run_line(res: dict) -> str:
-    curve = " ".join(f"{p[2]:.3f}" for p in res["curve"])
+    curve = " ".join(f"{e['AP']:.3f}" for e in res["evals"])
     return (f"  done {res['scheme']} seed {res['seed']}: AP {res['AP']:.3f} AP50 {res['AP50']:.3f} "
-            f"AP75 {res['AP75']:.3f}; {res['train_s_per_iter']:.3f} s/iter, {res['train_time']:.0f} s training, "
+            f"AP75 {res['AP75']:.3f}; training {res['train_time']:.0f} s wall, {res['train_cpu_time']:.0f} s CPU "
+            f"({run_s_per_iter(res, 'wall'):.3f} / {run_s_per_iter(res, 'cpu'):.3f} s/iter), "
             f"peak {res['peak_mem_mb']:.0f} MB; AP per epoch: {curve}")
 
 
@@ -686,6 +710,9 @@ def run_ablation(args) -> int:
     if jobs < 0:
         raise UserError("--jobs must be >= 0")
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    clock = args.clock or ("wall" if on_cuda else "cpu")
+    if clock == "cpu" and on_cuda:
+        raise UserError("--clock cpu measures CPU seconds: use --clock wall with CUDA")
     name = args.name or ("ablation_quick" if args.quick else "ablation")
 
     def log(msg: str) -> None:
@@ -731,14 +758,15 @@ def run_ablation(args) -> int:
     rounds = max(1, args.timing_rounds or (1 if args.quick else 3))
     log("  timing training steps side by side ...")
     step_s = train_step_speed({s: run_overrides(s, 0, budget, data_dir) for s in schemes}, device, work,
-                              rounds=rounds, steps=1 if rounds == 1 else 2)
+                              rounds=rounds, steps=1 if rounds == 1 else 2, clock=clock)
     log("  timing inference side by side ...")
     models, gflops = {}, {}
     for scheme in schemes:
         model, _ = _load_trained(work / scheme / "seed0", dev)
         models[scheme] = model
         gflops[scheme] = inference_flops(model, budget.image_size, dev)
-    infer = inference_speed(models, budget.image_size, dev, rounds=rounds + 2, per_round=5 if rounds == 1 else 10)
+    infer = inference_speed(models, budget.image_size, dev, rounds=rounds + 2, per_round=5 if rounds == 1 else 10,
+                            clock=clock)
     del models
 
     config = {
@@ -755,10 +783,15 @@ def run_ablation(args) -> int:
         "base_preset": PRESET,
         "dataset": f"write_synthetic_dataset(train={budget.train_images}, val={budget.val_images}, "
                    f"size={budget.image_size}, seed={budget.data_seed})",
-        "curve": "mean over seeds: [iteration, training seconds (data + forward/backward/update; "
+        "clock": clock,
+        "clock_note": "cpu: CPU seconds of the single-threaded training process (what one dedicated core "
+                      "takes; steady when other jobs share the CPU); wall: elapsed seconds",
+        "curve": "mean over seeds: [iteration, training seconds by the clock (data + forward/backward/update; "
                  "evaluation excluded), val AP] after every epoch",
         "AP": "final val AP per seed (COCO AP@[.5:.95], faster-coco-eval)",
-        "train_s_per_iter": "training seconds / iterations of the runs, mean over seeds",
+        "train_s_per_iter": "training seconds (by the clock) / iterations of the runs, mean over seeds",
+        "train_s_per_iter_wall": {s: statistics.fmean(run_s_per_iter(r, "wall") for r in results[s])
+                                  for s in schemes},
         "train_s_per_iter_side_by_side": {s: step_s[s] for s in schemes},
         "train_s_per_iter_side_by_side_note": "one training step (batch, forward, loss, backward, update) of "
                                               "each scheme timed in turn in one process, median over rounds "
@@ -767,11 +800,11 @@ def run_ablation(args) -> int:
         "peak_mem_mb": "CUDA: torch.cuda.max_memory_allocated; CPU: peak RSS of the training process "
                        "(includes the interpreter and libraries), mean over seeds",
         "infer_img_per_s": f"eval mode (one-to-one queries only), batch 1, {budget.image_size} px, model forward "
-                           f"without post-processing, seed-0 models timed in turn",
+                           f"without post-processing, seed-0 models timed in turn, by the clock",
         "gflops": "one eval-mode forward at batch 1 by torch.utils.flop_counter.FlopCounterMode (convolutions "
                   "and matrix products; the deformable sampling is not counted)",
     }
-    doc = aggregate(results, infer, gflops, config, machine_description(device, threads, jobs))
+    doc = aggregate(results, infer, gflops, config, machine_description(device, threads, jobs), clock)
     iters_per_epoch = budget.train_images // budget.batch_size
     args.out.mkdir(parents=True, exist_ok=True)
     json_path, png_path = args.out / f"{name}.json", args.out / f"{name}.png"
@@ -779,7 +812,7 @@ def run_ablation(args) -> int:
     plot(results, png_path, f"hybrid matching ablation: {budget.epochs} epochs x {budget.train_images} synthetic "
                             f"images, {budget.seeds} seed(s), N={budget.num_queries}, M={budget.num_queries_one2many}, "
                             f"K={budget.k}",
-         marks={"lr x0.1": budget.lr_drop * iters_per_epoch,
+         clock=clock, marks={"lr x0.1": budget.lr_drop * iters_per_epoch,
                 "epoch scheme: one-to-one from here": one2many_epoch_count(budget.epochs, budget.epoch_ratio)
                 * iters_per_epoch})
     log("")

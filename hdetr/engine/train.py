@@ -55,6 +55,7 @@ class TrainResult:
     metrics: dict | None  # the last evaluation's metrics
     model_dir: Path | None
     train_time: float = 0.0  # seconds in training steps (data + forward/backward/update), no eval/checkpoints
+    train_cpu_time: float = 0.0  # the same, in CPU seconds of this process (all its threads)
 
 
 def _float_outputs(obj):
@@ -134,8 +135,11 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.step = 0, 0, 0
         self.skipped_steps = 0
         # Seconds spent in training steps (loading the batches + forward/backward/update), summed over
-        # the run, resumes included; evaluation, checkpoints and logging are not counted.
+        # the run, resumes included; evaluation, checkpoints and logging are not counted. The CPU seconds
+        # of this process (all threads, not loader workers) over the same steps: on a shared CPU they
+        # vary far less with the other processes' load than wall time does.
         self.train_time = 0.0
+        self.train_cpu_time = 0.0
         self.best_ap: float | None = None
         self.metrics: dict | None = None
         self.last_saved_step: int | None = None
@@ -178,6 +182,7 @@ class Trainer:
             "step": self.step,
             "skipped_steps": self.skipped_steps,
             "train_time": self.train_time,
+            "train_cpu_time": self.train_cpu_time,
             "best_ap": self.best_ap,
             "metrics": self.metrics,
             "category_map": self.cmap.to_dict(),
@@ -249,6 +254,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]
         self.skipped_steps = ckpt.get("skipped_steps", 0)
         self.train_time = ckpt.get("train_time", 0.0)
+        self.train_cpu_time = ckpt.get("train_cpu_time", 0.0)
         self.best_ap, self.metrics = ckpt.get("best_ap"), ckpt.get("metrics")
         rngs = ckpt.get("rng") or []
         if len(rngs) == self.info.world_size:
@@ -350,10 +356,11 @@ class Trainer:
                        desc=f"epoch {self.epoch + 1}/{t.epochs}", disable=None if self.progress is None
                        else not self.progress, dynamic_ncols=True, leave=False)
             while self.step_in_epoch < self.steps_per_epoch:
-                step_start = time.perf_counter()
+                step_start, step_cpu = time.perf_counter(), time.process_time()
                 group = [next(batches) for _ in range(t.grad_accum)]
                 logs = self.train_step(group, plan)
                 self.train_time += time.perf_counter() - step_start
+                self.train_cpu_time += time.process_time() - step_cpu
                 self.step_in_epoch += 1
                 self.step += 1
                 steps_this_session += 1
@@ -390,7 +397,7 @@ class Trainer:
             self.runlog.close()
         distributed.barrier()
         return TrainResult(self.out, self.step, self.skipped_steps, self.best_ap, self.metrics, model_dir,
-                           self.train_time)
+                           self.train_time, self.train_cpu_time)
 
     def max_iters_reached(self) -> bool:
         return bool(self.cfg.train.max_iters) and self.step >= self.cfg.train.max_iters
@@ -407,7 +414,7 @@ class Trainer:
             todo = min(todo, self.cfg.train.max_iters - self.step)
         self.runlog.write({"epoch": self.epoch, "iter": self.step_in_epoch, "step": self.step, "lr": lr,
                            "losses": losses, "time": round(elapsed, 3), "sec_per_iter": round(seconds / n, 4),
-                           "train_time": round(self.train_time, 3),
+                           "train_time": round(self.train_time, 3), "train_cpu_time": round(self.train_cpu_time, 3),
                            "skipped_steps": self.skipped_steps})
         main = " ".join(f"{k[5:]} {losses[k]:.3f}" for k in ("loss_ce", "loss_bbox", "loss_giou") if k in losses)
         self.log(f"epoch {self.epoch + 1}/{self.cfg.train.epochs} iter {self.step_in_epoch}/{self.steps_per_epoch} "
@@ -431,7 +438,7 @@ class Trainer:
         self.metrics = metrics
         if self.is_main:
             self.runlog.write({"epoch": epoch, "step": self.step, "train_time": round(self.train_time, 3),
-                               "eval": metrics})
+                               "train_cpu_time": round(self.train_cpu_time, 3), "eval": metrics})
             self.log(f"epoch {epoch + 1} eval: AP {metrics['AP']:.3f} AP50 {metrics['AP50']:.3f} "
                      f"AP75 {metrics['AP75']:.3f}")
             plot_curves(self.out)
