@@ -95,7 +95,9 @@ def train_loader(ds, cfg: Config, info: DistInfo) -> tuple[DataLoader, EpochBatc
         num_workers=t.num_workers,
         worker_init_fn=worker_init,
         generator=torch.Generator().manual_seed(t.seed + info.rank),
-        persistent_workers=False,  # a fresh iterator per epoch picks up set_epoch()
+        # The batch sampler runs in this process and hands (index, seed) pairs to the workers, so
+        # workers can live across epochs and still follow set_epoch().
+        persistent_workers=t.num_workers > 0,
         pin_memory=torch.cuda.is_available(),
     )
     return loader, sampler

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +146,7 @@ class Trainer:
         self.last_saved_step: int | None = None
         if resume:
             self._resume()
-        elif self.is_main and (self.out / LAST).exists():
+        elif (self.out / LAST).exists():  # checked on every rank: a lone failing rank would hang the rest
             raise UserError(f"{self.out} already holds a training run ({LAST}); pass --resume to continue "
                             f"it or choose another --out folder")
         distributed.barrier()
@@ -160,6 +161,7 @@ class Trainer:
     def log(self, msg: str) -> None:
         if self.is_main:
             tqdm.write(msg)
+            sys.stdout.flush()  # log files see each line as it happens
 
     def _eval_model(self) -> torch.nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -286,6 +288,21 @@ class Trainer:
             f"(train.clip_max_norm) or set train.nonfinite=skip to skip such steps."
         )
 
+    def _micro_batch_weights(self, batches) -> list[float]:
+        """Loss weights that make ``grad_accum`` micro-batches add up to one batch that many times larger.
+
+        The criterion divides each micro-batch's loss by its own (process-averaged) box count; the big
+        batch divides by the count over all of them. Re-weighting by count_i / sum(counts) turns the
+        first into the second (exactly, unless a micro-batch has under one box per process).
+        """
+        if len(batches) == 1:
+            return [1.0]
+        counts = torch.tensor([float(sum(len(t["labels"]) for t in b[2])) for b in batches], device=self.device)
+        if self.info.enabled:
+            torch.distributed.all_reduce(counts)
+            counts /= self.info.world_size
+        return (counts.clamp(min=1) / counts.sum().clamp(min=1)).tolist()
+
     def train_step(self, batches, plan) -> dict[str, float] | None:
         """Forward/backward over ``grad_accum`` batches, then one update. Returns the mean loss terms,
         or None when the step was skipped."""
@@ -293,6 +310,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         image_ids: list[int] = []
+        weights = self._micro_batch_weights(batches)
         for micro, (images, mask, targets) in enumerate(batches):
             images = images.to(self.device, non_blocking=True)
             mask = mask.to(self.device, non_blocking=True)
@@ -315,7 +333,7 @@ class Trainer:
                     self._nonfinite("loss", terms, ids if bad else [])
                     self.optimizer.zero_grad(set_to_none=True)
                     return None
-                self.scaler.scale(loss / len(batches)).backward()
+                self.scaler.scale(loss * weights[micro]).backward()
             for k, v in zip(keys + ["loss"], values.tolist()):
                 sums[k] = sums.get(k, 0.0) + v / len(batches)
 
@@ -381,7 +399,6 @@ class Trainer:
                 if t.save_every and self.step % t.save_every == 0 and self.step_in_epoch < self.steps_per_epoch:
                     self.save_last()
             bar.close()
-            del batches  # shuts the workers of this epoch down
             if self.step_in_epoch >= self.steps_per_epoch:
                 self._end_epoch()
             else:

@@ -26,7 +26,7 @@ class BackboneSpec:
 
 RESNET50 = BackboneSpec(channels=(512, 1024, 2048), strides=(8, 16, 32))
 RESNET18 = BackboneSpec(channels=(128, 256, 512), strides=(8, 16, 32))
-TINY = BackboneSpec(channels=(64, 128, 256), strides=(8, 16, 32))
+TINY = BackboneSpec(channels=(128, 256, 256), strides=(8, 16, 32))
 SWIN_SPECS = {
     "swin_tiny": ("swin_tiny_patch4_window7_224", BackboneSpec((192, 384, 768), (8, 16, 32))),
     "swin_small": ("swin_small_patch4_window7_224", BackboneSpec((192, 384, 768), (8, 16, 32))),
@@ -72,8 +72,13 @@ class TinyBackbone(nn.Module):
     def __init__(self):
         super().__init__()
         c8, c16, c32 = TINY.channels
-        self.stem = nn.Sequential(_conv_gn(3, 32, 2), _conv_gn(32, 48, 2), _conv_gn(48, c8, 2), _conv_gn(c8, c8, 1))
-        self.stage16 = nn.Sequential(_conv_gn(c8, c16, 2), _conv_gn(c16, c16, 1))
+        # Convolutions are cheap next to the transformer at these sizes, so the stride-8 map (where
+        # small objects live) gets a few more layers than a minimal net would have.
+        self.stem = nn.Sequential(
+            _conv_gn(3, 32, 2), _conv_gn(32, 64, 2), _conv_gn(64, 64, 1),
+            _conv_gn(64, c8, 2), _conv_gn(c8, c8, 1), _conv_gn(c8, c8, 1),
+        )
+        self.stage16 = nn.Sequential(_conv_gn(c8, c16, 2), _conv_gn(c16, c16, 1), _conv_gn(c16, c16, 1))
         self.stage32 = nn.Sequential(_conv_gn(c16, c32, 2), _conv_gn(c32, c32, 1))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -235,6 +235,12 @@ class DeformableTransformer(nn.Module):
             enc_logits = class_heads[last](output_memory)
             enc_coords = box_heads[last](output_memory) + proposals
             enc_boxes = enc_coords.sigmoid()
+            if num_queries > enc_logits.shape[1]:
+                raise ValueError(
+                    f"two-stage query selection needs at least {num_queries} encoder tokens (the queries of "
+                    f"both groups), but these images give {enc_logits.shape[1]} at shapes {spatial_shapes}: "
+                    f"use larger images (data.train_scales / data.val_scale) or fewer queries"
+                )
             topk = torch.topk(enc_logits[..., 0], num_queries, dim=1)[1]
             topk_coords = torch.gather(enc_coords, 1, topk.unsqueeze(-1).expand(-1, -1, 4)).detach()
             reference_points = topk_coords.sigmoid()
