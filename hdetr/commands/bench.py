@@ -1,7 +1,7 @@
-"""Benchmarks: `hdetr bench speed` (and further subcommands, one module each in hdetr.bench).
+"""Benchmarks: hdetr bench speed | ablation | export.
 
-Each subcommand lives in ``hdetr.bench.<module>`` and exposes ``add_arguments(parser)`` and
-``run(args) -> int``; add it to SUBCOMMANDS below.
+Every subcommand is a module in ``hdetr.bench`` with ``add_arguments(parser)`` and ``run(args) -> int``,
+listed in SUBCOMMANDS.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import importlib
 # subcommand -> module in hdetr.bench
 SUBCOMMANDS = {
     "speed": "speed",
+    "ablation": "ablation",
+    "export": "export",
 }
 
 
@@ -19,8 +21,8 @@ def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(f"hdetr.bench.{module_name}")
-        doc = module.__doc__ or name
-        sp = sub.add_parser(name, help=doc.strip().splitlines()[0], description=doc,
+        doc = (module.__doc__ or name).strip()
+        sp = sub.add_parser(name, help=doc.splitlines()[0], description=doc,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sp)
         sp.set_defaults(_bench_run=module.run)

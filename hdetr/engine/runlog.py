@@ -1,8 +1,12 @@
 """What a training run leaves behind for people: metrics.jsonl, TensorBoard events, curves.png.
 
 Only rank 0 creates a ``RunLog``. ``metrics.jsonl`` has one JSON object per line: training records
-(``epoch``, ``iter`` within the epoch, ``step`` overall, ``lr``, ``losses``, ``time``) every
-``log_every`` steps, and evaluation records (``epoch``, ``step``, ``eval``) after each evaluation.
+(``epoch``, ``iter`` within the epoch, ``step`` overall, ``lr``, ``losses``, ``time``, ``train_time``,
+``train_cpu_time``) every ``log_every`` steps, and evaluation records (``epoch``, ``step``,
+``train_time``, ``train_cpu_time``, ``eval``) after each evaluation. ``time`` is wall time since this
+process started training; ``train_time`` counts only the training steps (data loading +
+forward/backward/update) of the whole run, resumes included, and ``train_cpu_time`` the CPU seconds
+of the training process over those steps.
 """
 
 from __future__ import annotations

@@ -67,6 +67,8 @@ class TrainResult:
     metrics: dict | None  # the last evaluation's metrics
     model_dir: Path | None
     bad_image_steps: int = 0  # steps skipped because an image could not be loaded (data.skip_bad_images)
+    train_time: float = 0.0  # seconds in training steps (data + forward/backward/update), no eval/checkpoints
+    train_cpu_time: float = 0.0  # the same, in CPU seconds of this process (all its threads)
 
 
 def _float_outputs(obj):
@@ -180,6 +182,12 @@ class Trainer:
 
         self.epoch, self.step_in_epoch, self.step = 0, 0, 0
         self.skipped_steps = 0
+        # Seconds spent in training steps (loading the batches + forward/backward/update), summed over
+        # the run, resumes included; evaluation, checkpoints and logging are not counted. The CPU seconds
+        # of this process (all threads, not loader workers) over the same steps: on a shared CPU they
+        # vary far less with the other processes' load than wall time does.
+        self.train_time = 0.0
+        self.train_cpu_time = 0.0
         self.best_ap: float | None = None
         self.metrics: dict | None = None
         self.last_saved_step: int | None = None
@@ -261,6 +269,8 @@ class Trainer:
             "step": self.step,
             "skipped_steps": self.skipped_steps,
             "bad_image_steps": self.bad_image_steps,
+            "train_time": self.train_time,
+            "train_cpu_time": self.train_cpu_time,
             "best_ap": self.best_ap,
             "metrics": self.metrics,
             "category_map": self.cmap.to_dict(),
@@ -357,6 +367,8 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]
         self.skipped_steps = ckpt.get("skipped_steps", 0)
         self.bad_image_steps = ckpt.get("bad_image_steps", 0)
+        self.train_time = ckpt.get("train_time", 0.0)
+        self.train_cpu_time = ckpt.get("train_cpu_time", 0.0)
         self.best_ap, self.metrics = ckpt.get("best_ap"), ckpt.get("metrics")
         rngs = ckpt.get("rng") or []
         if len(rngs) == self.info.world_size:
@@ -477,7 +489,7 @@ class Trainer:
             self.runlog.close()
         distributed.barrier()
         return TrainResult(self.out, self.step, self.skipped_steps, self.best_ap, self.metrics, model_dir,
-                           self.bad_image_steps)
+                           self.bad_image_steps, self.train_time, self.train_cpu_time)
 
     def _loop(self) -> None:
         t = self.cfg.train
@@ -494,8 +506,11 @@ class Trainer:
                        desc=f"epoch {self.epoch + 1}/{t.epochs}", disable=None if self.progress is None
                        else not self.progress, dynamic_ncols=True, leave=False)
             while self.step_in_epoch < self.steps_per_epoch:
+                step_start, step_cpu = time.perf_counter(), time.process_time()
                 group, bad = self._next_group(batches)
                 logs = self._skip_bad_images(bad) if bad is not None else self.train_step(group, plan)
+                self.train_time += time.perf_counter() - step_start
+                self.train_cpu_time += time.process_time() - step_cpu
                 self.step_in_epoch += 1
                 self.step += 1
                 steps_this_session += 1
@@ -609,6 +624,7 @@ class Trainer:
             todo = min(todo, self.cfg.train.max_iters - self.step)
         self.runlog.write({"epoch": self.epoch, "iter": self.step_in_epoch, "step": self.step, "lr": lr,
                            "losses": losses, "time": round(elapsed, 3), "sec_per_iter": round(seconds / n, 4),
+                           "train_time": round(self.train_time, 3), "train_cpu_time": round(self.train_cpu_time, 3),
                            "skipped_steps": self.skipped_steps, "bad_image_steps": self.bad_image_steps})
         main = " ".join(f"{k[5:]} {losses[k]:.3f}" for k in ("loss_ce", "loss_bbox", "loss_giou") if k in losses)
         self.log(f"epoch {self.epoch + 1}/{self.cfg.train.epochs} iter {self.step_in_epoch}/{self.steps_per_epoch} "
@@ -631,7 +647,8 @@ class Trainer:
         metrics = distributed.broadcast_object(metrics)
         self.metrics = metrics
         if self.is_main:
-            self.runlog.write({"epoch": epoch, "step": self.step, "eval": metrics})
+            self.runlog.write({"epoch": epoch, "step": self.step, "train_time": round(self.train_time, 3),
+                               "train_cpu_time": round(self.train_cpu_time, 3), "eval": metrics})
             self.log(f"epoch {epoch + 1} eval: AP {metrics['AP']:.3f} AP50 {metrics['AP50']:.3f} "
                      f"AP75 {metrics['AP75']:.3f}")
             plot_curves(self.out)

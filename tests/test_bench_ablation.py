@@ -1,0 +1,108 @@
+"""hdetr bench ablation on a micro budget: two schemes, one seed, a few iterations, in this process."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from hdetr.bench import ablation
+from hdetr.cli import build_parser
+
+MICRO = [
+    "--set", "train_images=8", "--set", "val_images=4", "--set", "image_size=64", "--set", "train_scales=64",
+    "--set", "epochs=2", "--set", "lr_drop=1", "--set", "batch_size=4", "--set", "dec_layers=2",
+    "--set", "one2many_layers=1", "--set", "dim_feedforward=64", "--set", "num_queries=5",
+    "--set", "num_queries_one2many=10", "--set", "k=2",
+]
+SCHEME_KEYS = {"AP", "AP50", "AP75", "curve", "train_s_per_iter", "peak_mem_mb", "infer_img_per_s", "gflops"}
+
+
+def _args(tmp_path, *extra):
+    return build_parser().parse_args([
+        "bench", "ablation", "--seeds", "1", "--schemes", "baseline,branch", "--jobs", "0", "--threads", "1",
+        "--device", "cpu", "--timing-rounds", "1", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--name", "micro",
+        *MICRO, *extra,
+    ])
+
+
+def test_micro_ablation_writes_real_numbers_and_resumes(tmp_path, capsys):
+    assert ablation.run_ablation(_args(tmp_path)) == 0
+    doc = json.loads((tmp_path / "out" / "micro.json").read_text())
+    assert set(doc) == {"schemes", "config", "machine"}
+    assert set(doc["schemes"]) == {"baseline", "branch"}
+    assert isinstance(doc["machine"], str) and doc["machine"]
+    assert doc["config"]["queries"] == {"baseline": [5, 5], "branch": [15, 5]}
+    for name, s in doc["schemes"].items():
+        assert set(s) == SCHEME_KEYS, name
+        for key in ("AP", "AP50", "AP75"):
+            assert len(s[key]) == 1 and all(0.0 <= v <= 1.0 for v in s[key]), (name, key, s[key])
+        curve = s["curve"]
+        assert [p[0] for p in curve] == [2, 4]  # evaluated after each of the 2 epochs of 2 iterations
+        assert all(len(p) == 3 and 0.0 <= p[2] <= 1.0 for p in curve)
+        assert all(a[0] < b[0] and a[1] < b[1] for a, b in zip(curve, curve[1:]))
+        assert curve[0][1] > 0 and curve[-1][2] == pytest.approx(s["AP"][0])
+        for key in ("train_s_per_iter", "peak_mem_mb", "infer_img_per_s", "gflops"):
+            assert math.isfinite(s[key]) and s[key] > 0, (name, key)
+    # One inference forward costs the same: the branch's extra queries exist only in training.
+    assert doc["schemes"]["branch"]["gflops"] == pytest.approx(doc["schemes"]["baseline"]["gflops"])
+    assert (tmp_path / "out" / "micro.png").stat().st_size > 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "branch" in out and "AP@" in out
+
+    # Again: both runs are found and skipped, the numbers stay.
+    assert ablation.run_ablation(_args(tmp_path)) == 0
+    again = json.loads((tmp_path / "out" / "micro.json").read_text())
+    assert "2 finished run(s) found, skipped" in capsys.readouterr().out
+    for name in doc["schemes"]:
+        assert again["schemes"][name]["AP"] == doc["schemes"][name]["AP"]
+        assert again["schemes"][name]["curve"] == doc["schemes"][name]["curve"]
+
+
+def test_scheme_configs_follow_the_paper():
+    b = ablation.DEFAULT
+    assert b.seeds >= 3 and b.epochs > b.lr_drop >= b.epochs - 2
+    assert ablation.tokens(min(b.train_scales)) >= b.num_queries + b.num_queries_one2many
+    from hdetr.config import load_config
+    from hdetr.hybrid import matching_plan
+
+    cfgs = {s: load_config(ablation.PRESET, ablation.run_overrides(s, 0, b, "DATA")) for s in ablation.SCHEMES}
+    total = b.num_queries + b.num_queries_one2many
+    assert cfgs["baseline"].model.num_queries == b.num_queries and cfgs["baseline"].num_queries_one2many == 0
+    assert cfgs["baseline_more_queries"].model.num_queries == total
+    assert cfgs["branch"].model.num_queries == b.num_queries and cfgs["branch"].num_queries_one2many == b.num_queries_one2many
+    for s in ("epoch", "layer"):
+        assert cfgs[s].model.num_queries == total and cfgs[s].num_queries_one2many == 0
+    # Everything but the scheme settings is shared.
+    strip = lambda c: {k: v for k, v in c.to_dict().items() if k not in ("hybrid",)} | {  # noqa: E731
+        "model": {k: v for k, v in c.model.__dict__.items() if k != "num_queries"}}
+    assert all(strip(c) == strip(cfgs["baseline"]) for c in cfgs.values())
+    e = cfgs["epoch"]
+    one2many_epochs = [ep for ep in range(b.epochs) if matching_plan(e, ep).uses_one2many]
+    assert one2many_epochs == list(range(round(b.epoch_ratio * b.epochs)))
+    plan = matching_plan(cfgs["layer"], 0)
+    assert plan.layer_repeats == (b.k,) * b.one2many_layers + (1,) * (b.dec_layers - b.one2many_layers)
+
+
+def test_curve_helpers():
+    def run(*points):
+        return {"evals": [{"step": it, "train_time": 10 * sec, "train_cpu_time": sec, "AP": ap}
+                          for it, sec, ap in points]}
+
+    runs = [run((10, 1.0, 0.1), (20, 2.0, 0.3)), run((10, 3.0, 0.3), (20, 4.0, 0.5))]
+    assert ablation.mean_curve(runs, "cpu") == [[10, 2.0, pytest.approx(0.2)], [20, 3.0, pytest.approx(0.4)]]
+    assert ablation.mean_curve(runs, "wall")[0][1] == 20.0
+    curve = ablation.mean_curve(runs, "cpu")
+    assert ablation.interpolate(curve, 2.5) == pytest.approx(0.3)
+    assert math.isnan(ablation.interpolate(curve, 5.0))
+
+
+def test_budget_settings_are_checked():
+    from hdetr.errors import UserError
+
+    with pytest.raises(UserError, match="encoder tokens"):
+        ablation.check_budget(ablation._apply_settings(ablation.DEFAULT, ["image_size=64", "train_scales=64"]))
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        ablation._apply_settings(ablation.DEFAULT, ["nope=1"])
+    assert ablation._apply_settings(ablation.DEFAULT, ["epoch_ratio=1/2"]).epoch_ratio == 0.5
