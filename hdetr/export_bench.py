@@ -21,20 +21,11 @@ DEFAULT_SIZES = ((800, 1066), (320, 427))
 
 
 def machine_description(threads: int) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import onnxruntime as ort
 
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        available = os.cpu_count()
+    from .bench.machine import cpu_model, usable_cpus
+
+    cpu, available = cpu_model(), usable_cpus()
     return {
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),

@@ -403,14 +403,9 @@ def interpolate(curve: list[list[float]], seconds: float) -> float:
 def machine_description(device: str, threads: int, jobs: int) -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from .machine import cpu_model
+
+    cpu = cpu_model()
     desc = f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, torch {torch.__version__}"
     if device.startswith("cuda"):
         desc += f", {torch.cuda.get_device_name(0)}"

@@ -26,6 +26,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from .machine import cpu_model, usable_cpus
+
 TARGETS = {  # fast path, full size (docs/performance.md)
     "hybrid.train_step": ("<=", 16.0, "s"),
     "eval.forward": ("<=", 3.0, "s"),
@@ -58,18 +60,7 @@ def add_arguments(p) -> None:
 def machine_info() -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
+    cpu, usable = cpu_model(), usable_cpus()
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
