@@ -190,6 +190,9 @@ def train_run(spec: dict) -> dict:
     from ..engine.train import LAST, train
 
     run_dir = Path(spec["run_dir"])
+    lock = _try_lock(run_dir)
+    if lock is None:
+        raise RuntimeError(f"{run_dir} is locked: another process is training this run")
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     cfg = load_config(PRESET, spec["overrides"])
@@ -225,6 +228,7 @@ def train_run(spec: dict) -> dict:
     tmp = run_dir / (RESULT_FILE + ".tmp")
     tmp.write_text(json.dumps(out, indent=1) + "\n")
     os.replace(tmp, run_dir / RESULT_FILE)
+    lock.close()
     return out
 
 
@@ -629,9 +633,33 @@ def _ensure_dataset(work: Path, b: Budget) -> Path:
     return data_dir
 
 
+RETRIES = 3  # a run whose process was killed by a signal is resumed from its last epoch this many times
+LOCK_FILE = ".lock"
+
+
+def _try_lock(run_dir: Path):
+    """An exclusive lock on the run folder (released when its holder exits, however it exits), or None
+    when another process holds it: a run left behind by a killed session is still training there."""
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks: trust that one session runs at a time
+        return open(os.devnull)
+    f = open(run_dir / LOCK_FILE, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f
+
+
 def _run_pending(pending: list[dict], jobs: int, log) -> list[dict]:
     """Run the specs, ``jobs`` child processes at a time (0: in this process). Returns the results in
-    the order the runs finished; raises UserError naming the log of a failed run."""
+    the order the runs finished; raises UserError naming the log of a failed run.
+
+    A child killed by a signal (say, by someone else's ``pkill``) is started again and resumes from the
+    run's last checkpoint, up to RETRIES times; a run whose folder is locked by a process that outlived
+    an earlier session is waited for, not started twice."""
     import multiprocessing as mp
 
     from ..errors import UserError
@@ -647,24 +675,46 @@ def _run_pending(pending: list[dict], jobs: int, log) -> list[dict]:
     ctx = mp.get_context("spawn")
     running: list[tuple[object, dict]] = []
     queue = list(pending)
-    failures = []
+    failures, retries, waiting = [], {}, set()
     while queue or running:
-        while queue and len(running) < jobs:
-            spec = queue.pop(0)
+        for spec in list(queue):
+            if len(running) >= jobs:
+                break
+            run_dir = Path(spec["run_dir"])
+            res = _read_result(run_dir, spec["budget_key"])
+            if res is not None:  # finished by a process of an earlier session
+                queue.remove(spec)
+                done.append(res)
+                log(_run_line(res))
+                continue
+            lock = _try_lock(run_dir)
+            if lock is None:
+                if spec["run_dir"] not in waiting:
+                    waiting.add(spec["run_dir"])
+                    log(f"  {spec['scheme']} seed {spec['seed']}: another process is training it; waiting")
+                continue
+            lock.close()  # the child takes it
+            queue.remove(spec)
             proc = ctx.Process(target=_child, args=(spec,), name=f"{spec['scheme']}-seed{spec['seed']}")
             proc.start()
-            log(f"  started {spec['scheme']} seed {spec['seed']} (log: {Path(spec['run_dir']) / LOG_FILE})")
+            log(f"  started {spec['scheme']} seed {spec['seed']} (log: {run_dir / LOG_FILE})")
             running.append((proc, spec))
-        time.sleep(0.5)
+        time.sleep(0.5 if running else 5)
         for proc, spec in list(running):
             if proc.is_alive():
                 continue
             proc.join()
             running.remove((proc, spec))
+            name = f"{spec['scheme']} seed {spec['seed']}"
             if proc.exitcode != 0:
+                n = retries.get(spec["run_dir"], 0)
+                if proc.exitcode < 0 and n < RETRIES:  # killed by a signal: resume it
+                    retries[spec["run_dir"]] = n + 1
+                    log(f"  {name} was killed (signal {-proc.exitcode}); resuming it from its last checkpoint")
+                    queue.insert(0, spec)
+                    continue
                 failures.append(spec)
-                log(f"  FAILED {spec['scheme']} seed {spec['seed']} (exit code {proc.exitcode}); "
-                    f"see {Path(spec['run_dir']) / LOG_FILE}")
+                log(f"  FAILED {name} (exit code {proc.exitcode}); see {Path(spec['run_dir']) / LOG_FILE}")
                 continue
             res = json.loads((Path(spec["run_dir"]) / RESULT_FILE).read_text())
             done.append(res)
