@@ -378,6 +378,60 @@ def train_step_speed(overrides: dict[str, list[str]], device: str, work: Path, r
             for name in trainers}
 
 
+NMS_FILE = "nms_diagnostic.json"
+
+
+def nms_diagnostic(run_dir: Path, device, iou: float = 0.7) -> dict[str, float]:
+    """Val AP of a run's final model with and without class-wise NMS over its detections (cached in
+    the run folder). Not part of the comparison -- DETRs are scored without NMS -- but it tells
+    duplicate predictions (which NMS removes) from detections that are missing or badly placed."""
+    cache = run_dir / NMS_FILE
+    if cache.exists():
+        data = json.loads(cache.read_text())
+        if data.get("iou") == iou:
+            return data
+    from collections import defaultdict
+
+    import torch
+    from torchvision.ops import batched_nms
+
+    from ..engine.distributed import DistInfo
+    from ..engine.evaluate import coco_metrics
+    from ..engine.inference import predict_dataset
+    from ..engine.loaders import eval_loader, load_split
+
+    model, cfg = _load_trained(run_dir, device)
+    split = load_split(cfg.data.train, "val", cfg, train=False)
+    loader = eval_loader(split.dataset, cfg.train.batch_size, 0, DistInfo())
+    dets = predict_dataset(model, loader, split.dataset.category_map, device, cfg.model.topk, progress=False)
+    per_image = defaultdict(list)
+    for d in dets:
+        per_image[d["image_id"]].append(d)
+    kept = []
+    for ds in per_image.values():
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in ds)], dtype=torch.float64)
+        scores = torch.tensor([d["score"] for d in ds], dtype=torch.float64)
+        labels = torch.tensor([d["category_id"] for d in ds])
+        kept += [ds[i] for i in batched_nms(boxes, scores, labels, iou).tolist()]
+    raw, nms = coco_metrics(split.dataset.coco, dets), coco_metrics(split.dataset.coco, kept)
+    data = {"iou": iou, **{k: raw[k] for k in ("AP", "AP50", "AP75")},
+            **{f"{k}_nms": nms[k] for k in ("AP", "AP50", "AP75")},
+            "detections": len(dets), "detections_nms": len(kept)}
+    cache.write_text(json.dumps(data, indent=1) + "\n")
+    return data
+
+
+def format_nms_table(diag: dict) -> str:
+    rows = [f"{'scheme':<22} {'AP (no NMS)':>13} {'AP after NMS':>13} {'AP50 after NMS':>15}   "
+            f"(diagnostic: class-wise NMS at IoU {diag['iou']} over the final detections)"]
+    for name, d in diag["schemes"].items():
+        def ms(key):
+            m, sd = _mean_std(d[key])
+            return f"{m:.3f}±{sd:.3f}"
+        rows.append(f"{name:<22} {ms('AP'):>13} {ms('AP_nms'):>13} {ms('AP50_nms'):>15}")
+    return "\n".join(rows)
+
+
 # -- aggregation -------------------------------------------------------------------------------------
 def _mean_std(xs: list[float]) -> tuple[float, float]:
     if not xs:
@@ -865,9 +919,20 @@ def run_ablation(args) -> int:
          clock=clock, marks={"lr x0.1": budget.lr_drop * iters_per_epoch,
                 "epoch scheme: one-to-one from here": one2many_epoch_count(budget.epochs, budget.epoch_ratio)
                 * iters_per_epoch})
+    log("  diagnostic: AP after NMS ...")
+    diag = {"iou": 0.7, "note": "final models, val AP with and without class-wise NMS at IoU 0.7 over the top-k "
+                                "detections; the comparison itself is NMS-free, as in the paper",
+            "schemes": {}}
+    for scheme in schemes:
+        per_seed = [nms_diagnostic(work / scheme / f"seed{r['seed']}", dev) for r in results[scheme]]
+        diag["schemes"][scheme] = {k: [d[k] for d in per_seed] for k in ("AP", "AP_nms", "AP50_nms", "AP75_nms")}
+    diag_path = args.out / f"{name}_nms.json"
+    atomic_write(diag_path, lambda p: Path(p).write_text(json.dumps(diag, indent=1) + "\n"))
     log("")
     log(format_table(doc))
-    log(f"\nwrote {json_path} and {png_path}")
+    log("")
+    log(format_nms_table(diag))
+    log(f"\nwrote {json_path}, {png_path} and {diag_path}")
     return 0
 
 
