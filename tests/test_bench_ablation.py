@@ -48,6 +48,10 @@ def test_micro_ablation_writes_real_numbers_and_resumes(tmp_path, capsys):
     # One inference forward costs the same: the branch's extra queries exist only in training.
     assert doc["schemes"]["branch"]["gflops"] == pytest.approx(doc["schemes"]["baseline"]["gflops"])
     assert (tmp_path / "out" / "micro.png").stat().st_size > 0
+    nms = json.loads((tmp_path / "out" / "micro_nms.json").read_text())
+    for name, d in nms["schemes"].items():
+        assert d["AP"] == pytest.approx(doc["schemes"][name]["AP"])  # the diagnostic's raw AP is the run's
+        assert all(0.0 <= v <= 1.0 for v in d["AP_nms"] + d["AP50_nms"])
     out = capsys.readouterr().out
     assert "baseline" in out and "branch" in out and "AP@" in out
 

@@ -190,6 +190,9 @@ def train_run(spec: dict) -> dict:
     from ..engine.train import LAST, train
 
     run_dir = Path(spec["run_dir"])
+    lock = _try_lock(run_dir)
+    if lock is None:
+        raise RuntimeError(f"{run_dir} is locked: another process is training this run")
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     cfg = load_config(PRESET, spec["overrides"])
@@ -225,6 +228,7 @@ def train_run(spec: dict) -> dict:
     tmp = run_dir / (RESULT_FILE + ".tmp")
     tmp.write_text(json.dumps(out, indent=1) + "\n")
     os.replace(tmp, run_dir / RESULT_FILE)
+    lock.close()
     return out
 
 
@@ -372,6 +376,60 @@ def train_step_speed(overrides: dict[str, list[str]], device: str, work: Path, r
     shutil.rmtree(scratch, ignore_errors=True)
     return {name: sum(w * statistics.median(times[name][plan]) for plan, w in plans[name].items())
             for name in trainers}
+
+
+NMS_FILE = "nms_diagnostic.json"
+
+
+def nms_diagnostic(run_dir: Path, device, iou: float = 0.7) -> dict[str, float]:
+    """Val AP of a run's final model with and without class-wise NMS over its detections (cached in
+    the run folder). Not part of the comparison -- DETRs are scored without NMS -- but it tells
+    duplicate predictions (which NMS removes) from detections that are missing or badly placed."""
+    cache = run_dir / NMS_FILE
+    if cache.exists():
+        data = json.loads(cache.read_text())
+        if data.get("iou") == iou:
+            return data
+    from collections import defaultdict
+
+    import torch
+    from torchvision.ops import batched_nms
+
+    from ..engine.distributed import DistInfo
+    from ..engine.evaluate import coco_metrics
+    from ..engine.inference import predict_dataset
+    from ..engine.loaders import eval_loader, load_split
+
+    model, cfg = _load_trained(run_dir, device)
+    split = load_split(cfg.data.train, "val", cfg, train=False)
+    loader = eval_loader(split.dataset, cfg.train.batch_size, 0, DistInfo())
+    dets = predict_dataset(model, loader, split.dataset.category_map, device, cfg.model.topk, progress=False)
+    per_image = defaultdict(list)
+    for d in dets:
+        per_image[d["image_id"]].append(d)
+    kept = []
+    for ds in per_image.values():
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in ds)], dtype=torch.float64)
+        scores = torch.tensor([d["score"] for d in ds], dtype=torch.float64)
+        labels = torch.tensor([d["category_id"] for d in ds])
+        kept += [ds[i] for i in batched_nms(boxes, scores, labels, iou).tolist()]
+    raw, nms = coco_metrics(split.dataset.coco, dets), coco_metrics(split.dataset.coco, kept)
+    data = {"iou": iou, **{k: raw[k] for k in ("AP", "AP50", "AP75")},
+            **{f"{k}_nms": nms[k] for k in ("AP", "AP50", "AP75")},
+            "detections": len(dets), "detections_nms": len(kept)}
+    cache.write_text(json.dumps(data, indent=1) + "\n")
+    return data
+
+
+def format_nms_table(diag: dict) -> str:
+    rows = [f"{'scheme':<22} {'AP (no NMS)':>13} {'AP after NMS':>13} {'AP50 after NMS':>15}   "
+            f"(diagnostic: class-wise NMS at IoU {diag['iou']} over the final detections)"]
+    for name, d in diag["schemes"].items():
+        def ms(key):
+            m, sd = _mean_std(d[key])
+            return f"{m:.3f}±{sd:.3f}"
+        rows.append(f"{name:<22} {ms('AP'):>13} {ms('AP_nms'):>13} {ms('AP50_nms'):>15}")
+    return "\n".join(rows)
 
 
 # -- aggregation -------------------------------------------------------------------------------------
@@ -624,9 +682,33 @@ def _ensure_dataset(work: Path, b: Budget) -> Path:
     return data_dir
 
 
+RETRIES = 3  # a run whose process was killed by a signal is resumed from its last epoch this many times
+LOCK_FILE = ".lock"
+
+
+def _try_lock(run_dir: Path):
+    """An exclusive lock on the run folder (released when its holder exits, however it exits), or None
+    when another process holds it: a run left behind by a killed session is still training there."""
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks: trust that one session runs at a time
+        return open(os.devnull)
+    f = open(run_dir / LOCK_FILE, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f
+
+
 def _run_pending(pending: list[dict], jobs: int, log) -> list[dict]:
     """Run the specs, ``jobs`` child processes at a time (0: in this process). Returns the results in
-    the order the runs finished; raises UserError naming the log of a failed run."""
+    the order the runs finished; raises UserError naming the log of a failed run.
+
+    A child killed by a signal (say, by someone else's ``pkill``) is started again and resumes from the
+    run's last checkpoint, up to RETRIES times; a run whose folder is locked by a process that outlived
+    an earlier session is waited for, not started twice."""
     import multiprocessing as mp
 
     from ..errors import UserError
@@ -642,24 +724,46 @@ def _run_pending(pending: list[dict], jobs: int, log) -> list[dict]:
     ctx = mp.get_context("spawn")
     running: list[tuple[object, dict]] = []
     queue = list(pending)
-    failures = []
+    failures, retries, waiting = [], {}, set()
     while queue or running:
-        while queue and len(running) < jobs:
-            spec = queue.pop(0)
+        for spec in list(queue):
+            if len(running) >= jobs:
+                break
+            run_dir = Path(spec["run_dir"])
+            res = _read_result(run_dir, spec["budget_key"])
+            if res is not None:  # finished by a process of an earlier session
+                queue.remove(spec)
+                done.append(res)
+                log(_run_line(res))
+                continue
+            lock = _try_lock(run_dir)
+            if lock is None:
+                if spec["run_dir"] not in waiting:
+                    waiting.add(spec["run_dir"])
+                    log(f"  {spec['scheme']} seed {spec['seed']}: another process is training it; waiting")
+                continue
+            lock.close()  # the child takes it
+            queue.remove(spec)
             proc = ctx.Process(target=_child, args=(spec,), name=f"{spec['scheme']}-seed{spec['seed']}")
             proc.start()
-            log(f"  started {spec['scheme']} seed {spec['seed']} (log: {Path(spec['run_dir']) / LOG_FILE})")
+            log(f"  started {spec['scheme']} seed {spec['seed']} (log: {run_dir / LOG_FILE})")
             running.append((proc, spec))
-        time.sleep(0.5)
+        time.sleep(0.5 if running else 5)
         for proc, spec in list(running):
             if proc.is_alive():
                 continue
             proc.join()
             running.remove((proc, spec))
+            name = f"{spec['scheme']} seed {spec['seed']}"
             if proc.exitcode != 0:
+                n = retries.get(spec["run_dir"], 0)
+                if proc.exitcode < 0 and n < RETRIES:  # killed by a signal: resume it
+                    retries[spec["run_dir"]] = n + 1
+                    log(f"  {name} was killed (signal {-proc.exitcode}); resuming it from its last checkpoint")
+                    queue.insert(0, spec)
+                    continue
                 failures.append(spec)
-                log(f"  FAILED {spec['scheme']} seed {spec['seed']} (exit code {proc.exitcode}); "
-                    f"see {Path(spec['run_dir']) / LOG_FILE}")
+                log(f"  FAILED {name} (exit code {proc.exitcode}); see {Path(spec['run_dir']) / LOG_FILE}")
                 continue
             res = json.loads((Path(spec["run_dir"]) / RESULT_FILE).read_text())
             done.append(res)
@@ -810,9 +914,20 @@ def run_ablation(args) -> int:
          clock=clock, marks={"lr x0.1": budget.lr_drop * iters_per_epoch,
                 "epoch scheme: one-to-one from here": one2many_epoch_count(budget.epochs, budget.epoch_ratio)
                 * iters_per_epoch})
+    log("  diagnostic: AP after NMS ...")
+    diag = {"iou": 0.7, "note": "final models, val AP with and without class-wise NMS at IoU 0.7 over the top-k "
+                                "detections; the comparison itself is NMS-free, as in the paper",
+            "schemes": {}}
+    for scheme in schemes:
+        per_seed = [nms_diagnostic(work / scheme / f"seed{r['seed']}", dev) for r in results[scheme]]
+        diag["schemes"][scheme] = {k: [d[k] for d in per_seed] for k in ("AP", "AP_nms", "AP50_nms", "AP75_nms")}
+    diag_path = args.out / f"{name}_nms.json"
+    atomic_write(diag_path, lambda p: Path(p).write_text(json.dumps(diag, indent=1) + "\n"))
     log("")
     log(format_table(doc))
-    log(f"\nwrote {json_path} and {png_path}")
+    log("")
+    log(format_nms_table(diag))
+    log(f"\nwrote {json_path}, {png_path} and {diag_path}")
     return 0
 
 
