@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -56,8 +58,6 @@ def test_resume_with_data_workers_is_bit_exact(synth_data, tmp_path, uninterrupt
 
 
 def test_resume_keeps_metrics_log_consistent(synth_data, tmp_path):
-    import json
-
     _train(synth_data, tmp_path, "train.max_iters=3")
     _train(synth_data, tmp_path, "train.max_iters=5", resume=True)
     steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -78,3 +78,11 @@ def test_resume_refuses_a_different_model(synth_data, tmp_path):
     _train(synth_data, tmp_path, "train.max_iters=1")
     with pytest.raises(UserError, match="model settings differ"):
         _train(synth_data, tmp_path, "train.max_iters=2", "model.num_queries=12", resume=True)
+
+
+def test_resume_accepts_another_attention_path(synth_data, tmp_path):
+    # The computation path is not a model setting: a run started on one path resumes on the other.
+    _train(synth_data, tmp_path, "train.max_iters=1", "model.attention_impl=reference")
+    _train(synth_data, tmp_path, "train.max_iters=2", "model.attention_impl=fast", resume=True)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]

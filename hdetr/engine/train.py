@@ -46,6 +46,9 @@ PREV = "prev.pt"  # the checkpoint before last.pt: resume falls back to it when 
 BEST = "best.pt"
 MODEL_DIR = "model"
 CHECKPOINT_FORMAT = "hdetr-train-v1"
+# Settings that choose how a result is computed, not what: a run may resume under another value (the
+# fast and reference attention paths agree to rounding; tests/test_fast_paths.py).
+PATH_SWITCHES = {("model", "attention_impl")}
 # Test hook: seconds to wait between writing a checkpoint's temporary file and renaming it into place,
 # so that tests can kill the process in the middle of a checkpoint write.
 WRITE_DELAY_ENV = "HDETR_CHECKPOINT_WRITE_DELAY"
@@ -348,10 +351,11 @@ class Trainer:
     def _resume(self) -> None:
         path, ckpt = self._load_resume_checkpoint()
         saved = ckpt["config"]
+        now = self.cfg.to_dict()
         for section in ("model", "hybrid", "loss"):
-            if saved[section] != self.cfg.to_dict()[section]:
-                diff = {k: (saved[section].get(k), v) for k, v in self.cfg.to_dict()[section].items()
-                        if saved[section].get(k) != v}
+            diff = {k: (saved[section].get(k), v) for k, v in now[section].items()
+                    if saved[section].get(k) != v and (section, k) not in PATH_SWITCHES}
+            if diff:
                 raise UserError(f"--resume: the {section} settings differ from the run in {self.out}: "
                                 f"{diff} (saved, now)")
         self.model.load_state_dict(ckpt["model"])
