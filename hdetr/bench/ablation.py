@@ -381,7 +381,7 @@ def train_step_speed(overrides: dict[str, list[str]], device: str, work: Path, r
 NMS_FILE = "nms_diagnostic.json"
 
 
-def nms_diagnostic(run_dir: Path, device, iou: float = 0.7) -> dict[str, float]:
+def nms_diagnostic(run_dir: Path, device, data_dir: Path, iou: float = 0.7) -> dict[str, float]:
     """Val AP of a run's final model with and without class-wise NMS over its detections (cached in
     the run folder). Not part of the comparison -- DETRs are scored without NMS -- but it tells
     duplicate predictions (which NMS removes) from detections that are missing or badly placed."""
@@ -401,7 +401,9 @@ def nms_diagnostic(run_dir: Path, device, iou: float = 0.7) -> dict[str, float]:
     from ..engine.loaders import eval_loader, load_split
 
     model, cfg = _load_trained(run_dir, device)
-    split = load_split(cfg.data.train, "val", cfg, train=False)
+    # The dataset of this invocation, not the path saved in the run: runs may have been trained from
+    # another working directory.
+    split = load_split(str(data_dir), "val", cfg, train=False)
     loader = eval_loader(split.dataset, cfg.train.batch_size, 0, DistInfo())
     dets = predict_dataset(model, loader, split.dataset.category_map, device, cfg.model.topk, progress=False)
     per_image = defaultdict(list)
@@ -919,7 +921,7 @@ def run_ablation(args) -> int:
                                 "detections; the comparison itself is NMS-free, as in the paper",
             "schemes": {}}
     for scheme in schemes:
-        per_seed = [nms_diagnostic(work / scheme / f"seed{r['seed']}", dev) for r in results[scheme]]
+        per_seed = [nms_diagnostic(work / scheme / f"seed{r['seed']}", dev, data_dir) for r in results[scheme]]
         diag["schemes"][scheme] = {k: [d[k] for d in per_seed] for k in ("AP", "AP_nms", "AP50_nms", "AP75_nms")}
     diag_path = args.out / f"{name}_nms.json"
     atomic_write(diag_path, lambda p: Path(p).write_text(json.dumps(diag, indent=1) + "\n"))
