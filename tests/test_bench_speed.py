@@ -26,3 +26,28 @@ def test_bench_has_subcommands():
     from hdetr.commands.bench import SUBCOMMANDS
 
     assert "speed" in SUBCOMMANDS
+
+
+def test_bench_speed_training_steps_are_paired(tmp_path):
+    out = tmp_path / "speed.json"
+    rc = main(["bench", "speed", "--quick", "--impl", "fast", "--image-size", "288", "352", "--threads", "1",
+               "--repeats", "2", "--only", "hybrid", "baseline", "--out", str(out)])
+    assert rc == 0
+    fast = json.loads(out.read_text())["results"]["fast"]
+    for tag in ("hybrid", "baseline"):
+        step = fast[f"{tag}.train_step"]["wall_s"]
+        parts = [fast[f"{tag}.{p}"]["wall_s"] for p in ("forward", "loss", "backward")]
+        assert len(step) == 2 and all(abs(s - sum(p)) < 1e-9 for s, p in zip(step, zip(*parts)))
+    overhead = fast["hybrid_overhead"]
+    assert overhead["paired"] == [h / b - 1 for h, b in zip(fast["hybrid.train_step"]["wall_s"],
+                                                         fast["baseline.train_step"]["wall_s"])]
+
+
+def test_interleaved_schedule_alternates_order():
+    from hdetr.bench.speed import _schedule_pairs
+
+    pairs = [("hybrid", "fast"), ("baseline", "fast")]
+    sched = _schedule_pairs(pairs, repeats=3, warmup=1)
+    assert [r for r, _ in sched] == [None, 0, 1, 2]
+    assert [order[0][0] for _, order in sched] == ["hybrid", "baseline", "hybrid", "baseline"]
+    assert all(sorted(order) == sorted(pairs) for _, order in sched)

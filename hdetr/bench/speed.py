@@ -145,37 +145,51 @@ def _schedule(impls, repeats: int, warmup: int):
     return order
 
 
-def measure_train(preset: str, tag: str, impls, inputs, args, results: dict, checks: dict, warmup: int) -> None:
+def measure_train(models: list[tuple[str, str]], impls, inputs, args, results: dict, checks: dict, warmup: int) -> None:
+    """Training steps of every (preset, tag) model on every impl, interleaved: each repetition runs all
+    (model, impl) pairs, in an order that alternates between repetitions, so that the hybrid/baseline
+    and fast/reference ratios are measured side by side, under the same machine state."""
     import torch
 
     image, mask, features, targets = inputs
-    cfg, model, criterion, optimizer, plan = build(preset, impls[0], args.real_backbone)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    for rep, impl in _schedule(impls, args.repeats, warmup):
-        model.set_attention_impl(impl)
-        optimizer.zero_grad(set_to_none=True)
-        with Timer() as t_fwd:
-            out = model(image, mask, features=features)
-        with Timer() as t_loss:
-            losses = criterion(out, targets, plan)
-            total = criterion.total(losses)
-        with Timer() as t_bwd:
-            total.backward()
-        if rep is None:
-            # Warm-ups skip the optimizer step, so every impl's warm-up sees the same weights.
-            checks.setdefault(f"{tag}.loss_total", {})[impl] = float(total.detach())
-            continue
-        with Timer() as t_opt:
-            torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_max_norm)
-            optimizer.step()
-        step = Timer()
-        step.wall = t_fwd.wall + t_loss.wall + t_bwd.wall
-        step.cpu = t_fwd.cpu + t_loss.cpu + t_bwd.cpu
-        for name, t in (("forward", t_fwd), ("loss", t_loss), ("backward", t_bwd), ("optimizer_step", t_opt),
-                        ("train_step", step)):
-            _record(results, impl, f"{tag}.{name}", t)
-        del out, losses, total
+    built = {}
+    for preset, tag in models:
+        cfg, model, criterion, optimizer, plan = build(preset, impls[0], args.real_backbone)
+        model.train()
+        built[tag] = (cfg, model, criterion, optimizer, plan, [p for p in model.parameters() if p.requires_grad])
+    pairs = [(tag, impl) for tag in built for impl in impls]
+    for rep, pair_order in _schedule_pairs(pairs, args.repeats, warmup):
+        for tag, impl in pair_order:
+            cfg, model, criterion, optimizer, plan, params = built[tag]
+            model.set_attention_impl(impl)
+            optimizer.zero_grad(set_to_none=True)
+            with Timer() as t_fwd:
+                out = model(image, mask, features=features)
+            with Timer() as t_loss:
+                losses = criterion(out, targets, plan)
+                total = criterion.total(losses)
+            with Timer() as t_bwd:
+                total.backward()
+            if rep is None:
+                # Warm-ups skip the optimizer step, so every impl's warm-up sees the same weights.
+                checks.setdefault(f"{tag}.loss_total", {})[impl] = float(total.detach())
+                continue
+            with Timer() as t_opt:
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_max_norm)
+                optimizer.step()
+            step = Timer()
+            step.wall = t_fwd.wall + t_loss.wall + t_bwd.wall
+            step.cpu = t_fwd.cpu + t_loss.cpu + t_bwd.cpu
+            for name, t in (("forward", t_fwd), ("loss", t_loss), ("backward", t_bwd), ("optimizer_step", t_opt),
+                            ("train_step", step)):
+                _record(results, impl, f"{tag}.{name}", t)
+            del out, losses, total
+
+
+def _schedule_pairs(pairs: list, repeats: int, warmup: int):
+    """(repeat index or None for warm-up, pairs in run order); the order reverses every repetition."""
+    return [(None if r < warmup else r - warmup, pairs if r % 2 == 0 else pairs[::-1])
+            for r in range(warmup + repeats)]
 
 
 def measure_matcher(impls, inputs, args, results: dict, warmup: int) -> None:
@@ -334,7 +348,10 @@ def summarise(results: dict) -> dict:
         s = {name: {"median_s": statistics.median(e["wall_s"]), "median_cpu_s": statistics.median(e["cpu_s"]),
                     "wall_s": e["wall_s"], "cpu_s": e["cpu_s"]} for name, e in entries.items()}
         if "hybrid.train_step" in s and "baseline.train_step" in s:
-            s["hybrid_overhead"] = {"median": s["hybrid.train_step"]["median_s"] / s["baseline.train_step"]["median_s"] - 1}
+            # Repetition i of both ran back to back (measure_train), so their ratio is a paired one.
+            paired = [h / b - 1 for h, b in zip(s["hybrid.train_step"]["wall_s"], s["baseline.train_step"]["wall_s"])]
+            s["hybrid_overhead"] = {"median": s["hybrid.train_step"]["median_s"] / s["baseline.train_step"]["median_s"] - 1,
+                                    "paired": paired, "paired_median": statistics.median(paired)}
         summary[impl] = s
     return summary
 
@@ -355,6 +372,9 @@ def format_table(summary: dict, header: str) -> str:
         vals = [summary[i].get("hybrid_overhead", {}).get("median") for i in impls]
         lines.append(f"{'hybrid overhead over baseline':40s}"
                      + "".join(f"{v * 100:+11.1f}%" if v is not None else f"{'-':>12s}" for v in vals))
+        vals = [summary[i].get("hybrid_overhead", {}).get("paired") for i in impls]
+        lines.append(f"{'  per repetition (paired, back to back)':40s}" + "   ".join(
+            " ".join(f"{v * 100:+.0f}%" for v in p) if p else "-" for p in vals))
     return "\n".join(lines)
 
 
@@ -403,16 +423,17 @@ def run_speed(args) -> int:
     print(header, flush=True)
     results, checks = {impl: {} for impl in impls}, {}
     started = time.perf_counter()
-    steps = [
-        ("hybrid", lambda: measure_train(HYBRID_PRESET, "hybrid", impls, inputs, args, results, checks, warmup)),
-        ("baseline", lambda: measure_train(BASELINE_PRESET, "baseline", impls, inputs, args, results, checks, warmup)),
-        ("matcher", lambda: measure_matcher(impls, inputs, args, results, warmup)),
-        ("eval", lambda: measure_eval(impls, inputs, args, results, checks, warmup)),
-        ("attention", lambda: measure_attention(impls, image_size, args, results, checks, warmup)),
+    trained = [(preset, tag) for preset, tag in ((HYBRID_PRESET, "hybrid"), (BASELINE_PRESET, "baseline")) if tag in only]
+    steps = [  # (the --only names it covers, what it measures, how)
+        ({"hybrid", "baseline"}, "training steps (" + " and ".join(t for _, t in trained) + ", interleaved)",
+         lambda: measure_train(trained, impls, inputs, args, results, checks, warmup)),
+        ({"matcher"}, "matcher", lambda: measure_matcher(impls, inputs, args, results, warmup)),
+        ({"eval"}, "eval", lambda: measure_eval(impls, inputs, args, results, checks, warmup)),
+        ({"attention"}, "attention", lambda: measure_attention(impls, image_size, args, results, checks, warmup)),
     ]
-    for name, fn in steps:
-        if name in only:
-            print(f"  measuring {name} ...", flush=True)
+    for names, what, fn in steps:
+        if names & only:
+            print(f"  measuring {what} ...", flush=True)
             fn()
     profiles = []
     if args.profile:
