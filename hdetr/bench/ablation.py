@@ -563,6 +563,14 @@ COLOURS = {"baseline": "tab:gray", "baseline_more_queries": "tab:brown", "branch
            "epoch": "tab:blue", "layer": "tab:green"}
 
 
+def plot_marks(budget: Budget, iters_per_epoch: int, schemes) -> dict[str, int]:
+    """Vertical lines for the iteration axis: the lr drop, and the epoch scheme's switch when it is plotted."""
+    marks = {"lr x0.1": budget.lr_drop * iters_per_epoch}
+    if "epoch" in schemes:
+        marks["epoch scheme: one-to-one from here"] = one2many_epoch_count(budget.epochs, budget.epoch_ratio) * iters_per_epoch
+    return marks
+
+
 def plot(results: dict[str, list[dict]], path: Path, title: str, clock: str,
          marks: dict[str, int] | None = None) -> None:
     """AP against iterations and against training seconds; mean over seeds with a +-std band."""
@@ -597,7 +605,7 @@ def plot(results: dict[str, list[dict]], path: Path, title: str, clock: str,
     axes[0].set_ylabel("val AP")
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="lower right")  # the curves rise to the upper right
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
@@ -913,9 +921,7 @@ def run_ablation(args) -> int:
     plot(results, png_path, f"hybrid matching ablation: {budget.epochs} epochs x {budget.train_images} synthetic "
                             f"images, {budget.seeds} seed(s), N={budget.num_queries}, M={budget.num_queries_one2many}, "
                             f"K={budget.k}",
-         clock=clock, marks={"lr x0.1": budget.lr_drop * iters_per_epoch,
-                "epoch scheme: one-to-one from here": one2many_epoch_count(budget.epochs, budget.epoch_ratio)
-                * iters_per_epoch})
+         clock=clock, marks=plot_marks(budget, iters_per_epoch, schemes))
     log("  diagnostic: AP after NMS ...")
     diag = {"iou": 0.7, "note": "final models, val AP with and without class-wise NMS at IoU 0.7 over the top-k "
                                 "detections; the comparison itself is NMS-free, as in the paper",
