@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.multiprocessing as mp
 
-from engine_helpers import assert_same_tensors, ddp_worker, free_port, load_state, tiny_overrides
+from engine_helpers import ddp_worker, free_port, load_state, tiny_overrides
 from hdetr.config import load_config
 from hdetr.engine.train import train
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from engine_helpers import assert_same_tensors, load_state, tiny_overrides
 from hdetr.config import load_config

@@ -268,8 +268,6 @@ def run_s_per_iter(res: dict, clock: str) -> float:
 
 # -- inference speed and FLOPs, side by side ---------------------------------------------------------
 def _load_trained(run_dir: Path, device):
-    import torch
-
     from ..checkpoint import safe_torch_load
     from ..config import build_config
     from ..models import build_model
@@ -565,6 +563,8 @@ COLOURS = {"baseline": "tab:gray", "baseline_more_queries": "tab:brown", "branch
 
 def plot_marks(budget: Budget, iters_per_epoch: int, schemes) -> dict[str, int]:
     """Vertical lines for the iteration axis: the lr drop, and the epoch scheme's switch when it is plotted."""
+    from ..hybrid import one2many_epoch_count
+
     marks = {"lr x0.1": budget.lr_drop * iters_per_epoch}
     if "epoch" in schemes:
         marks["epoch scheme: one-to-one from here"] = one2many_epoch_count(budget.epochs, budget.epoch_ratio) * iters_per_epoch
@@ -798,7 +798,6 @@ def run_ablation(args) -> int:
 
     from ..checkpoint import atomic_write
     from ..errors import UserError
-    from ..hybrid import one2many_epoch_count
 
     budget = QUICK if args.quick else DEFAULT
     budget = _apply_settings(budget, args.settings)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..checkpoint import CheckpointError, load_official_checkpoint, save_model
-from ..config import ConfigError, build_config, load_yaml, parse_overrides
+from ..config import ConfigError, build_config
 from ..errors import UserError
 
 
