@@ -138,11 +138,7 @@ def _record(results: dict, impl: str, name: str, t: Timer) -> None:
 
 def _schedule(impls, repeats: int, warmup: int):
     """(repeat index or None for warm-up, impl) pairs; impl order alternates between repeats."""
-    order = []
-    for r in range(warmup + repeats):
-        seq = impls if r % 2 == 0 else impls[::-1]
-        order += [(None if r < warmup else r - warmup, impl) for impl in seq]
-    return order
+    return [(rep, impl) for rep, order in _schedule_pairs(impls, repeats, warmup) for impl in order]
 
 
 def measure_train(models: list[tuple[str, str]], impls, inputs, args, results: dict, checks: dict, warmup: int) -> None:
