@@ -110,3 +110,29 @@ def test_budget_settings_are_checked():
     with pytest.raises(UserError, match="KEY=VALUE"):
         ablation._apply_settings(ablation.DEFAULT, ["nope=1"])
     assert ablation._apply_settings(ablation.DEFAULT, ["epoch_ratio=1/2"]).epoch_ratio == 0.5
+
+
+def test_run_folder_lock_is_exclusive_across_processes(tmp_path):
+    # A run left training by a killed session holds its folder's lock: another session must see that
+    # (None) rather than start the same run twice; once released, the folder can be taken again.
+    import subprocess
+    import sys
+    import time
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "print('locked', flush=True); time.sleep(60)"), str(tmp_path / ablation.LOCK_FILE)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert ablation._try_lock(tmp_path) is None
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 10
+    lock = ablation._try_lock(tmp_path)
+    while lock is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        lock = ablation._try_lock(tmp_path)
+    assert lock is not None
+    lock.close()
