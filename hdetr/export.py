@@ -309,18 +309,14 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
                       opset: int = DEFAULT_OPSET, mask_dtype: str = "bool", verify: bool = True) -> ExportResult:
     """Load an hdetr model folder and export it (what ``hdetr export`` runs)."""
     from .checkpoint import load_model_files
-    from .models import build_model
+    from .models import WeightsMismatchError, build_model_with_weights
 
     if format != "onnx":
         raise ExportError(f"unsupported export format {format!r}; supported: onnx")
     cfg, state, meta = load_model_files(checkpoint)
-    cfg.model.pretrained_backbone = False
-    model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ExportError(
-            f"{checkpoint}: weights do not fit the model of its config.yaml: {len(missing)} missing "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
+    try:
+        model = build_model_with_weights(cfg, state, checkpoint)
+    except WeightsMismatchError as e:
+        raise ExportError(str(e)) from None
     return export_onnx(model, out, config=cfg, class_names=meta.get("class_names") or [], postprocess=postprocess,
                        opset=opset, mask_dtype=mask_dtype, verify=verify, category_map=meta.get("category_map"))

@@ -52,3 +52,20 @@ def test_shared_heads_without_box_refinement_are_one_module():
     assert all(h is model.class_heads[0] for h in model.class_heads)
     refined = build_model(tiny_config())
     assert refined.class_heads[0] is not refined.class_heads[1]
+
+
+def test_weights_must_fit_the_model_exactly():
+    from hdetr.models import WeightsMismatchError, build_model_with_weights
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    state = build_model(cfg).state_dict()
+    model = build_model_with_weights(tiny_config(), state, "w.safetensors")
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    dropped = dict(state)
+    missing_key = next(iter(dropped))
+    del dropped[missing_key]
+    dropped["extra.weight"] = torch.zeros(1)
+    with pytest.raises(WeightsMismatchError, match=r"w\.safetensors: .*1 missing .*1 unexpected") as e:
+        build_model_with_weights(tiny_config(), dropped, "w.safetensors")
+    assert missing_key in str(e.value) and "extra.weight" in str(e.value)

@@ -22,22 +22,15 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..models import build_model
+    from ..models import WeightsMismatchError, build_model_with_weights
 
     try:
         cfg, state = load_official_checkpoint(args.official)
         if args.overrides:
             cfg = build_config({**cfg.to_dict()}, args.overrides)
-    except (CheckpointError, ConfigError) as e:
+        model = build_model_with_weights(cfg, state, args.official)
+    except (CheckpointError, ConfigError, WeightsMismatchError) as e:
         raise UserError(str(e)) from None
-    cfg.model.pretrained_backbone = False
-    model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"{args.official}: weights do not fit the model described by its args: "
-            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
     names = None
     if args.class_names:
         names = [l.strip() for l in args.class_names.read_text().splitlines() if l.strip()]

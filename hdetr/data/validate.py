@@ -243,6 +243,20 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _entry_id(report: DataReport, af: str, section: str, i: int, entry: Any) -> int | None:
+    """The integer 'id' of ``section[i]``, or None after reporting why the entry has none."""
+    if not isinstance(entry, dict):
+        report.add("wrong_type", f"{section}[{i}] must be an object, got {type(entry).__name__}", file=af)
+        return None
+    if "id" not in entry:
+        report.add("missing_key", f"{section}[{i}] has no 'id'", file=af)
+        return None
+    if not _is_int(entry["id"]):
+        report.add("wrong_type", f"{section}[{i}]: 'id' must be an integer, got {entry['id']!r}", file=af)
+        return None
+    return entry["id"]
+
+
 def _size_value(v: Any) -> bool:
     return (_is_int(v) or (isinstance(v, float) and v.is_integer())) and v > 0
 
@@ -319,15 +333,8 @@ def validate_dataset(
 
     # -- categories -----------------------------------------------------------
     for i, cat in enumerate(sections["categories"]):
-        if not isinstance(cat, dict):
-            report.add("wrong_type", f"categories[{i}] must be an object, got {type(cat).__name__}", file=af)
-            continue
-        if "id" not in cat:
-            report.add("missing_key", f"categories[{i}] has no 'id'", file=af)
-            continue
-        cid = cat["id"]
-        if not _is_int(cid):
-            report.add("wrong_type", f"categories[{i}]: 'id' must be an integer, got {cid!r}", file=af)
+        cid = _entry_id(report, af, "categories", i, cat)
+        if cid is None:
             continue
         if cid in report.category_names:
             report.add("duplicate_category_id", f"category id {cid} appears more than once", file=af)
@@ -342,15 +349,8 @@ def validate_dataset(
     paths: dict[Any, Path] = {}
     seen_files: dict[str, Any] = {}
     for i, info in enumerate(sections["images"]):
-        if not isinstance(info, dict):
-            report.add("wrong_type", f"images[{i}] must be an object, got {type(info).__name__}", file=af)
-            continue
-        if "id" not in info:
-            report.add("missing_key", f"images[{i}] has no 'id'", file=af)
-            continue
-        iid = info["id"]
-        if not _is_int(iid):
-            report.add("wrong_type", f"images[{i}]: 'id' must be an integer, got {iid!r}", file=af)
+        iid = _entry_id(report, af, "images", i, info)
+        if iid is None:
             continue
         if iid in images:
             report.add("duplicate_image_id",

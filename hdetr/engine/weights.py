@@ -64,15 +64,10 @@ def load_weights(path: str | Path) -> LoadedWeights:
 
 
 def build_detector_model(loaded: LoadedWeights, device: str | torch.device = "cpu") -> torch.nn.Module:
-    from ..models import build_model
+    from ..models import WeightsMismatchError, build_model_with_weights
 
-    cfg = loaded.cfg
-    cfg.model.pretrained_backbone = False  # the weights come from the checkpoint; never download
-    model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(loaded.state, strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"{loaded.source}: weights do not fit the model its config describes: {len(missing)} missing "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
+    try:
+        model = build_model_with_weights(loaded.cfg, loaded.state, loaded.source)
+    except WeightsMismatchError as e:
+        raise UserError(str(e)) from None
     return model.to(device).eval()

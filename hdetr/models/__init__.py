@@ -1,3 +1,3 @@
-from .detector import HDETR, build_model
+from .detector import HDETR, WeightsMismatchError, build_model, build_model_with_weights
 
-__all__ = ["HDETR", "build_model"]
+__all__ = ["HDETR", "WeightsMismatchError", "build_model", "build_model_with_weights"]

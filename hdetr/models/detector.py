@@ -189,3 +189,21 @@ def assemble_outputs(logits: Tensor, boxes: Tensor, n_o2o: int, enc_logits=None,
 def build_model(cfg, backbone: nn.Module | None = None) -> HDETR:
     """The detector described by a full ``Config`` (the hybrid section decides the extra query group)."""
     return HDETR(cfg.model, num_queries_one2many=cfg.num_queries_one2many, backbone=backbone)
+
+
+class WeightsMismatchError(ValueError):
+    pass
+
+
+def build_model_with_weights(cfg, state: dict, source) -> HDETR:
+    """The model of ``cfg`` holding ``state``, which must fit it exactly. The backbone is never
+    downloaded: its weights come from ``state``. Raises WeightsMismatchError naming ``source``."""
+    cfg.model.pretrained_backbone = False
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsMismatchError(
+            f"{source}: weights do not fit the model its config describes: {len(missing)} missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    return model
