@@ -55,8 +55,11 @@ def scene_jpeg(image: Path | None, size: str) -> tuple[bytes, str, tuple[int, in
         if not image.is_file():
             raise UserError(f"{image}: no such image")
         data = image.read_bytes()
-        with Image.open(io.BytesIO(data)) as im:
-            return data, str(image), im.size
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return data, str(image), im.size
+        except Exception as e:  # PIL raises many types for files it cannot read
+            raise UserError(f"{image}: not an image ({type(e).__name__}: {e})") from None
     import numpy as np
 
     from ..data.synthetic import _encode_jpeg, _render
