@@ -25,6 +25,17 @@ IMAGE_FIELD = "image"
 FORM_OVERHEAD = 64 * 1024
 
 
+# The form is parsed by hand (to check the size first and to word the errors); this documents it in /docs.
+PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": [IMAGE_FIELD],
+    "properties": {
+        IMAGE_FIELD: {"type": "string", "format": "binary", "description": "the image file"},
+        "threshold": {"type": "number", "minimum": 0, "maximum": 1, "description": "minimum score"},
+        "tile": {"type": "integer", "minimum": 1, "description": "tiled inference: tile side in pixels"},
+        "overlap": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "description": "tile overlap"},
+    }}}}}}
+
+
 class InferenceGate:
     """One inference at a time on the shared model, at most ``max_waiting`` requests queued behind it.
 
@@ -102,7 +113,7 @@ def create_app(detector, *, threshold: float = 0.5, max_upload_bytes: int = 20 *
     async def model():
         return info
 
-    @app.post("/predict")
+    @app.post("/predict", openapi_extra=PREDICT_BODY)
     async def predict(request: Request):
         """Multipart form with the image in the field ``image``; ``threshold``, ``tile``, ``overlap`` as form
         fields or query parameters. Returns the detections, boxes in pixels of the uploaded image."""
