@@ -33,7 +33,7 @@ function draw() {
   if (!image) return;
   ctx.drawImage(image, 0, 0);
   // Line width and labels scale with the image so that they stay readable at any size.
-  const unit = Math.max(1, Math.round(Math.max(image.width, image.height) / 400));
+  const unit = Math.max(1, Math.max(image.width, image.height) / 500);
   ctx.lineWidth = 2 * unit;
   ctx.font = `${12 * unit}px system-ui, sans-serif`;
   ctx.textBaseline = "top";
