@@ -27,7 +27,9 @@ def test_bench_serve_runs_the_cli_server_and_reports_figures(tmp_path, capsys):
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
     assert r["requests_per_s"] > 0 and r["seconds"] > 0
     rss = r["server_rss_mb"]
-    assert rss["after_warmup"] > 50 and rss["peak"] >= rss["after_warmup"] * 0.9  # a Python + torch process
+    assert rss["before_warmup"] > 50 and rss["after_warmup"] > 50 and rss["peak"] >= rss["after_warmup"] * 0.9  # a Python + torch process
+    series = r["server_rss_series_s_mb"]
+    assert series and all(t >= 0 and mb > 50 for t, mb in series) and series == sorted(series, key=lambda p: p[0])
     assert r["machine"]["cpu"] and r["command"].startswith(f"hdetr bench serve {model} --clients 2 --requests 6")
     assert "6 requests, 2 clients" in capsys.readouterr().out
 
@@ -41,9 +43,10 @@ def test_load_counts_refused_requests_as_errors():
         good = load(url, image_bytes(), 0.5, clients=2, requests=3, max_seconds=30)
     assert len(bad["errors"]) == 5 and not bad["latencies"] and all("HTTP 415" in e for e in bad["errors"])
     assert len(good["latencies"]) == 3 and not good["errors"]
-    s = summarise(bad, 100.0, 101.0, [100.0, 102.0], 5)
-    assert s["errors"] == 5 and s["ok"] == 0 and s["server_rss_mb"] == {"after_warmup": 100.0, "end": 101.0,
-                                                                         "peak": 102.0, "growth": 1.0}
+    s = summarise(bad, 100.0, 101.0, [100.0, 102.0], 5, rss_start=90.0)
+    assert s["errors"] == 5 and s["ok"] == 0
+    assert s["server_rss_mb"] == {"before_warmup": 90.0, "after_warmup": 100.0, "end": 101.0, "peak": 102.0,
+                                  "growth": 1.0}
 
 
 def test_bench_serve_refuses_a_missing_model_and_an_unreadable_image(tmp_path, capsys):

@@ -4,7 +4,7 @@ hdetr bench serve MODEL [--clients 4] [--requests 200] [--max-seconds 120] [--im
 starts ``hdetr serve MODEL --port 0`` as a child process (127.0.0.1 only), sends warm-up requests, then
 has --clients threads POST the same image to /predict until --requests answers or --max-seconds have
 passed, whichever comes first. Reports requests/s, p50/p90/p99 latency, the errors (any answer but 200),
-and the server's resident memory (VmRSS) after the warm-up, at the end and at its peak; memory that
+and the server's resident memory (VmRSS) before and after the warm-up, at the end and at its peak; memory that
 keeps growing over the run would show as growth. Writes --out (default benchmarks/results/serve.json).
 """
 
@@ -158,7 +158,8 @@ class RssSampler:
     """The server's VmRSS every ``interval`` seconds while the load runs."""
 
     def __init__(self, pid: int, interval: float = 0.25):
-        self.pid, self.interval, self.samples = pid, interval, []
+        self.pid, self.interval, self.samples, self.times = pid, interval, [], []
+        self._t0 = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -167,6 +168,7 @@ class RssSampler:
             mb = rss_mb(self.pid)
             if mb is not None:
                 self.samples.append(mb)
+                self.times.append(time.monotonic() - self._t0)
             self._stop.wait(self.interval)
 
     def __enter__(self):
@@ -177,8 +179,17 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
 
+    def series(self, points: int = 20) -> list[list[float]]:
+        """About ``points`` evenly spaced [seconds, MiB] samples: the shape of the memory over the run."""
+        step = max(1, len(self.samples) // points)
+        picked = list(range(0, len(self.samples), step))
+        if self.samples and picked[-1] != len(self.samples) - 1:
+            picked.append(len(self.samples) - 1)
+        return [[round(self.times[i], 1), round(self.samples[i], 1)] for i in picked]
 
-def summarise(run: dict, rss_warm: float | None, rss_end: float | None, samples: list[float], requests_asked: int) -> dict:
+
+def summarise(run: dict, rss_warm: float | None, rss_end: float | None, samples: list[float], requests_asked: int,
+              rss_start: float | None = None) -> dict:
     import numpy as np
 
     lat = np.array(run["latencies"]) * 1000
@@ -196,6 +207,7 @@ def summarise(run: dict, rss_warm: float | None, rss_end: float | None, samples:
                        "max": round(float(lat.max()), 1) if len(lat) else None},
         "detections_per_image": sorted(set(run["detections"])),
         "server_rss_mb": {
+            "before_warmup": None if rss_start is None else round(rss_start, 1),
             "after_warmup": None if rss_warm is None else round(rss_warm, 1),
             "end": None if rss_end is None else round(rss_end, 1),
             "peak": round(max(samples), 1) if samples else None,
@@ -227,6 +239,7 @@ def run(args) -> int:
         raise UserError(str(e)) from None
     try:
         print(f"server on {server.url} (pid {server.proc.pid}); {warmup} warm-up request(s)", flush=True)
+        rss_start = rss_mb(server.proc.pid)
         warm = load(server.url, payload, args.threshold, args.clients, warmup, args.max_seconds)
         rss_warm = rss_mb(server.proc.pid)
         with RssSampler(server.proc.pid) as sampler:
@@ -235,7 +248,7 @@ def run(args) -> int:
         alive = server.proc.poll() is None
     finally:
         server.stop()
-    summary = summarise(measured, rss_warm, rss_end, sampler.samples, args.requests)
+    summary = summarise(measured, rss_warm, rss_end, sampler.samples, args.requests, rss_start)
     command = (f"hdetr bench serve {args.checkpoint} --clients {args.clients} --requests {args.requests} "
                f"--max-seconds {args.max_seconds:g} --threshold {args.threshold:g}"
                + (f" --image {args.image}" if args.image else f" --size {args.size}")
@@ -243,13 +256,14 @@ def run(args) -> int:
     result = {"command": command, "machine": machine, "model": str(args.checkpoint),
               "image": {"source": image_desc, "width": w, "height": h, "bytes": len(payload)},
               "clients": args.clients, "warmup_requests": warmup, "warmup_errors": len(warm["errors"]),
-              "server_alive_at_end": alive, **summary}
+              "server_alive_at_end": alive, **summary, "server_rss_series_s_mb": sampler.series()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     lat, rss = summary["latency_ms"], summary["server_rss_mb"]
     print(f"{summary['requests_done']} requests, {args.clients} clients, {summary['seconds']} s: "
           f"{summary['requests_per_s']} req/s, p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, "
-          f"{summary['errors']} error(s); server RSS {rss['after_warmup']} -> {rss['end']} MiB "
+          f"{summary['errors']} error(s); server RSS {rss['before_warmup']} (start), {rss['after_warmup']} "
+          f"(after warm-up) -> {rss['end']} MiB "
           f"(peak {rss['peak']})")
     print(f"wrote {args.out}")
     return 0 if summary["errors"] == 0 and alive else 1
