@@ -87,3 +87,19 @@ def rebuilt_buffers(run: BackboneRun) -> dict[str, tuple[torch.Tensor, torch.Ten
         if name is not None:
             out[name] = (ours.get(name), value)
     return out
+
+
+def max_differences(case: Path) -> dict[str, float]:
+    """Max |ours - official| per input and level of a backbone case (for reports; the test checks tolerances)."""
+    run = run_backbone_case(case)
+    expected = load_file(str(case / "expected.safetensors"))
+    return {f"{name}.features.{level}": float((f - expected[f"{name}.features.{level}"].float()).abs().max())
+            for name, feats in run.features.items() for level, f in enumerate(feats)}
+
+
+if __name__ == "__main__":  # python tests/conformance_backbone.py CASE_DIR
+    import sys
+
+    torch.set_num_threads(2)
+    for key, diff in max_differences(Path(sys.argv[1])).items():
+        print(f"{key}: max |diff| {diff:.3g}")

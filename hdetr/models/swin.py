@@ -20,6 +20,7 @@ per returned stage; timm's feature extractor has none, so this module adds them 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,7 @@ SWIN_PRESETS: dict[str, tuple[str, SwinDims]] = {
 _CUSTOM_BASE = "swin_tiny_patch4_window7_224"
 
 
+@functools.cache  # one class; built on first use because importing timm is slow
 def _official_order_block_class():
     from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
 
