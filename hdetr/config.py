@@ -135,10 +135,6 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @property
-    def num_queries_one2many(self) -> int:
-        """Size of the training-only query group (non-zero for the branch scheme only)."""
-        return self.hybrid.num_queries_one2many if self.hybrid.scheme == "branch" else 0
 
 
 SCHEMES = ("none", "branch", "epoch", "layer")

@@ -9,6 +9,7 @@ import pytest
 
 from hdetr.bench import ablation
 from hdetr.cli import build_parser
+from hdetr.hybrid import query_groups
 
 MICRO = [
     "--set", "train_images=8", "--set", "val_images=4", "--set", "image_size=64", "--set", "train_scales=64",
@@ -73,17 +74,17 @@ def test_scheme_configs_follow_the_paper():
 
     cfgs = {s: load_config(ablation.PRESET, ablation.run_overrides(s, 0, b, "DATA")) for s in ablation.SCHEMES}
     total = b.num_queries + b.num_queries_one2many
-    assert cfgs["baseline"].model.num_queries == b.num_queries and cfgs["baseline"].num_queries_one2many == 0
+    assert cfgs["baseline"].model.num_queries == b.num_queries and query_groups(cfgs["baseline"]).one2many == 0
     assert cfgs["baseline_more_queries"].model.num_queries == total
-    assert cfgs["branch"].model.num_queries == b.num_queries and cfgs["branch"].num_queries_one2many == b.num_queries_one2many
+    assert cfgs["branch"].model.num_queries == b.num_queries and query_groups(cfgs["branch"]).one2many == b.num_queries_one2many
     for s in ("epoch", "layer"):
-        assert cfgs[s].model.num_queries == total and cfgs[s].num_queries_one2many == 0
+        assert cfgs[s].model.num_queries == total and query_groups(cfgs[s]).one2many == 0
     # Everything but the scheme settings is shared.
     strip = lambda c: {k: v for k, v in c.to_dict().items() if k not in ("hybrid",)} | {  # noqa: E731
         "model": {k: v for k, v in c.model.__dict__.items() if k != "num_queries"}}
     assert all(strip(c) == strip(cfgs["baseline"]) for c in cfgs.values())
     e = cfgs["epoch"]
-    one2many_epochs = [ep for ep in range(b.epochs) if matching_plan(e, ep).uses_one2many]
+    one2many_epochs = [ep for ep in range(b.epochs) if max(matching_plan(e, ep).layer_repeats) > 1]
     assert one2many_epochs == list(range(round(b.epoch_ratio * b.epochs)))
     plan = matching_plan(cfgs["layer"], 0)
     assert plan.layer_repeats == (b.k,) * b.one2many_layers + (1,) * (b.dec_layers - b.one2many_layers)

@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -461,10 +460,9 @@ def interpolate(curve: list[list[float]], seconds: float) -> float:
 def machine_description(device: str, threads: int, jobs: int) -> str:
     import torch
 
-    from .machine import cpu_model
+    from .machine import describe, one_line
 
-    cpu = cpu_model()
-    desc = f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, torch {torch.__version__}"
+    desc = one_line(describe())
     if device.startswith("cuda"):
         desc += f", {torch.cuda.get_device_name(0)}"
     else:

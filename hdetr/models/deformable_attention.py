@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import ATTENTION_IMPLS
+
 
 def ms_deform_attn_reference(
     value: Tensor, spatial_shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
@@ -55,7 +57,6 @@ def shape_normalizer(spatial_shapes, dtype, device) -> Tensor:
     )
 
 
-ATTENTION_IMPLS = ("fast", "reference")
 
 
 # Each level is stored with a border of zeros: 1 row/column before, 2 after. Samples are clamped to
