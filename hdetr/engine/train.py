@@ -25,7 +25,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError, atomic_write, safe_torch_load, save_model, temp_files
+from ..checkpoint import MODEL_FORMAT, TRAIN_FORMAT, CheckpointError, atomic_write, safe_torch_load, save_model, temp_files
 from ..config import Config
 from ..data.coco import CategoryMap
 from ..data.validate import validate_dataset
@@ -45,7 +45,7 @@ LAST = "last.pt"
 PREV = "prev.pt"  # the checkpoint before last.pt: resume falls back to it when last.pt is damaged
 BEST = "best.pt"
 MODEL_DIR = "model"
-CHECKPOINT_FORMAT = "hdetr-train-v1"
+CHECKPOINT_FORMAT = TRAIN_FORMAT
 # Settings that choose how a result is computed, not what: a run may resume under another value (the
 # fast and reference attention paths agree to rounding; tests/test_fast_paths.py).
 PATH_SWITCHES = {("model", "attention_impl")}
@@ -305,7 +305,7 @@ class Trainer:
             return
         weights = self._eval_model().state_dict()
         state = {
-            "format": "hdetr-model-v1",
+            "format": MODEL_FORMAT,
             "config": self.cfg.to_dict(),
             "model": weights,
             "category_map": self.cmap.to_dict(),
