@@ -36,6 +36,8 @@ from ..models import build_model
 from . import distributed
 from .ema import ModelEMA
 from .inference import autocast_context, evaluate
+from .init_from import prepare_model, save_report
+from .init_from import summary as init_summary
 from .loaders import eval_loader, load_split, locate, train_loader, val_spec
 from .optim import build_optimizer, build_scheduler
 from .runlog import RunLog, plot_curves
@@ -165,6 +167,8 @@ class Trainer:
         # rank-specific streams for everything random that follows.
         seed_everything(t.seed)
         self.model = build_model(cfg).to(self.device)
+        # train.init_from (new runs only) and train.freeze, before the optimizer and the EMA copy.
+        self.init_report = prepare_model(self.model, cfg, self.cmap.names, resume)
         seed_everything(t.seed + self.info.rank)
         self.criterion = SetCriterion(cfg.model.num_classes, cfg.loss)
         self.optimizer = build_optimizer(self.model, t)
@@ -206,6 +210,8 @@ class Trainer:
             atomic_write(self.out / "config.yaml",
                          lambda p: Path(p).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
             self.runlog = RunLog(self.out, resume_step=self.step if resume else None)
+            if self.init_report is not None:
+                self.log(f"{init_summary(self.init_report)}\n  report: {save_report(self.out, self.init_report)}")
 
     # -- start-up data check -------------------------------------------------------------------------
     def _check_data(self, vspec: str | None) -> dict[str, list]:
@@ -355,6 +361,8 @@ class Trainer:
         for section in ("model", "hybrid", "loss"):
             diff = {k: (saved[section].get(k), v) for k, v in now[section].items()
                     if saved[section].get(k) != v and (section, k) not in PATH_SWITCHES}
+            if section == "model" and saved["train"].get("freeze", "") != self.cfg.train.freeze:
+                diff["train.freeze"] = (saved["train"].get("freeze", ""), self.cfg.train.freeze)
             if diff:
                 raise UserError(f"--resume: the {section} settings differ from the run in {self.out}: "
                                 f"{diff} (saved, now)")
