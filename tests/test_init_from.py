@@ -200,3 +200,9 @@ def test_finetune_presets_and_class_map_overrides_load():
         load_config(None, ["train.init_class_map=[a, b]"])
     with pytest.raises(ConfigError, match="train.init_one2many must be one of source, one2one"):
         load_config(None, ["train.init_one2many=copy"])
+
+
+def test_a_missing_source_stops_before_the_data_check(target_data, tmp_path, capsys):
+    with pytest.raises(UserError, match="no_such.pth: no such checkpoint"):
+        Trainer(_cfg(target_data, f"train.init_from={tmp_path / 'no_such.pth'}"), tmp_path / "run", progress=False)
+    assert "data check" not in capsys.readouterr().out

@@ -178,10 +178,16 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-def prepare_model(model: nn.Module, cfg: Config, class_names: list[str], resume: bool) -> dict | None:
-    """What a run does to a freshly built model before the optimizer sees it: ``train.init_from``
-    (new runs only: a resumed run loads its own checkpoint) and ``train.freeze``."""
-    report = init_from(model, cfg, class_names) if cfg.train.init_from and not resume else None
+def load_init_source(cfg: Config, resume: bool) -> LoadedWeights | None:
+    """The weights ``train.init_from`` names, for a new run; None when resuming (a resumed run loads
+    its own checkpoint and never reads the source again) or when it is not set."""
+    return load_weights(cfg.train.init_from) if cfg.train.init_from and not resume else None
+
+
+def prepare_model(model: nn.Module, cfg: Config, class_names: list[str], source: LoadedWeights | None) -> dict | None:
+    """What a run does to a freshly built model before the optimizer sees it: initialise it from
+    ``source`` (``load_init_source``) and freeze ``train.freeze``."""
+    report = init_from(model, cfg, class_names, source) if source is not None else None
     frozen = freeze(model, parse_parts(cfg.train.freeze, "train.freeze"))
     if report is not None:
         report["frozen"] = {"parts": cfg.train.freeze, "parameters": len(frozen)}
