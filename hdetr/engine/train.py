@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..checkpoint import CheckpointError, atomic_write, safe_torch_load, save_model, temp_files
 from ..config import Config
 from ..data.coco import CategoryMap
-from ..data.validate import validate_dataset
+from ..data.validate import validate_source
 from ..errors import BadImageError, DataError, Interrupted, UserError
 from ..hybrid import matching_plan
 from ..losses import SetCriterion
@@ -219,15 +219,18 @@ class Trainer:
                 if not spec:
                     continue
                 try:
-                    images_dir, ann_file = locate(spec, split)
+                    source = locate(spec, split)
                 except UserError as e:  # reported on every rank below, so none waits for the others
                     result["error"] = str(e)
                     break
-                report = validate_dataset(images_dir, ann_file, check_images=True)
+                report = validate_source(source, check_images=True, num_queries=self.cfg.model.num_queries)
                 repairs = sum(i.count for i in report.repairs.values())
                 warnings = sum(i.count for i in report.warnings.values())
-                line = (f"data check {split}: {report.num_images} images, {report.num_boxes} boxes, "
-                        f"{repairs} box repair(s), {warnings} warning(s)")
+                line = (f"data check {split} ({source.title}): {report.num_images} images, {report.num_boxes} "
+                        f"boxes, {repairs} box repair(s), {warnings} warning(s)")
+                if report.count("too_many_objects"):
+                    self.log(f"warning: {report.count('too_many_objects')} {split} image(s) have more objects "
+                             f"(up to {report.objects_max}) than model.num_queries={report.num_queries}")
                 try:
                     report.raise_if_fatal(allow_bad_images=skip)
                 except DataError as e:
