@@ -564,7 +564,8 @@ def validate_dataset(
             for iid in sorted((i for i in usable if boxes_per_image.get(i, 0) > num_queries),
                               key=lambda i: -boxes_per_image[i]):
                 report.add("too_many_objects", f"{boxes_per_image[iid]} objects, the model has {num_queries} "
-                           "one-to-one queries (raise model.num_queries)", file=af, image_id=iid)
+                           "one-to-one queries (raise model.num_queries)", file=str(paths.get(iid, af)),
+                           image_id=iid)
     trainable = report.num_annotations - report.num_crowd
     if trainable and dropped > MANY_DROPPED_FRACTION * trainable:
         report.add("many_dropped", f"{dropped} of {trainable} boxes ({100 * dropped / trainable:.0f}%) were dropped",

@@ -225,7 +225,7 @@ class Trainer:
                 try:
                     source = locate(spec, split)
                 except UserError as e:  # reported on every rank below, so none waits for the others
-                    result["error"] = str(e)
+                    result["error"], result["spec_error"] = str(e), True
                     break
                 report = validate_source(source, check_images=True, num_queries=self.cfg.model.num_queries)
                 repairs = sum(i.count for i in report.repairs.values())
@@ -247,6 +247,8 @@ class Trainer:
                     result[split] = sorted(report.bad_image_ids, key=str)
                 self.log(line)
         result = distributed.broadcast_object(result)
+        if result.get("spec_error"):  # the same message as every other verb that reads this spec
+            raise DataError(result["error"])
         if result["error"]:
             hint = "" if skip else "\n(or set data.skip_bad_images=true to leave out images that cannot be used)"
             raise DataError(result["error"] + hint)
