@@ -314,3 +314,18 @@ def test_symlinked_images_are_followed_and_loops_refused(tmp_path, capsys):
     rc, out = _check_data(str(ds), capsys)
     assert rc == 1 and "path_escape" not in out.split("ERRORS")[0]
     assert "cannot resolve the path" in out
+
+
+def test_convert_data_writes_the_coco_json_training_reads(layouts, tmp_path, capsys):
+    for name in ("yolo", "voc"):
+        spec = layouts[name][0]["train"]
+        out = tmp_path / f"{name}.json"
+        assert main(["convert-data", spec, str(out)]) == 0
+        images_dir = resolve_source(spec, "train").images_dir
+        assert f"use it as: {images_dir}:{out}" in capsys.readouterr().out
+        assert _records(f"{images_dir}:{out}", "train") == _records(layouts["coco"][0]["train"], "train")
+        before = out.read_bytes()
+        assert main(["convert-data", spec, str(out)]) == 2  # never overwrites
+        assert "exists" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["convert-data", layouts["folder"][0]["train"], str(tmp_path / "x.json")]) == 2
+    assert "already a COCO JSON" in capsys.readouterr().err
