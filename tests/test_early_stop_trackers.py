@@ -152,7 +152,8 @@ def test_mlflow_offline_gets_config_scalars_and_curves(data, tmp_path, no_networ
         got = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
         assert got == pytest.approx(dict(want[key])), key
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
-    assert artifacts == ["images/curves.png"]
+    assert artifacts == ["images/curves.png", "images/predictions.png"]
+    assert (out / "predictions.png").is_file()
     assert run.info.status == "FINISHED"
 
 
@@ -170,3 +171,4 @@ def test_wandb_offline_gets_config_scalars_and_curves(data, tmp_path, no_network
     for needle in (b"eval/AP50", b"train/loss_giou", b"num_queries"):
         assert needle in raw  # the scalars and the config reached W&B's offline run file
     assert list(run_dir.glob("files/media/images/**/curves_*.png"))
+    assert list(run_dir.glob("files/media/images/**/predictions_*.png"))

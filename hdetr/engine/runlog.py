@@ -19,6 +19,8 @@ from ..checkpoint import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
+PREDICTIONS_FILE = "predictions.png"  # written only when trackers are on
+PREDICTION_IMAGES = 8
 
 
 def read_records(path: Path) -> list[dict]:
@@ -82,6 +84,17 @@ class RunLog:
         path = plot_curves(self.out_dir)
         if self.trackers is not None:
             self.trackers.image(path, step)
+        return path
+
+    def predictions(self, model_dir: Path, images: list[Path], step: int) -> Path | None:
+        """For the trackers only: the final model's detections on a few validation images
+        (predictions.png), the picture a curve cannot give."""
+        if self.trackers is None or not images:
+            return None
+        from ..draw import prediction_grid
+
+        path = prediction_grid(model_dir, images, self.out_dir / PREDICTIONS_FILE)
+        self.trackers.image(path, step)
         return path
 
     def close(self) -> None:

@@ -38,7 +38,7 @@ from .ema import ModelEMA
 from .inference import autocast_context, evaluate
 from .loaders import eval_loader, load_split, locate, train_loader, val_spec
 from .optim import build_optimizer, build_scheduler
-from .runlog import RunLog
+from .runlog import PREDICTION_IMAGES, RunLog
 from .sampling import rng_state, seed_everything, set_rng_state
 
 LAST = "last.pt"
@@ -510,6 +510,9 @@ class Trainer:
             if self.best_ap is None:
                 self.export_model()  # never evaluated: the model folder holds the latest weights
             self.runlog.plot(self.step)
+            if self.val_split is not None:
+                ds = self.val_split.dataset
+                self.runlog.predictions(model_dir, [ds.image_path(i) for i in ds.ids[:PREDICTION_IMAGES]], self.step)
             self.runlog.close()
         distributed.barrier()
         return TrainResult(self.out, self.step, self.skipped_steps, self.best_ap, self.metrics, model_dir,
