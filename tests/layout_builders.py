@@ -89,6 +89,20 @@ def write_yolo(root: Path, mirrored: bool = True) -> Path:
     return root
 
 
+def write_yolo_roboflow(root: Path) -> Path:
+    """Roboflow's YOLO export: ``{train,valid}/{images,labels}/`` and a data.yaml that says
+    ``train: ../train/images`` (relative to a folder above it, as Ultralytics reads it)."""
+    for split, folder in (("train", "train"), ("val", "valid")):
+        _save_images(root / folder / "images", split)
+        (root / folder / "labels").mkdir(parents=True, exist_ok=True)
+        for i in range(1, len(IMAGES[split]) + 1):
+            (root / folder / "labels" / f"{split}_{i}.txt").write_text(
+                "".join(line + "\n" for line in yolo_lines(split, i)))
+    (root / "data.yaml").write_text(f"train: ../train/images\nval: ../valid/images\n\nnc: {len(CLASSES)}\n"
+                                    f"names: {list(CLASSES)!r}\n")
+    return root
+
+
 def voc_xml(split: str, i: int, difficult: tuple[int, ...] = ()) -> str:
     w, h, boxes = IMAGES[split][i - 1]
     objs = "".join(

@@ -31,6 +31,7 @@ def layouts(tmp_path_factory):
     lb.write_yolo(root / "yolo")
     lb.write_yolo(root / "yolo_beside", mirrored=False)
     lb.write_voc(root / "voc")
+    lb.write_yolo_roboflow(root / "yolo_roboflow")
     s = root / "splits"
     return {
         "coco": ({"train": f"{s}/images/train:{s}/annotations/instances_train.json",
@@ -41,6 +42,7 @@ def layouts(tmp_path_factory):
         "yolo": ({"train": str(root / "yolo"), "val": str(root / "yolo")}, "yolo"),
         "yolo_yaml": ({"train": str(root / "yolo" / "data.yaml"), "val": str(root / "yolo" / "data.yaml")}, "yolo"),
         "yolo_beside": ({"train": str(root / "yolo_beside"), "val": str(root / "yolo_beside")}, "yolo"),
+        "yolo_roboflow": ({"train": str(root / "yolo_roboflow"), "val": str(root / "yolo_roboflow")}, "yolo"),
         "voc": ({"train": str(root / "voc"), "val": str(root / "voc")}, "voc"),
         "voc_forced": ({"train": f"voc:{root / 'voc'}", "val": f"voc:{root / 'voc'}"}, "voc"),
     }
@@ -60,8 +62,8 @@ def _records(spec: str, split: str) -> dict[str, tuple]:
     return {"images": out, "names": ds.category_map.names}
 
 
-@pytest.mark.parametrize("name", ["folder_splits", "folder", "json_file", "yolo", "yolo_yaml", "yolo_beside", "voc",
-                                  "voc_forced"])
+@pytest.mark.parametrize("name", ["folder_splits", "folder", "json_file", "yolo", "yolo_yaml", "yolo_beside",
+                                  "yolo_roboflow", "voc", "voc_forced"])
 def test_every_layout_reads_the_coco_boxes_and_classes(layouts, name):
     spec, layout = layouts[name]
     ref = layouts["coco"][0]

@@ -40,6 +40,8 @@ class _Bad(Exception):
 
 
 def _parse(path: Path) -> ET.Element:
+    if not path.is_file():  # a FIFO or device would block the read
+        raise _Bad("not a regular file")
     try:
         raw = path.read_bytes()
     except OSError as e:
