@@ -61,6 +61,14 @@ def test_early_stop_at_the_expected_evaluation_and_resume_does_not_restart(data,
     assert scripted.calls == 4 and "trained 8 steps" in again and "stopped early after epoch 4" in again
     assert "nothing left to train" in again
     assert read_records(out / "metrics.jsonl") == records
+    # A larger patience on resume lets the run continue from where it stopped (not from the start).
+    assert main(_args(data, out, "train.epochs=8", "train.patience=5", "train.best_metric=AP50", "--resume")) == 0
+    assert scripted.calls == 8 and "trained 16 steps, best AP50 0.900" in capsys.readouterr().out
+
+
+def test_best_metric_must_exist_for_the_validation_set(data, tmp_path, capsys):
+    assert main(_args(data, tmp_path / "run", "train.best_metric=APr")) == 2
+    assert "train.best_metric=APr is not a metric of this validation set" in capsys.readouterr().err
 
 
 def test_no_early_stop_without_patience(data, tmp_path, monkeypatch, capsys):

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from engine_helpers import TINY_MODEL
 from hdetr.cli import main

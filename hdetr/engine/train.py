@@ -35,6 +35,7 @@ from ..losses import SetCriterion
 from ..models import build_model
 from . import distributed
 from .ema import ModelEMA
+from .evaluate import COCO_METRIC_KEYS, LVIS_METRIC_KEYS
 from .inference import autocast_context, evaluate
 from .loaders import eval_loader, load_split, locate, train_loader, val_spec
 from .optim import build_optimizer, build_scheduler
@@ -161,6 +162,10 @@ class Trainer:
             cfg.model.num_classes = self.cmap.num_classes
         self.val_split = (load_split(vspec, "val", cfg, train=False, skip_image_ids=skip_ids["val"])
                           if vspec else None)
+        metric_keys = LVIS_METRIC_KEYS if self.val_split is not None and self.val_split.is_lvis else COCO_METRIC_KEYS
+        if t.best_metric not in metric_keys:
+            raise UserError(f"train.best_metric={t.best_metric} is not a metric of this validation set "
+                            f"({', '.join(metric_keys)})")
 
         # The same initial weights on every rank (DDP would broadcast rank 0's anyway), then
         # rank-specific streams for everything random that follows.
@@ -391,6 +396,10 @@ class Trainer:
             self.log(f"note: train.best_metric {ckpt.get('best_metric', 'AP')} -> {self.cfg.train.best_metric}: "
                      "the best value so far is forgotten")
             self.best_ap, self.evals_since_best = None, 0
+        patience = self.cfg.train.patience
+        if self.early_stop is not None and (not patience or self.evals_since_best < patience):
+            self.log(f"note: the run had stopped early; train.patience={patience} lets it continue")
+            self.early_stop = None
         if self.early_stop is not None:
             self.log(f"the run stopped early at epoch {self.early_stop['epoch'] + 1} (train.patience); "
                      "nothing left to train")
@@ -680,8 +689,6 @@ class Trainer:
                      f"AP75 {metrics['AP75']:.3f}")
             self.runlog.plot(self.step)
         t, key = self.cfg.train, self.cfg.train.best_metric
-        if key not in metrics:
-            raise UserError(f"train.best_metric={key} is not among this evaluation's metrics ({', '.join(metrics)})")
         if self.best_ap is None or metrics[key] > self.best_ap:
             self.best_ap, self.evals_since_best = metrics[key], 0
             self.save_best()
