@@ -18,7 +18,7 @@ VERBS = {
     "predict": "predict",
     "synth": "synth",
     "demo": "demo",
-    "bench": "bench",
+    "serve": "serve",
 }
 
 
