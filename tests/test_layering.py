@@ -109,7 +109,7 @@ def violations() -> list[str]:
                 continue
             bad.append(f"{path.relative_to(ROOT.parent)}:{line}: {module} ({LAYERS[own][0]}) imports {target} "
                        f"({LAYERS[other][0]}), a higher layer")
-    return bad
+    return sorted(set(bad))
 
 
 def test_imports_point_down_the_layers():

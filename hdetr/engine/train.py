@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -163,7 +163,8 @@ class Trainer:
         if cfg.model.num_classes != self.cmap.num_classes:
             self.log(f"note: model.num_classes {cfg.model.num_classes} -> {self.cmap.num_classes} "
                      f"({self.cmap.mode} categories of {self.train_split.ann_file})")
-            cfg.model.num_classes = self.cmap.num_classes
+            # A derived copy: the caller's config stays as it was loaded.
+            cfg = self.cfg = replace(cfg, model=replace(cfg.model, num_classes=self.cmap.num_classes))
         self.val_split = (load_split(vspec, "val", cfg, train=False, skip_image_ids=skip_ids["val"])
                           if vspec else None)
         metric_keys = LVIS_METRIC_KEYS if self.val_split is not None and self.val_split.is_lvis else COCO_METRIC_KEYS
