@@ -12,15 +12,15 @@ from ..config import Config
 from ..data.coco import CategoryMap, CocoDetection
 from ..data.layouts import DataSource, has_own_split, resolve_source
 from ..data.collate import collate
-from ..data.transforms import build_transforms
+from ..data.transforms import DEFAULT_CROP, DEFAULT_SCALES, build_transforms
 from ..errors import UserError
 from .distributed import DistInfo
 from .sampling import EpochBatches, SeededSamples, worker_init
 
 # The official crop branch (resize to 400/500/600, crop 384..600) is tuned for 480..800 scales; other
 # scale ranges get it scaled by the same factor.
-OFFICIAL_MAX_SCALE = 800
-OFFICIAL_CROP = ((400, 500, 600), 384, 600)
+OFFICIAL_MAX_SCALE = max(DEFAULT_SCALES)
+OFFICIAL_CROP = DEFAULT_CROP
 
 
 def crop_for_scales(scales: list[int]) -> tuple[tuple[int, ...], int, int]:
