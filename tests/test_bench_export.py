@@ -15,8 +15,6 @@ TINY = ["model.backbone=resnet18", "model.enc_layers=1", "model.dec_layers=2", "
         "model.num_queries=10", "model.topk=10", "model.num_classes=3", "hybrid.scheme=none"]
 
 
-@pytest.mark.slow
-@pytest.mark.process
 def test_bench_export_options_reach_the_measuring_process(tmp_path, capsys):
     out = tmp_path / "export.json"
     rc = main(["bench", "export", "--preset", "synthetic_small", "--sizes", "96x128", "--repeats", "2",
