@@ -14,12 +14,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..config import ATTENTION_IMPLS, ModelConfig
-from ..hybrid import QueryGroups, query_groups
+from ..config import ModelConfig
 from .backbone import build_backbone
-from .deformable_attention import MultiScaleDeformableAttention
+from .deformable_attention import ATTENTION_IMPLS, MultiScaleDeformableAttention
 from .position_encoding import SinePositionEncoding, downsample_mask
 from .transformer import DeformableTransformer
+from ..hybrid import QueryGroups, query_groups
 
 
 class MLP(nn.Module):
@@ -61,7 +61,6 @@ class HDETR(nn.Module):
         self.query_groups = QueryGroups(cfg.num_queries, num_queries_one2many)  # decided by hybrid.query_groups
         self.num_queries = cfg.num_queries
         self.num_queries_one2many = num_queries_one2many
-        self._attention_impl = cfg.attention_impl  # the path in use; set_attention_impl switches it, cfg stays as loaded
         self.backbone = backbone if backbone is not None else build_backbone(cfg)
         spec = self.backbone.spec
         d = cfg.hidden_dim
@@ -72,6 +71,7 @@ class HDETR(nn.Module):
             projections.append(InputProjection(in_ch, d, kernel_size=3, stride=2))
             in_ch = d
         self.input_projections = nn.ModuleList(projections)
+        self._attention_impl = cfg.attention_impl  # the path in use; set_attention_impl switches it, cfg stays as loaded
         self.transformer = DeformableTransformer(
             d_model=d,
             heads=cfg.nheads,
