@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMES = ("baseline", "baseline_more_queries", "branch", "epoch", "layer")
 # How time is measured. "cpu": CPU seconds of the (single-threaded) training process -- what one
 # dedicated core would take, and far steadier than wall time when other jobs share the CPU; "wall":
 # elapsed seconds (the right clock on a GPU).
@@ -96,26 +95,38 @@ def check_budget(b: Budget) -> None:
         raise UserError(f"train_images ({b.train_images}) must be at least batch_size ({b.batch_size})")
 
 
-def scheme_queries(scheme: str, b: Budget) -> tuple[int, int]:
-    """(queries in training, queries at inference) of a scheme."""
-    total = b.num_queries + b.num_queries_one2many
-    return {"baseline": (b.num_queries, b.num_queries), "branch": (total, b.num_queries)}.get(scheme, (total, total))
+# The ablation's arms, in one table: arm -> (hybrid.scheme of the config, queries in the main group).
+# "baseline" is the config's one-to-one scheme ``none``; "_more_queries" gives it the hybrid total N + M.
+# Training/inference query counts follow from the config through hybrid.query_groups.
+ARMS = {
+    "baseline": ("none", "N"),
+    "baseline_more_queries": ("none", "N+M"),
+    "branch": ("branch", "N"),
+    "epoch": ("epoch", "N+M"),
+    "layer": ("layer", "N+M"),
+}
+
+
+SCHEMES = tuple(ARMS)
 
 
 def scheme_overrides(scheme: str, b: Budget) -> list[str]:
-    """Config overrides of one scheme (on top of the common ones)."""
-    n, m = b.num_queries, b.num_queries_one2many
-    hybrid = [f"hybrid.k={b.k}", f"hybrid.lambda_one2many={b.lambda_one2many}",
-              f"hybrid.num_queries_one2many={m}", f"hybrid.epoch_ratio={b.epoch_ratio}",
-              f"hybrid.one2many_layers={b.one2many_layers}"]
-    table = {
-        "baseline": ["hybrid.scheme=none", f"model.num_queries={n}"],
-        "baseline_more_queries": ["hybrid.scheme=none", f"model.num_queries={n + m}"],
-        "branch": ["hybrid.scheme=branch", f"model.num_queries={n}"],
-        "epoch": ["hybrid.scheme=epoch", f"model.num_queries={n + m}"],
-        "layer": ["hybrid.scheme=layer", f"model.num_queries={n + m}"],
-    }
-    return table[scheme] + hybrid
+    """Config overrides of one arm (on top of the common ones)."""
+    config_scheme, queries = ARMS[scheme]
+    n = b.num_queries if queries == "N" else b.num_queries + b.num_queries_one2many
+    return [f"hybrid.scheme={config_scheme}", f"model.num_queries={n}",
+            f"hybrid.k={b.k}", f"hybrid.lambda_one2many={b.lambda_one2many}",
+            f"hybrid.num_queries_one2many={b.num_queries_one2many}", f"hybrid.epoch_ratio={b.epoch_ratio}",
+            f"hybrid.one2many_layers={b.one2many_layers}"]
+
+
+def scheme_queries(scheme: str, b: Budget) -> tuple[int, int]:
+    """(queries in training, queries at inference) of an arm, as the model builds them."""
+    from ..config import load_config
+    from ..hybrid import query_groups
+
+    groups = query_groups(load_config(PRESET, scheme_overrides(scheme, b)))
+    return groups.total, groups.active(training=False).total
 
 
 def common_overrides(b: Budget, data_dir: Path, seed: int) -> list[str]:
