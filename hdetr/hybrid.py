@@ -1,8 +1,13 @@
 """The three hybrid-matching schemes, decided in one place.
 
-A scheme answers one question per training step: which outputs are matched one-to-one (each ground
-truth once) and which one-to-many (each ground truth repeated K times)? The answer is a
-``MatchingPlan``; the criterion (losses.py) follows it and the model never needs to know.
+This module owns the hybrid decision; everything else consumes it:
+
+- ``query_groups(cfg)``: how many queries the decoder runs, in which groups (``QueryGroups``); the model
+  builds and masks them, and drops the extra group at inference (``QueryGroups.active``).
+- ``layer_outputs(outputs, group)``: where each group's per-layer predictions sit in the model's output
+  dict (the official layout), for the criterion and the benchmarks.
+- ``matching_plan(cfg, epoch)``: per training step, which outputs are matched one-to-one (each ground
+  truth once) and which one-to-many (each ground truth repeated K times); the criterion follows it.
 
 - ``branch`` (the official H-DETR): an extra group of queries, trained one-to-many with weight lambda,
   next to the one-to-one group; the extra group is dropped at inference.
