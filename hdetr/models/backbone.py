@@ -138,8 +138,12 @@ def build_backbone(name: str, pretrained: bool = False, channels: tuple[int, ...
         return TinyBackbone()
     if name in SWIN_SPECS:
         return SwinBackbone(name, pretrained=pretrained)
+    if name == "efficientnet_lite0":
+        from .efficientnet import EfficientNetLite0Backbone
+
+        return EfficientNetLite0Backbone(pretrained=pretrained)
     if name == "precomputed":
         if not channels:
             raise ValueError("backbone 'precomputed' needs model.backbone_channels")
         return PrecomputedFeatures(tuple(channels))
-    raise ValueError(f"unknown backbone {name!r}; choose one of resnet50, resnet18, tiny, {', '.join(SWIN_SPECS)}, precomputed")
+    raise ValueError(f"unknown backbone {name!r}; choose one of resnet50, resnet18, tiny, {', '.join(SWIN_SPECS)}, efficientnet_lite0, precomputed")
