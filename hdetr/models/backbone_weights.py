@@ -76,11 +76,9 @@ def _to_backbone_layout(name: str, state: dict[str, Tensor], body: nn.Module) ->
         # features_only modules are named layers_N where the full model has layers.N
         state = {_swin_feature_key(k): v for k, v in state.items()}
         return {k: v for k, v in state.items() if not k.startswith(("norm.", "head."))}
-    if name == "efficientnet_lite0":
-        if efficientnet.is_package_layout(state):
-            state = efficientnet.package_to_timm(state, body)
-        return {k: v for k, v in state.items() if not k.startswith(efficientnet.HEAD_PREFIXES)}
-    raise UserError(f"{KEY}: backbone {name!r} has no weights to load (use it without {KEY})")
+    if efficientnet.is_package_layout(state):
+        state = efficientnet.package_to_timm(state, body)
+    return {k: v for k, v in state.items() if not k.startswith(efficientnet.HEAD_PREFIXES)}
 
 
 def _swin_feature_key(key: str) -> str:
@@ -99,16 +97,18 @@ def load_backbone_weights(backbone: nn.Module, name: str, weights: str) -> dict:
         if name != "efficientnet_lite0":
             raise UserError(f"{KEY}={weights} holds EfficientNet-Lite0 weights; set model.backbone=efficientnet_lite0")
         weights = efficientnet.package_weights_path()
+    if not name.startswith(("resnet", "swin", "efficientnet")):
+        raise UserError(f"{KEY}: backbone {name!r} has no weights to load (use it without {KEY})")
     body = backbone.body
     state = _to_backbone_layout(name, read_state_dict(weights), body)
     own = body.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise UserError(
-            f"{KEY}: {weights} does not fit backbone {name!r}: tensor {missing[0]!r} is missing "
-            f"({len(missing)} of {len(own)} missing; is it a {name} state dict?)"
-        )
-    for k, v in own.items():
+    for k, v in own.items():  # the first problem in the backbone's own order
+        if k in missing:
+            raise UserError(
+                f"{KEY}: {weights} does not fit backbone {name!r}: tensor {k!r} is missing "
+                f"({len(missing)} of {len(own)} missing; is it a {name} state dict?)"
+            )
         if k in state and state[k].shape != v.shape:
             raise UserError(
                 f"{KEY}: {weights} does not fit backbone {name!r}: tensor {k!r} has shape "
