@@ -80,7 +80,7 @@ def test_backbones_speed_quick(tmp_path, capsys):
     assert backbones.run(args) == 0
     doc = json.loads(out.read_text())
     assert set(doc["backbones"]) == {"tiny", "efficientnet_lite0"}
-    assert doc["backbones"]["tiny"]["ratio_to_tiny"] == pytest.approx(1.0)
+    assert doc["backbones"]["tiny"]["ratio_to_tiny"] == pytest.approx(1.0) == doc["backbones"]["tiny"]["cpu_ratio_to_tiny"]
     for s in doc["backbones"].values():
         assert s["train_step_wall_s"] > 0 and s["backbone_params"] > s["backbone_trainable_params"] * 0.5
     assert "x tiny" in capsys.readouterr().out

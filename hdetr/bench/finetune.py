@@ -62,8 +62,9 @@ class Budget:
         return -(-self.target_train // self.batch_size)
 
 
-# Sized for <= ~40 CPU-minutes on a 2-core VM: source 5 x 75 = 375 steps, each target run 4 x 40 = 160.
-FULL = Budget(source_train=300, source_epochs=5, target_train=160, target_val=60, target_epochs=4,
+# Sized for well under 40 CPU-minutes of training on a 2-core VM: source 5 x 50 = 250 steps, each target
+# run 3 x 40 = 120 steps (evaluated at 40, 80, 120).
+FULL = Budget(source_train=200, source_epochs=5, target_train=160, target_val=60, target_epochs=3,
               batch_size=4, image_size=128, lr=4e-4, seeds=(0, 1))
 QUICK = Budget(source_train=8, source_epochs=1, target_train=4, target_val=2, target_epochs=2,
                batch_size=2, image_size=96, lr=4e-4, seeds=(0,))
@@ -142,10 +143,18 @@ def train_run(spec: dict) -> dict:
 
 
 def _child(spec: dict) -> dict:
+    """A run in a pool process, its log in the run folder. Stopped by a signal (the run saved its
+    checkpoint), the process exits rather than take the next run: the bench resumes on the next call."""
+    from ..errors import Interrupted
+
     Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True)
     with open(Path(spec["run_dir"]) / "train.log", "a", buffering=1) as log:
         sys.stdout = sys.stderr = log
-        return train_run(spec)
+        try:
+            return train_run(spec)
+        except Interrupted as e:
+            log.flush()
+            os._exit(e.exit_code)
 
 
 def _cached(run_dir: Path, key: str) -> dict | None:
