@@ -62,10 +62,10 @@ class Budget:
         return -(-self.target_train // self.batch_size)
 
 
-# Sized for well under 40 CPU-minutes of training on a 2-core VM: source 5 x 50 = 250 steps, each target
-# run 3 x 40 = 120 steps (evaluated at 40, 80, 120).
-FULL = Budget(source_train=200, source_epochs=5, target_train=160, target_val=60, target_epochs=3,
-              batch_size=4, image_size=128, lr=4e-4, seeds=(0, 1))
+# Sized for a shared 2-core VM (well under 40 CPU-minutes of training): 96 px images, source 4 x 50 =
+# 200 steps, each target run 3 x 30 = 90 steps (evaluated at 30, 60, 90).
+FULL = Budget(source_train=200, source_epochs=4, target_train=120, target_val=40, target_epochs=3,
+              batch_size=4, image_size=96, lr=4e-4, seeds=(0, 1))
 QUICK = Budget(source_train=8, source_epochs=1, target_train=4, target_val=2, target_epochs=2,
                batch_size=2, image_size=96, lr=4e-4, seeds=(0,))
 
