@@ -1,4 +1,8 @@
+<<<<<<< HEAD
 """Benchmarks: hdetr bench speed | ablation | export | backbones | finetune.
+=======
+"""Benchmarks: hdetr bench speed | ablation | export | serve.
+>>>>>>> main
 
 Every subcommand is a module in ``hdetr.bench`` with ``add_arguments(parser)`` and ``run(args) -> int``,
 listed in SUBCOMMANDS.
@@ -14,8 +18,12 @@ SUBCOMMANDS = {
     "speed": "speed",
     "ablation": "ablation",
     "export": "export",
+<<<<<<< HEAD
     "backbones": "backbones",
     "finetune": "finetune",
+=======
+    "serve": "serve",
+>>>>>>> main
 }
 
 

@@ -14,6 +14,7 @@ turns a failed download into one line that points at ``model.backbone_weights``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,7 +60,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
-def _to_backbone_layout(name: str, state: dict[str, Tensor], body: nn.Module) -> dict[str, Tensor]:
+def _to_backbone_layout(name: str, state: dict[str, Tensor], backbone: nn.Module) -> dict[str, Tensor]:
     """Rename a classification state dict onto ``body`` (the backbone's feature extractor)."""
     if name.startswith("resnet"):
         return {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -67,17 +68,20 @@ def _to_backbone_layout(name: str, state: dict[str, Tensor], body: nn.Module) ->
         import timm
         from timm.models.swin_transformer import checkpoint_filter_fn
 
-        from .backbone import SWIN_SPECS
+        from .swin import _CUSTOM_BASE, SWIN_PRESETS
 
         # timm's filter turns the official layout (downsample at the end of a stage, index buffers)
-        # into timm's; it needs the full classification model for reference.
-        full = timm.create_model(SWIN_SPECS[name][0], pretrained=False, num_classes=0)
+        # into timm's; it needs the full classification model of the same dimensions for reference.
+        d = backbone.dims
+        full = timm.create_model(SWIN_PRESETS[name][0] if name in SWIN_PRESETS else _CUSTOM_BASE, pretrained=False,
+                                 num_classes=0, embed_dim=d.embed_dim, depths=tuple(d.depths),
+                                 num_heads=tuple(d.num_heads), window_size=d.window_size)
         state = checkpoint_filter_fn(dict(state), full)
         # features_only modules are named layers_N where the full model has layers.N
         state = {_swin_feature_key(k): v for k, v in state.items()}
         return {k: v for k, v in state.items() if not k.startswith(("norm.", "head."))}
     if efficientnet.is_package_layout(state):
-        state = efficientnet.package_to_timm(state, body)
+        state = efficientnet.package_to_timm(state, backbone.body)
     return {k: v for k, v in state.items() if not k.startswith(efficientnet.HEAD_PREFIXES)}
 
 
@@ -100,7 +104,7 @@ def load_backbone_weights(backbone: nn.Module, name: str, weights: str) -> dict:
     if not name.startswith(("resnet", "swin", "efficientnet")):
         raise UserError(f"{KEY}: backbone {name!r} has no weights to load (use it without {KEY})")
     body = backbone.body
-    state = _to_backbone_layout(name, read_state_dict(weights), body)
+    state = _to_backbone_layout(name, read_state_dict(weights), backbone)
     own = body.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     for k, v in own.items():  # the first problem in the backbone's own order
@@ -181,10 +185,10 @@ def build_configured_backbone(m) -> nn.Module:
     from .backbone import build_backbone
 
     if m.backbone_weights:
-        backbone = build_backbone(m.backbone, False, m.backbone_channels)
+        backbone = build_backbone(dataclasses.replace(m, pretrained_backbone=False))
         load_backbone_weights(backbone, m.backbone, m.backbone_weights)
         return backbone
     if m.pretrained_backbone:
         with pretrained_download(m.backbone):
-            return build_backbone(m.backbone, True, m.backbone_channels)
-    return build_backbone(m.backbone, False, m.backbone_channels)
+            return build_backbone(m)
+    return build_backbone(m)

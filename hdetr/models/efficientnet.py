@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
+from .backbone_spec import BackboneSpec
 
 TIMM_NAME = "tf_efficientnet_lite0"
 CHANNELS = (40, 112, 320)
@@ -94,8 +95,6 @@ class EfficientNetLite0Backbone(nn.Module):
         super().__init__()
         import timm
         from timm.layers import freeze_batch_norm_2d
-
-        from .backbone import BackboneSpec
 
         body = timm.create_model(TIMM_NAME, pretrained=pretrained, features_only=True, out_indices=OUT_INDICES)
         self.body = freeze_batch_norm_2d(body)
