@@ -8,11 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-<<<<<<< HEAD
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,export,pretrained]'
-=======
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,export,serve]'
->>>>>>> main
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,export,serve,pretrained]'
 	touch $(STAMP)
 
 install: $(STAMP)

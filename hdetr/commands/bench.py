@@ -1,8 +1,4 @@
-<<<<<<< HEAD
-"""Benchmarks: hdetr bench speed | ablation | export | backbones | finetune.
-=======
-"""Benchmarks: hdetr bench speed | ablation | export | serve.
->>>>>>> main
+"""Benchmarks: hdetr bench speed | ablation | export | serve | backbones | finetune.
 
 Every subcommand is a module in ``hdetr.bench`` with ``add_arguments(parser)`` and ``run(args) -> int``,
 listed in SUBCOMMANDS.
@@ -18,12 +14,9 @@ SUBCOMMANDS = {
     "speed": "speed",
     "ablation": "ablation",
     "export": "export",
-<<<<<<< HEAD
+    "serve": "serve",
     "backbones": "backbones",
     "finetune": "finetune",
-=======
-    "serve": "serve",
->>>>>>> main
 }
 
 
