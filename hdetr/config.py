@@ -122,6 +122,10 @@ class TrainConfig:
     init_class_map: dict[str, str] = field(default_factory=dict)
     init_one2many: str = "source"  # source | one2one: where the one-to-many query embeddings start from
     freeze: str = ""  # parts kept fixed (not in the optimizer), e.g. backbone or backbone+encoder
+    # Early stopping: end the run after this many evaluations without improvement of best_metric (0: off).
+    patience: int = 0
+    best_metric: str = "AP"  # the evaluation metric that picks best.pt and drives patience
+    trackers: list[str] = field(default_factory=list)  # mlflow | wandb (offline; TensorBoard always when installed)
 
 
 @dataclass
@@ -174,6 +178,10 @@ def parse_parts(spec: str, key: str, allow_all: bool = False) -> tuple[str, ...]
         allowed = ", ".join(MODEL_PARTS) + (" or all" if allow_all else "")
         raise ConfigError(f"{key}: unknown part {bad[0]!r}; join parts with + from {allowed}, e.g. backbone+encoder")
     return parts
+# Metrics train.best_metric may name (COCO's, and LVIS's for LVIS datasets); all are higher-is-better.
+BEST_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+                "APr", "APc", "APf", "AR")
+TRACKERS = ("mlflow", "wandb")
 ATTENTION_IMPLS = ("fast", "reference")
 
 
@@ -385,6 +393,12 @@ def validate(cfg: Config) -> None:
     parse_parts(t.freeze, "train.freeze")
     need(t.init_one2many in INIT_ONE2MANY,
          f"train.init_one2many must be one of {', '.join(INIT_ONE2MANY)}, got {t.init_one2many!r}")
+    need(t.patience >= 0, f"train.patience must be >= 0 (0 disables early stopping), got {t.patience}")
+    need(t.best_metric in BEST_METRICS,
+         f"train.best_metric must be one of {', '.join(BEST_METRICS)}, got {t.best_metric!r}")
+    bad = [x for x in t.trackers if x not in TRACKERS]
+    need(not bad, f"train.trackers: unknown tracker(s) {bad}; available: {', '.join(TRACKERS)} "
+                  "(TensorBoard is always on when installed)")
     need(t.clip_max_norm >= 0, f"train.clip_max_norm must be >= 0 (0 disables clipping), got {t.clip_max_norm}")
 
 
