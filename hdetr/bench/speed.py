@@ -26,6 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..threads import add_threads_argument
 from .machine import cpu_model, usable_cpus
 
 TARGETS = {  # fast path, full size (docs/performance.md)
@@ -41,7 +42,7 @@ FEATURE_STRIDES = (8, 16, 32)
 
 def add_arguments(p) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed repetitions per measurement (default 3, --quick 1)")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    add_threads_argument(p, default=2)
     p.add_argument("--impl", choices=["fast", "reference", "both"], default="fast",
                    help="computation path (model.attention_impl); 'both' times them side by side")
     p.add_argument("--quick", action="store_true", help="smoke run: 384x512 image, 1 repeat, no warm-up")
@@ -392,8 +393,6 @@ def run_speed(args) -> int:
 
     from ..errors import UserError
 
-    if args.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.repeats is not None and args.repeats < 1:
         raise UserError(f"--repeats must be >= 1, got {args.repeats}")
     if args.boxes < 0:

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import CheckpointError, load_official_checkpoint, save_model
-from ..config import ConfigError, build_config
-from ..errors import UserError
 
 
 def add_arguments(p):
@@ -22,6 +19,9 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from ..checkpoint import CheckpointError, load_official_checkpoint, save_model
+    from ..config import ConfigError, build_config
+    from ..errors import UserError
     from ..models import WeightsMismatchError, build_model_with_weights
 
     try:
