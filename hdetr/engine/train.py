@@ -33,6 +33,7 @@ from ..errors import BadImageError, DataError, Interrupted, UserError
 from ..hybrid import matching_plan
 from ..losses import SetCriterion
 from ..models import build_model
+from ..models.checkpointing import apply_activation_checkpointing
 from . import distributed
 from .ema import ModelEMA
 from .inference import autocast_context, evaluate
@@ -165,6 +166,8 @@ class Trainer:
         # rank-specific streams for everything random that follows.
         seed_everything(t.seed)
         self.model = build_model(cfg).to(self.device)
+        if t.checkpoint_activations:
+            apply_activation_checkpointing(self.model, t.checkpoint_activations)
         seed_everything(t.seed + self.info.rank)
         self.criterion = SetCriterion(cfg.model.num_classes, cfg.loss)
         self.optimizer = build_optimizer(self.model, t)
