@@ -119,7 +119,7 @@ def config_flags(root: Path, model: str) -> list[str]:
             skip = False
         elif w == "--output_dir":
             skip = True
-        elif not w.startswith("$"):
+        elif w.strip() and not w.startswith("$"):
             flags.append(w)
     return flags
 

@@ -128,13 +128,13 @@ def _compare(tag, official, ours, crit, checks) -> None:
     (o_losses, o_total, o_calls, _), (h_losses, h_total, h_calls, matches) = official, ours
     weighted = {k for k in o_losses if k in crit.weight_dict}
     names_o, names_h = set(o_losses), set(h_losses)
-    diffs = {k: abs(float(o_losses[k]) - float(h_losses[k])) for k in names_o & names_h}
+    diffs = {k: abs(float(o_losses[k].detach()) - float(h_losses[k].detach())) for k in names_o & names_h}
     checks[f"{tag}.loss_terms"] = {
         "official": len(names_o), "hdetr": len(names_h), "weighted_official": len(weighted),
         "only_official": sorted(names_o - names_h), "only_hdetr": sorted(names_h - names_o),
         "max_abs_diff": max(diffs.values()) if diffs else None,
     }
-    checks[f"{tag}.loss_total"] = {"official": float(o_total), "hdetr": float(h_total)}
+    checks[f"{tag}.loss_total"] = {"official": float(o_total.detach()), "hdetr": float(h_total.detach())}
     final = matches.get("one2one.final")
     same_final = None
     if final is not None and o_calls:
