@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -35,6 +36,13 @@ def add_arguments(p) -> None:
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=[800, 1066])
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     add_threads_argument(p, default=2)
+    p.add_argument("--env", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="environment of the measured processes, e.g. OMP_WAIT_POLICY=PASSIVE")
+    p.add_argument("--variants", nargs="+", default=None, metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                   help="measure every configuration once per environment variant, e.g. "
+                        "default: passive:OMP_WAIT_POLICY=PASSIVE (round-robin, one process each)")
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="run N busy-loop processes while measuring (a competing CPU load)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/memory.json"), help="JSON results file")
 
 
@@ -42,6 +50,26 @@ def _maxrss_bytes() -> int:
     # Linux reports kilobytes, macOS bytes.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
+
+
+def _pairs(items, what: str) -> dict:
+    from ..errors import UserError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{what}: expected KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _variants(specs) -> list[tuple[str, dict]]:
+    """``["default", "passive:OMP_WAIT_POLICY=PASSIVE"]`` -> [(name, extra environment)]."""
+    if not specs:
+        return [("default", {})]
+    return [(name, _pairs([p for p in rest.split(",") if p], f"--variants {name}"))
+            for name, _, rest in (s.partition(":") for s in specs)]
 
 
 def child(config: str, steps: int, image_size, device: str, threads: int, official: str | None) -> dict:
@@ -107,31 +135,51 @@ def run(args) -> int:
         raise UserError("--steps and --rounds must be >= 1")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                         os.environ.get("PYTHONPATH", "")])}
+    env.update(_pairs(args.env, "--env"))
+    variants = _variants(args.variants)
     runs = []
     load_start = list(os.getloadavg())
-    for r in range(args.rounds):
-        for config in (configs if r % 2 == 0 else configs[::-1]):
-            print(f"  {config} (round {r + 1}) ...", flush=True)
-            spec = json.dumps({"config": config, "steps": args.steps, "image_size": args.image_size,
-                               "device": args.device, "threads": args.threads,
-                               "official": str(args.official) if args.official else None})
-            done = subprocess.run([sys.executable, "-m", "hdetr.bench.memory", spec], capture_output=True, text=True,
-                                  env=env)
-            if done.returncode != 0:
-                raise UserError(f"the {config} process failed:\n{done.stderr.strip()[-2000:]}")
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            result["load_average_after"] = list(os.getloadavg())
-            runs.append(result)
-            gib = 2 ** 30
-            print(f"    peak RSS {result['peak_rss_bytes'] / gib:.2f} GiB (before the first step "
-                  f"{result['peak_rss_before_first_step_bytes'] / gib:.2f} GiB); step "
-                  + ", ".join(f"{s['wall_s']:.1f} s / {s['cpu_s']:.1f} CPU-s" for s in result["steps"]), flush=True)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        for r in range(args.rounds):
+            for config, (variant, extra) in [(c, v) for c in configs for v in variants][:: 1 if r % 2 == 0 else -1]:
+                print(f"  {config} {variant} (round {r + 1}) ...", flush=True)
+                spec = json.dumps({"config": config, "steps": args.steps, "image_size": args.image_size,
+                                   "device": args.device, "threads": args.threads,
+                                   "official": str(args.official) if args.official else None})
+                done = subprocess.run([sys.executable, "-m", "hdetr.bench.memory", spec], capture_output=True,
+                                      text=True, env={**env, **extra})
+                if done.returncode != 0:
+                    raise UserError(f"the {config} process failed:\n{done.stderr.strip()[-2000:]}")
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                result.update(variant=variant, env=extra, load_average_after=list(os.getloadavg()))
+                runs.append(result)
+                gib = 2 ** 30
+                print(f"    peak RSS {result['peak_rss_bytes'] / gib:.2f} GiB (before the first step "
+                      f"{result['peak_rss_before_first_step_bytes'] / gib:.2f} GiB); step "
+                      + ", ".join(f"{s['wall_s']:.1f} s / {s['cpu_s']:.1f} CPU-s" for s in result["steps"]), flush=True)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
     by_config = {}
     for c in configs:
         mine = [r for r in runs if r["config"] == c]
         by_config[c] = {"peak_rss_bytes_max": max(r["peak_rss_bytes"] for r in mine),
                         "peak_rss_bytes_min": min(r["peak_rss_bytes"] for r in mine)}
+    steps = {}  # the last step of each process: past the first-step allocations
+    for r in runs:
+        e = steps.setdefault(f"{r['config']}/{r['variant']}", {"last_step_wall_s": [], "last_step_cpu_s": []})
+        e["last_step_wall_s"].append(r["steps"][-1]["wall_s"])
+        e["last_step_cpu_s"].append(r["steps"][-1]["cpu_s"])
+    for e in steps.values():
+        e["median_cpu_s"] = statistics.median(e["last_step_cpu_s"])
+        e["median_wall_s"] = statistics.median(e["last_step_wall_s"])
     ratios = {}
+    for name, _ in variants:
+        o, h = steps.get(f"official/{name}"), steps.get(f"plain/{name}")
+        if o and h:
+            ratios[f"cpu_official_over_plain/{name}"] = o["median_cpu_s"] / h["median_cpu_s"]
     if "plain" in by_config and "checkpointed" in by_config:
         ratios["checkpointed_over_plain"] = by_config["checkpointed"]["peak_rss_bytes_max"] / by_config["plain"]["peak_rss_bytes_max"]
     if "official" in by_config:
@@ -141,11 +189,12 @@ def run(args) -> int:
     report = {"benchmark": "memory", "machine": {"cpu": cpu_model(), "usable_cores": usable_cpus(),
                                                  "load_average_at_start": load_start,
                                                  "load_average_at_end": list(os.getloadavg())},
-              "settings": {"configs": configs, "steps": args.steps, "rounds": args.rounds, "image_size": args.image_size,
+              "settings": {"configs": configs, "variants": {n: e for n, e in variants}, "env": args.env,
+                           "busy_loops": args.busy, "steps": args.steps, "rounds": args.rounds, "image_size": args.image_size,
                            "device": args.device, "threads": args.threads, "checkpointed_parts": CHECKPOINTED_PARTS,
                            "official": str(args.official) if args.official else None,
                            "step": "forward + loss + backward + clip + AdamW, hybrid branch model, precomputed features"},
-              "runs": runs, "summary": by_config, "ratios": ratios}
+              "runs": runs, "summary": by_config, "steps": steps, "ratios": ratios}
     for k, v in ratios.items():
         print(f"{k}: x{v:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
