@@ -110,12 +110,15 @@ def test_eval_and_no_grad_run_once():
 def test_backbone_stages():
     from hdetr.models.backbone import build_backbone
 
+    def backbone(*overrides):
+        return build_backbone(build_config({}, list(overrides)).model)
+
     names = lambda b: [n for n, m in b.body.named_children() if any(m is s for s in backbone_stages(b))]
-    assert names(build_backbone("resnet18")) == ["layer1", "layer2", "layer3", "layer4"]
-    tiny = build_backbone("tiny")
+    assert names(backbone("model.backbone=resnet18")) == ["layer1", "layer2", "layer3", "layer4"]
+    tiny = backbone("model.backbone=tiny")
     assert [n for n, m in tiny.named_children() if any(m is s for s in backbone_stages(tiny))] == \
         ["stem", "stage16", "stage32"]
-    assert backbone_stages(build_backbone("precomputed", channels=(8, 16, 32))) == []
+    assert backbone_stages(backbone("model.backbone=precomputed", "model.backbone_channels=[8,16,32]")) == []
 
 
 def test_checkpointed_model_deepcopies_and_unknown_parts_fail():
@@ -131,3 +134,16 @@ def test_checkpointed_model_deepcopies_and_unknown_parts_fail():
         build_config({"train": {"checkpoint_activations": ["encoder", "neck"]}})
     assert build_config({}, ["train.checkpoint_activations=[encoder,backbone]"]).train.checkpoint_activations == \
         ["encoder", "backbone"]
+
+
+def test_trainer_applies_the_config(synth_data, tmp_path):
+    from hdetr.config import load_config
+    from hdetr.engine.train import Trainer
+    from tests.engine_helpers import tiny_overrides
+
+    cfg = load_config("synthetic_small", tiny_overrides(synth_data, "train.checkpoint_activations=[decoder,backbone]"))
+    trainer = Trainer(cfg, tmp_path / "run", device="cpu")
+    model = trainer.model
+    assert all(is_checkpointed(m) for m in model.transformer.decoder_layers)
+    assert not any(is_checkpointed(m) for m in model.transformer.encoder_layers)
+    assert [is_checkpointed(m) for m in (model.backbone.stem, model.backbone.stage16, model.backbone.stage32)] == [True] * 3
