@@ -124,47 +124,14 @@ def child(config: str, steps: int, image_size, device: str, threads: int, offici
     return out
 
 
-def run(args) -> int:
-    from ..errors import UserError
+def _report(args, configs, variants, runs, load_start):
     from .machine import cpu_model, usable_cpus
 
-    configs = args.configs or (["plain", "checkpointed"] + (["official"] if args.official else []))
-    if "official" in configs and args.official is None:
-        raise UserError("configuration 'official' needs --official PATH")
-    if args.steps < 1 or args.rounds < 1:
-        raise UserError("--steps and --rounds must be >= 1")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    env.update(_pairs(args.env, "--env"))
-    variants = _variants(args.variants)
-    runs = []
-    load_start = list(os.getloadavg())
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
-    try:
-        for r in range(args.rounds):
-            for config, (variant, extra) in [(c, v) for c in configs for v in variants][:: 1 if r % 2 == 0 else -1]:
-                print(f"  {config} {variant} (round {r + 1}) ...", flush=True)
-                spec = json.dumps({"config": config, "steps": args.steps, "image_size": args.image_size,
-                                   "device": args.device, "threads": args.threads,
-                                   "official": str(args.official) if args.official else None})
-                done = subprocess.run([sys.executable, "-m", "hdetr.bench.memory", spec], capture_output=True,
-                                      text=True, env={**env, **extra})
-                if done.returncode != 0:
-                    raise UserError(f"the {config} process failed:\n{done.stderr.strip()[-2000:]}")
-                result = json.loads(done.stdout.strip().splitlines()[-1])
-                result.update(variant=variant, env=extra, load_average_after=list(os.getloadavg()))
-                runs.append(result)
-                gib = 2 ** 30
-                print(f"    peak RSS {result['peak_rss_bytes'] / gib:.2f} GiB (before the first step "
-                      f"{result['peak_rss_before_first_step_bytes'] / gib:.2f} GiB); step "
-                      + ", ".join(f"{s['wall_s']:.1f} s / {s['cpu_s']:.1f} CPU-s" for s in result["steps"]), flush=True)
-    finally:
-        for proc in busy:
-            proc.kill()
-            proc.wait()
     by_config = {}
     for c in configs:
         mine = [r for r in runs if r["config"] == c]
+        if not mine:
+            continue
         by_config[c] = {"peak_rss_bytes_max": max(r["peak_rss_bytes"] for r in mine),
                         "peak_rss_bytes_min": min(r["peak_rss_bytes"] for r in mine)}
     steps = {}  # the last step of each process: past the first-step allocations
@@ -195,6 +162,50 @@ def run(args) -> int:
                            "official": str(args.official) if args.official else None,
                            "step": "forward + loss + backward + clip + AdamW, hybrid branch model, precomputed features"},
               "runs": runs, "summary": by_config, "steps": steps, "ratios": ratios}
+    return report, ratios
+
+
+def run(args) -> int:
+    from ..errors import UserError
+
+    configs = args.configs or (["plain", "checkpointed"] + (["official"] if args.official else []))
+    if "official" in configs and args.official is None:
+        raise UserError("configuration 'official' needs --official PATH")
+    if args.steps < 1 or args.rounds < 1:
+        raise UserError("--steps and --rounds must be >= 1")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    env.update(_pairs(args.env, "--env"))
+    variants = _variants(args.variants)
+    runs = []
+    load_start = list(os.getloadavg())
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        for r in range(args.rounds):
+            for config, (variant, extra) in [(c, v) for c in configs for v in variants][:: 1 if r % 2 == 0 else -1]:
+                print(f"  {config} {variant} (round {r + 1}) ...", flush=True)
+                spec = json.dumps({"config": config, "steps": args.steps, "image_size": args.image_size,
+                                   "device": args.device, "threads": args.threads,
+                                   "official": str(args.official) if args.official else None})
+                done = subprocess.run([sys.executable, "-m", "hdetr.bench.memory", spec], capture_output=True,
+                                      text=True, env={**env, **extra})
+                if done.returncode != 0:
+                    raise UserError(f"the {config} process failed:\n{done.stderr.strip()[-2000:]}")
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                result.update(variant=variant, env=extra, load_average_after=list(os.getloadavg()))
+                runs.append(result)
+                # Written after every process: a run stopped half-way keeps what it measured.
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(_report(args, configs, variants, runs, load_start)[0], indent=1) + "\n")
+                gib = 2 ** 30
+                print(f"    peak RSS {result['peak_rss_bytes'] / gib:.2f} GiB (before the first step "
+                      f"{result['peak_rss_before_first_step_bytes'] / gib:.2f} GiB); step "
+                      + ", ".join(f"{s['wall_s']:.1f} s / {s['cpu_s']:.1f} CPU-s" for s in result["steps"]), flush=True)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+    report, ratios = _report(args, configs, variants, runs, load_start)
     for k, v in ratios.items():
         print(f"{k}: x{v:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
