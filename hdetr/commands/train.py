@@ -4,6 +4,9 @@ CONFIG is a preset name (e.g. r50_hybrid_branch_12ep, synthetic_small) or a YAML
 gets config.yaml, metrics.jsonl, last.pt, best.pt, curves.png and model/ (for eval/predict). For
 several GPUs or nodes launch it with torchrun, e.g. torchrun --nproc_per_node 8 -m hdetr.cli train ...
 
+train.init_from=PATH starts a new run from a trained detector (model or run folder, last.pt/best.pt,
+official .pth) and writes init_report.json; train.freeze=backbone keeps parts fixed (docs/finetune.md).
+
 SIGINT/SIGTERM finish the current step, save last.pt and exit with status 130/143; continue with
 --resume. Exit status 2: a config, data or non-finite-loss error (the message says which).
 """
@@ -44,7 +47,11 @@ def run(args) -> int:
     finally:
         distributed.cleanup()
     if is_main:
-        best = f", best AP {result.best_ap:.3f}" if result.best_ap is not None else ""
+        best = f", best {cfg.train.best_metric} {result.best_ap:.3f}" if result.best_ap is not None else ""
+        if result.early_stop:
+            e = result.early_stop
+            best += (f"; stopped early after epoch {e['epoch'] + 1} of {cfg.train.epochs} ({e['metric']} did not "
+                     f"improve for {e['evaluations_without_improvement']} evaluations, train.patience)")
         skipped = f", {result.skipped_steps} non-finite steps skipped" if result.skipped_steps else ""
         if result.bad_image_steps:
             skipped += f", {result.bad_image_steps} steps skipped for unreadable images"
