@@ -107,7 +107,7 @@ def _ensure_dataset(work: Path, b: Budget) -> Path:
 def run_ablation(args) -> int:
     import torch
 
-    from ..checkpoint import atomic_write
+    from .report import write_report
     from ..errors import UserError
 
     budget = QUICK if args.quick else DEFAULT
@@ -227,7 +227,7 @@ def run_ablation(args) -> int:
     iters_per_epoch = budget.train_images // budget.batch_size
     args.out.mkdir(parents=True, exist_ok=True)
     json_path, png_path = args.out / f"{name}.json", args.out / f"{name}.png"
-    atomic_write(json_path, lambda p: Path(p).write_text(json.dumps(doc, indent=1) + "\n"))
+    write_report(json_path, doc)
     plot(results, png_path, f"hybrid matching ablation: {budget.epochs} epochs x {budget.train_images} synthetic "
                             f"images, {budget.seeds} seed(s), N={budget.num_queries}, M={budget.num_queries_one2many}, "
                             f"K={budget.k}",
@@ -240,7 +240,7 @@ def run_ablation(args) -> int:
         per_seed = [nms_diagnostic(work / scheme / f"seed{r['seed']}", dev, data_dir) for r in results[scheme]]
         diag["schemes"][scheme] = {k: [d[k] for d in per_seed] for k in ("AP", "AP_nms", "AP50_nms", "AP75_nms")}
     diag_path = args.out / f"{name}_nms.json"
-    atomic_write(diag_path, lambda p: Path(p).write_text(json.dumps(diag, indent=1) + "\n"))
+    write_report(diag_path, diag)
     log("")
     log(format_table(doc))
     log("")

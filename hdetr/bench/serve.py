@@ -11,7 +11,6 @@ keeps growing over the run would show as growth. Writes --out (default benchmark
 from __future__ import annotations
 
 import io
-import os
 import queue
 import re
 import subprocess
