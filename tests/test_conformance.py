@@ -1,4 +1,5 @@
-"""Conformance with the official H-Deformable-DETR, for every case folder (see tests/conformance.py).
+"""Conformance with the official H-Deformable-DETR, for every single-step case folder (kind "step",
+see tests/conformance.py; the "trajectory" kind runs in tests/test_conformance_trajectory.py).
 
 Set HDETR_CONFORMANCE_DIR to run other case folders of the same format. Every case runs with both
 computation paths (``model.attention_impl`` fast and reference); HDETR_ATTENTION_IMPL=fast or
@@ -13,9 +14,9 @@ import torch
 import pytest
 from safetensors.torch import load_file
 
-from conformance import case_dirs, run_case
+from conformance import KINDS, case_dirs, case_kind, run_case
 
-CASES = case_dirs()
+CASES = case_dirs("step")
 IMPLS = [i for i in ("fast", "reference") if os.environ.get("HDETR_ATTENTION_IMPL", i) == i]
 PARAMS = [(c, impl) for c in CASES for impl in IMPLS]
 
@@ -25,6 +26,11 @@ def case(request):
     torch.set_num_threads(2)
     path, impl = request.param
     return path, run_case(path, attention_impl=impl)
+
+
+def test_every_case_has_a_known_kind():
+    unknown = {c.name: case_kind(c) for c in case_dirs() if case_kind(c) not in KINDS}
+    assert not unknown, f"conformance cases of a kind no test runs: {unknown} (known: {KINDS})"
 
 
 def tol(manifest: dict, group: str) -> dict:

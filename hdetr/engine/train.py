@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
@@ -35,11 +34,12 @@ from ..losses import SetCriterion
 from ..models import build_model
 from . import distributed
 from .ema import ModelEMA
-from .inference import autocast_context, evaluate
+from .inference import evaluate
 from .loaders import eval_loader, load_split, locate, train_loader, val_spec
 from .optim import build_optimizer, build_scheduler
 from .runlog import RunLog, plot_curves
 from .sampling import rng_state, seed_everything, set_rng_state
+from .step import TrainStep
 
 LAST = "last.pt"
 PREV = "prev.pt"  # the checkpoint before last.pt: resume falls back to it when last.pt is damaged
@@ -52,9 +52,6 @@ PATH_SWITCHES = {("model", "attention_impl")}
 # Test hook: seconds to wait between writing a checkpoint's temporary file and renaming it into place,
 # so that tests can kill the process in the middle of a checkpoint write.
 WRITE_DELAY_ENV = "HDETR_CHECKPOINT_WRITE_DELAY"
-# fp16: a non-finite gradient is an overflow for the grad scaler to handle (skip the step, lower the
-# scale) while the scale is at least this; below it the gradients are non-finite even unscaled: a fault.
-MIN_FP16_SCALE = 1.0
 
 
 class NonFiniteLossError(UserError):
@@ -74,45 +71,6 @@ class TrainResult:
     train_cpu_time: float = 0.0  # the same, in CPU seconds of this process (all its threads)
 
 
-def _float_outputs(obj):
-    """AMP outputs -> fp32, so the losses (focal, GIoU, matching costs) are computed in full precision."""
-    if isinstance(obj, torch.Tensor):
-        return obj.float()
-    if isinstance(obj, dict):
-        return {k: _float_outputs(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_float_outputs(v) for v in obj]
-    return obj
-
-
-def _to_device(targets: list[dict], device) -> list[dict]:
-    return [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-
-
-def _amp_mode(cfg: Config, device: torch.device) -> str:
-    if cfg.train.amp == "none":
-        return "none"
-    if device.type != "cuda":
-        print(f"note: train.amp={cfg.train.amp} needs CUDA; training in fp32 on {device.type}")
-        return "none"
-    if cfg.train.amp == "bf16" and not torch.cuda.is_bf16_supported():
-        raise UserError("train.amp=bf16: this GPU does not support bfloat16; use train.amp=fp16")
-    return cfg.train.amp
-
-
-def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    if hasattr(torch.nn.utils, "get_total_norm"):  # what clip_grad_norm_ computes (torch >= 2.6)
-        return torch.nn.utils.get_total_norm(grads, 2.0)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-
-
-def _clip_with_norm(params: list, max_norm: float, total: torch.Tensor) -> None:
-    if hasattr(torch.nn.utils, "clip_grads_with_norm_"):
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-    else:
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
-
-
 def _worker_message(message: str) -> str:
     """A DataLoader worker's exception arrives with the worker's traceback as its message; keep the
     original message (its last line) so the user sees the file and the problem only."""
@@ -120,16 +78,6 @@ def _worker_message(message: str) -> str:
         return message
     last = message.rstrip().splitlines()[-1]
     return last.split("Error: ", 1)[1] if "Error: " in last else last
-
-
-def grad_verdict(amp: str, finite: bool, scale: float | None) -> str:
-    """What a step's gradients mean: ``ok``; ``overflow`` (fp16 loss scaling overflowed: the grad scaler
-    skips the step and lowers its scale; not a fault); ``fault`` (non-finite gradients: stop or skip)."""
-    if finite:
-        return "ok"
-    if amp == "fp16" and scale is not None and scale >= MIN_FP16_SCALE:
-        return "overflow"
-    return "fault"
 
 
 def _model_meta(cmap: CategoryMap) -> dict:
@@ -177,6 +125,8 @@ class Trainer:
             self.ddp = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        self.step_fn = TrainStep(self.model, self.criterion, self.optimizer, t.clip_max_norm, net=self.ddp,
+                                 scaler=self.scaler, amp=self.amp, device=self.device, info=self.info)
         self.loader, self.sampler = train_loader(self.train_split.dataset, cfg, self.info)
         self.steps_per_epoch = len(self.sampler) // t.grad_accum
         self.val_loader = (
@@ -404,81 +354,16 @@ class Trainer:
             f"(train.clip_max_norm) or set train.nonfinite=skip to skip such steps."
         )
 
-    def _micro_batch_weights(self, batches) -> list[float]:
-        """Loss weights that make ``grad_accum`` micro-batches add up to one batch that many times larger.
-
-        The criterion divides each micro-batch's loss by its own (process-averaged) box count; the big
-        batch divides by the count over all of them. Re-weighting by count_i / sum(counts) turns the
-        first into the second (exactly, unless a micro-batch has under one box per process).
-        """
-        if len(batches) == 1:
-            return [1.0]
-        counts = torch.tensor([float(sum(len(t["labels"]) for t in b[2])) for b in batches], device=self.device)
-        if self.info.enabled:
-            torch.distributed.all_reduce(counts)
-            counts /= self.info.world_size
-        return (counts.clamp(min=1) / counts.sum().clamp(min=1)).tolist()
-
     def train_step(self, batches, plan) -> dict[str, float] | None:
-        """Forward/backward over ``grad_accum`` batches, then one update. Returns the mean loss terms,
-        or None when the step was skipped."""
-        t = self.cfg.train
-        self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        image_ids: list[int] = []
-        weights = self._micro_batch_weights(batches)
-        for micro, (images, mask, targets) in enumerate(batches):
-            images = images.to(self.device, non_blocking=True)
-            mask = mask.to(self.device, non_blocking=True)
-            targets = _to_device(targets, self.device)
-            ids = [int(x["image_id"]) for x in targets]
-            image_ids += ids
-            # Gradients are all-reduced once per step, on the last micro-batch.
-            sync = self.info.enabled and micro < len(batches) - 1
-            with self.ddp.no_sync() if sync else contextlib.nullcontext():
-                with autocast_context(self.device, self.amp):
-                    outputs = self.ddp(images, mask)
-                with torch.autocast(device_type=self.device.type, enabled=False):
-                    losses = self.criterion(_float_outputs(outputs), targets, plan)
-                    loss = self.criterion.total(losses)
-                keys = list(losses)
-                values = torch.stack([losses[k].detach().float() for k in keys] + [loss.detach().float()]).cpu()
-                bad = not bool(torch.isfinite(values[-1]))
-                if distributed.any_true(bad, self.device):
-                    terms = {k: float(v) for k, v in zip(keys, values[:-1].tolist()) if not math.isfinite(v)}
-                    self._nonfinite("loss", terms, ids if bad else [])
-                    self.optimizer.zero_grad(set_to_none=True)
-                    return None
-                self.scaler.scale(loss * weights[micro]).backward()
-            for k, v in zip(keys + ["loss"], values.tolist()):
-                sums[k] = sums.get(k, 0.0) + v / len(batches)
-
-        self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        # The norm first, clipping only when it is finite: clipping by a NaN norm would turn every
-        # gradient into NaN and hide which parameters were non-finite.
-        total_norm = _total_norm([p.grad for p in params])
-        grad_norm = float(total_norm)
-        if t.clip_max_norm > 0 and math.isfinite(grad_norm):
-            _clip_with_norm(params, t.clip_max_norm, total_norm)
-        sums["grad_norm"] = grad_norm
-        finite = math.isfinite(grad_norm)
-        verdict = grad_verdict(self.amp, finite, None if finite or self.amp != "fp16" else self.scaler.get_scale())
-        # "overflow": fp16 loss scaling; scaler.step below skips the update and scaler.update lowers the
-        # scale. Not a fault, not counted in skipped_steps.
-        if verdict == "fault":
-            bad = [n for n, p in self.model.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
-            terms = {"grad_norm": grad_norm,
-                     "parameters": f"{len(bad)} with non-finite gradients, e.g. {', '.join(bad[:3])}",
-                     "loss": sums.get("loss")}  # finite: the loss check passed
-            self._nonfinite("gradient", terms, image_ids)
-            self.optimizer.zero_grad(set_to_none=True)
+        """One optimizer step over ``grad_accum`` batches (step.py). Returns the mean loss terms and the
+        gradient norm, or None when the step was skipped."""
+        result = self.step_fn(batches, plan)
+        if result.fault is not None:
+            self._nonfinite(*result.fault)
             return None
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.model)
-        return sums
+        return result.logs
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
