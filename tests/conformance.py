@@ -26,22 +26,23 @@ from hdetr.models import build_model
 from hdetr.postprocess import postprocess
 
 FIXTURES = Path(__file__).parent / "fixtures" / "conformance"
-# What a case tests (manifest "kind"): one forward/backward/eval of the detector, several optimizer
-# steps of the training recipe, or the backbone alone.
+# What a case checks (manifest "kind"): one training step + evaluation of the detector ("step"), several
+# optimizer steps ("trajectory"), or the backbone's multi-scale features and masks ("backbone").
 KINDS = ("step", "trajectory", "backbone")
 
 
 def case_kind(path: Path) -> str:
-    """The manifest's "kind"; cases made before kinds existed are single-step cases."""
     return json.loads((Path(path) / "manifest.json").read_text()).get("kind", "step")
 
 
 def case_dirs(kind: str | None = None) -> list[Path]:
-    """Case folders under the fixtures or $HDETR_CONFORMANCE_DIR (one case or a folder of cases),
-    all of them or those of one ``kind``."""
+    """Case folders under HDETR_CONFORMANCE_DIR (a folder of cases or one case folder), of ``kind`` if given."""
     root = Path(os.environ.get("HDETR_CONFORMANCE_DIR", FIXTURES))
-    cases = [root] if (root / "manifest.json").exists() else sorted(p.parent for p in root.glob("*/manifest.json"))
-    return [c for c in cases if kind is None or case_kind(c) == kind]
+    if (root / "manifest.json").exists():
+        dirs = [root]
+    else:
+        dirs = sorted(p.parent for p in root.glob("*/manifest.json"))
+    return [d for d in dirs if kind is None or case_kind(d) == kind]
 
 
 @dataclass

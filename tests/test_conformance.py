@@ -1,7 +1,7 @@
-"""Conformance with the official H-Deformable-DETR, for every single-step case folder (kind "step",
-see tests/conformance.py; the "trajectory" kind runs in tests/test_conformance_trajectory.py).
+"""Conformance with the official H-Deformable-DETR, for every single-step case folder (see tests/conformance.py).
 
-Set HDETR_CONFORMANCE_DIR to run other case folders of the same format. Every case runs with both
+Cases of the other kinds run in tests/test_conformance_<kind>.py. Set HDETR_CONFORMANCE_DIR to run
+other case folders of the same format. Every case runs with both
 computation paths (``model.attention_impl`` fast and reference); HDETR_ATTENTION_IMPL=fast or
 =reference restricts the run to one.
 """
@@ -28,19 +28,19 @@ def case(request):
     return path, run_case(path, attention_impl=impl)
 
 
-def test_every_case_has_a_known_kind():
-    unknown = {c.name: case_kind(c) for c in case_dirs() if case_kind(c) not in KINDS}
-    assert not unknown, f"conformance cases of a kind no test runs: {unknown} (known: {KINDS})"
-
-
 def tol(manifest: dict, group: str) -> dict:
     rec = manifest.get("tolerance", {}).get("recommended", {}).get(group, {})
     return {"rtol": rec.get("rtol", 1e-4), "atol": rec.get("atol", 1e-5)}
 
 
 def test_there_are_cases():
-    assert CASES, "no conformance case folders found"
+    assert case_dirs(), "no conformance case folders found"
     assert IMPLS, "HDETR_ATTENTION_IMPL must be fast or reference"
+
+
+def test_every_case_has_a_known_kind():
+    unknown = {c.name: case_kind(c) for c in case_dirs() if case_kind(c) not in KINDS}
+    assert not unknown, f"case folders of a kind no test runs (known: {', '.join(KINDS)}): {unknown}"
 
 
 def test_train_outputs(case):
