@@ -71,6 +71,17 @@ class TrainResult:
     train_cpu_time: float = 0.0  # the same, in CPU seconds of this process (all its threads)
 
 
+def _amp_mode(cfg: Config, device: torch.device) -> str:
+    if cfg.train.amp == "none":
+        return "none"
+    if device.type != "cuda":
+        print(f"note: train.amp={cfg.train.amp} needs CUDA; training in fp32 on {device.type}")
+        return "none"
+    if cfg.train.amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UserError("train.amp=bf16: this GPU does not support bfloat16; use train.amp=fp16")
+    return cfg.train.amp
+
+
 def _worker_message(message: str) -> str:
     """A DataLoader worker's exception arrives with the worker's traceback as its message; keep the
     original message (its last line) so the user sees the file and the problem only."""
