@@ -8,6 +8,7 @@ Cases come from the fixtures or HDETR_CONFORMANCE_DIR; each runs on both attenti
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -153,7 +154,8 @@ def test_final_weights(case):
         close(ours[name], expected[key], t, f"final {name}")
         if ours[name].is_floating_point():
             diffs.append((ours[name].float() - expected[key].float()).abs().flatten())
-    pct = float(torch.quantile(torch.cat(diffs).double(), 0.99))
+    diffs = torch.cat(diffs)
+    pct = float(diffs.kthvalue(math.ceil(0.99 * diffs.numel())).values)  # the 99th percentile, rounded up
     assert pct <= p99, f"99th percentile of |final weight diff| {pct:.3g} > {p99:.3g}"
 
 
