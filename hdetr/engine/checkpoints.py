@@ -13,15 +13,14 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, atomic_write, safe_torch_load, temp_files
+from ..checkpoint import MODEL_FORMAT, TRAIN_FORMAT, CheckpointError, atomic_write, safe_torch_load, temp_files
 from ..errors import UserError
 
 LAST = "last.pt"
 PREV = "prev.pt"  # the checkpoint before last.pt: resume falls back to it when last.pt is damaged
 BEST = "best.pt"
 MODEL_DIR = "model"
-CHECKPOINT_FORMAT = "hdetr-train-v1"
-MODEL_FORMAT = "hdetr-model-v1"
+CHECKPOINT_FORMAT = TRAIN_FORMAT
 # Settings that choose how a result is computed, not what: a run may resume under another value (the
 # fast and reference attention paths agree to rounding; tests/test_fast_paths.py).
 PATH_SWITCHES = {("model", "attention_impl")}
