@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..threads import add_threads_argument, apply_threads
+
 
 def add_arguments(p):
     p.add_argument("checkpoint", type=Path, help="model folder, run folder, .pt or official .pth")
@@ -21,6 +23,7 @@ def add_arguments(p):
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
+    add_threads_argument(p)
 
 
 def run(args) -> int:
@@ -32,6 +35,7 @@ def run(args) -> int:
     from ..checkpoint import build_detector_model, load_weights
     from ..errors import UserError
 
+    apply_threads(args.threads)
     loaded = load_weights(args.checkpoint)
     info, device = distributed.init_distributed(args.device)
     try:

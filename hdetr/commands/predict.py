@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..threads import positive_int
+
 BACKENDS = ("torch", "onnxruntime")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -27,7 +29,8 @@ def add_arguments(p):
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu; torch backend only)")
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="torch or onnxruntime (default: onnxruntime for a .onnx CHECKPOINT, else torch)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="intra-op CPU threads of torch or onnxruntime (default: the backend's own)")
 
 
 def find_images(paths: list[Path]) -> list[Path]:
@@ -65,8 +68,6 @@ def run(args) -> int:
             raise UserError("--backend onnxruntime runs on the CPU only; drop --device")
     elif is_onnx:
         raise UserError(f"{args.checkpoint} is an ONNX graph: use --backend onnxruntime (or leave --backend out)")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {args.threads}")
     images = find_images(args.images)
     if backend == "onnxruntime":
         try:
@@ -75,6 +76,9 @@ def run(args) -> int:
             raise UserError("--backend onnxruntime needs onnxruntime: pip install 'hdetr[export]'") from None
         detector = Detector.from_onnx(args.checkpoint, threads=args.threads)
     else:
+        from ..threads import apply_threads
+
+        apply_threads(args.threads)
         detector = Detector.from_checkpoint(args.checkpoint, device=args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     results, used_names = [], set()

@@ -32,6 +32,7 @@ from ..errors import BadImageError, DataError, Interrupted, UserError
 from ..hybrid import matching_plan
 from ..losses import SetCriterion
 from ..models import build_model
+from ..models.checkpointing import apply_activation_checkpointing
 from . import checkpoints, distributed, guards
 from .checkpoints import BEST, CHECKPOINT_FORMAT, LAST, MODEL_DIR, MODEL_FORMAT, PATH_SWITCHES
 from .ema import ModelEMA
@@ -111,6 +112,8 @@ class Trainer:
         self.model = build_model(cfg).to(self.device)
         # train.init_from (new runs only) and train.freeze, before the optimizer and the EMA copy.
         self.init_report = prepare_model(self.model, cfg, self.cmap.names, init_source)
+        if t.checkpoint_activations:
+            apply_activation_checkpointing(self.model, t.checkpoint_activations)
         seed_everything(t.seed + self.info.rank)
         self.criterion = SetCriterion(cfg.model.num_classes, cfg.loss)
         self.optimizer = build_optimizer(self.model, t)
