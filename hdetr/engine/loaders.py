@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from ..config import Config
 from ..data.coco import CategoryMap, CocoDetection, resolve_dataset
 from ..data.collate import collate
-from ..data.transforms import build_transforms
+from ..data.transforms import build_transforms, eval_transforms
 from ..errors import UserError
 from .distributed import DistInfo
 from .sampling import EpochBatches, SeededSamples, worker_init
@@ -73,7 +73,7 @@ def load_split(spec: str, split: str, cfg: Config, train: bool, category_map: Ca
         tf = build_transforms(True, scales=d.train_scales, max_size=d.max_size,
                               crop=crop_for_scales(d.train_scales) if d.crop else None)
     else:
-        tf = build_transforms(False, scales=[d.val_scale], max_size=d.max_size, crop=None, val_size=d.val_scale)
+        tf = eval_transforms(d.val_scale, d.max_size)
     try:
         ds = CocoDetection(images_dir, ann_file, transforms=tf, category_map=category_map,
                            skip_image_ids=skip_image_ids)
