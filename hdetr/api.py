@@ -142,10 +142,25 @@ class Detector:
         return {"pred_logits": out["pred_logits"].float(), "pred_boxes": out["pred_boxes"].float()}
 
     def _detect(self, images: list[Tensor], imgsz: int | None = None) -> list[dict[str, Tensor]]:
-        """uint8 images (padded together into one batch) -> every top-k detection, boxes clamped, on the CPU."""
+        """uint8 images -> every top-k detection, boxes clamped, on the CPU.
+
+        Images are batched by network input size: a padded batch would not give the one-by-one results,
+        because the backbone sees the padding (GroupNorm statistics, convolutions at the border).
+        """
         from .data.collate import pad_images
 
-        batch, mask = pad_images([self.preprocess(im, imgsz) for im in images])
+        inputs = [self.preprocess(im, imgsz) for im in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, x in enumerate(inputs):
+            groups.setdefault(tuple(x.shape[-2:]), []).append(i)
+        results: list[dict[str, Tensor]] = [{}] * len(images)
+        for members in groups.values():
+            batch, mask = pad_images([inputs[i] for i in members])
+            for i, r in zip(members, self._run(batch, mask, [images[i] for i in members])):
+                results[i] = r
+        return results
+
+    def _run(self, batch: Tensor, mask: Tensor, images: list[Tensor]) -> list[dict[str, Tensor]]:
         out = self._forward(batch, mask)
         sizes = torch.tensor([list(im.shape[-2:]) for im in images], device=out["pred_logits"].device)
         results = []
