@@ -215,7 +215,13 @@ class Detector:
         if tile is None:
             return [self._keep(r, threshold, None) for r in self._detect(raw, imgsz)]
         tiling = Tiling(tile, overlap, full_image)
-        return [self._keep(self._detect_sliced(im, tiling, imgsz, tile_batch), threshold, tiling) for im in raw]
+        out = []
+        for im in raw:
+            if len(tile_windows(*im.shape[-2:], tile, overlap)) == 1:  # one tile: the plain prediction
+                out.append(self._keep(self._detect([im], imgsz)[0], threshold, None))
+            else:
+                out.append(self._keep(self._detect_sliced(im, tiling, imgsz, tile_batch), threshold, tiling))
+        return out
 
     def predict(self, image: ImageInput, threshold: float = 0.5, **options) -> Detections:
         """One image; ``options`` as in :meth:`predict_batch` (imgsz, tile, overlap, full_image)."""

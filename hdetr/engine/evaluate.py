@@ -47,7 +47,7 @@ def _quiet(*_args, **_kwargs) -> None:
     pass
 
 
-def _as_coco(gt: COCO | str | os.PathLike | dict) -> COCO:
+def as_coco(gt: COCO | str | os.PathLike | dict) -> COCO:
     if isinstance(gt, COCO):
         return gt
     return COCO(gt if isinstance(gt, dict) else os.fspath(gt), print_function=_quiet)
@@ -92,7 +92,7 @@ def coco_evaluation(
 ) -> COCOeval_faster:
     """The evaluated, accumulated and summarised COCO evaluator: its ``eval['precision']`` (T, R, K, A, M) and
     ``eval['recall']`` (T, K, A, M) arrays hold the per-class numbers the evaluation report shows."""
-    ev = _run_bbox_eval(_as_coco(coco_gt), detections, image_ids)
+    ev = _run_bbox_eval(as_coco(coco_gt), detections, image_ids)
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
@@ -122,7 +122,7 @@ def lvis_metrics(
     """
     if not _fce_supports_lvis():
         return _lvis_package_metrics(lvis_gt, detections, image_ids, max_dets)
-    coco_gt = _as_coco(lvis_gt)
+    coco_gt = as_coco(lvis_gt)
     ev = _run_bbox_eval(coco_gt, detections, image_ids, lvis_style=True)
     ev.params.maxDets = [max_dets]
     ev.evaluate()
