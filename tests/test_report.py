@@ -56,6 +56,7 @@ def test_per_class_numbers_are_the_evaluators(scene):
     assert rows["cat"]["objects"] == 3 and rows["dog"]["objects"] == 2 and rows["cat"]["detections"] == 4
     assert rows["dog"]["AP_small"] == -1  # no small dog
     assert doc["metrics"] == pytest.approx(coco_metrics(gt, dets))
+    assert sum(r["AP"] for r in rows.values()) / 2 == pytest.approx(doc["metrics"]["AP"])
     sizes = {s["size"]: s["objects"] for s in doc["by_size"]}
     assert sizes == {"small": 2, "medium": 2, "large": 1}
 
