@@ -28,7 +28,9 @@ CAMERA_FORMATS = {"linux": "v4l2", "darwin": "avfoundation"}
 
 
 def is_video(spec: str) -> bool:
-    """A video file, a camera index ("0") or a stream URL ("rtsp://...")."""
+    """A video file, a camera index ("0") or a stream URL ("rtsp://..."); an existing file by its suffix."""
+    if Path(spec).exists():
+        return Path(spec).is_file() and Path(spec).suffix.lower() in VIDEO_SUFFIXES
     return spec.isdigit() or "://" in spec or Path(spec).suffix.lower() in VIDEO_SUFFIXES
 
 

@@ -151,7 +151,7 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     options = tile_options(args)
-    videos = [s for s in args.images if is_video(s) and not Path(s).is_dir()]
+    videos = [s for s in args.images if is_video(s)]
     images = find_images([Path(s) for s in args.images if s not in videos])
     gt = load_ground_truth(args.show_gt) if args.show_gt else None
     detector = load_detector(args)
