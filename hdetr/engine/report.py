@@ -174,7 +174,7 @@ def plot_confusion(matrix: np.ndarray, names: list[str], conf: float, iou: float
     ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), labels, fontsize=8)
     ax.set(xlabel="predicted", ylabel="true",
-           title=f"confusion matrix (score >= {conf}, IoU >= {iou}; colour: share of the row)")
+           title=f"confusion matrix (score >= {conf}, IoU >= {iou})\ncolour: share of the true class's row")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
