@@ -29,6 +29,10 @@ class CheckpointError(RuntimeError):
     pass
 
 
+# Official --backbone values; hdetr's backbones of the same names compute the same (docs/backbones.md).
+OFFICIAL_BACKBONES = ("resnet50", "swin_tiny", "swin_small", "swin_large", "swin_large_window12")
+
+
 # official key pattern -> hdetr key; the first matching rule wins.
 OFFICIAL_KEY_RULES: list[tuple[str, str]] = [
     (r"^transformer\.decoder\.(class_embed|bbox_embed)\..*", ""),  # aliases of the top-level heads
@@ -56,20 +60,30 @@ OFFICIAL_KEY_RULES: list[tuple[str, str]] = [
     (r"^query_embed\.(.*)$", r"query_embedding.\1"),
 ]
 _RULES = [(re.compile(p), r) for p, r in OFFICIAL_KEY_RULES]
-# Buffers that official Swin checkpoints carry but that timm rebuilds itself.
+# Buffers that official Swin checkpoints carry but that timm rebuilds itself (the same values:
+# tests/test_conformance_backbone.py compares them).
 _DROP_SUFFIXES = ("relative_position_index", "attn_mask")
 
 
-def official_key_to_hdetr(key: str) -> str | None:
-    """Map an official state-dict key to hdetr's name; None for keys hdetr does not store."""
-    if key.endswith(_DROP_SUFFIXES):
-        return None
+def _apply_rules(key: str) -> str | None:
     for pattern, repl in _RULES:
         m = pattern.match(key)
         if m:
             new = repl(m) if callable(repl) else m.expand(repl)
             return new or None
     return key
+
+
+def official_key_to_hdetr(key: str) -> str | None:
+    """Map an official state-dict key to hdetr's name; None for keys hdetr does not store."""
+    if key.endswith(_DROP_SUFFIXES):
+        return None
+    return _apply_rules(key)
+
+
+def rebuilt_buffer_name(key: str) -> str | None:
+    """hdetr's name of the buffer that replaces an official buffer hdetr does not load; None otherwise."""
+    return _apply_rules(key) if key.endswith(_DROP_SUFFIXES) else None
 
 
 def convert_official_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -132,6 +146,7 @@ def official_args_to_config(args: dict, state: dict[str, torch.Tensor]) -> Confi
             "look_forward_twice": bool(get("look_forward_twice", False)),
             "num_queries": get("num_queries_one2one", 300),
             "topk": get("topk", 100),
+            "swin": {"drop_path_rate": get("drop_path_rate", 0.2)},
         },
         "hybrid": {
             "scheme": "branch" if o2m > 0 and k > 0 else "none",
@@ -151,8 +166,10 @@ def official_args_to_config(args: dict, state: dict[str, torch.Tensor]) -> Confi
             "batch_size": get("batch_size", 2),
         },
     }
-    if backbone not in ("resnet50", "swin_tiny", "swin_small", "swin_large"):
+    if backbone not in OFFICIAL_BACKBONES:
         raise CheckpointError(f"official backbone {backbone!r} has no hdetr equivalent")
+    if get("dilation", False):
+        raise CheckpointError("official --dilation (a dilated last ResNet stage) has no hdetr equivalent")
     return build_config(data)
 
 

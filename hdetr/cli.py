@@ -17,7 +17,7 @@ VERBS = {
     "predict": "predict",
     "synth": "synth",
     "demo": "demo",
-    "bench": "bench",
+    "serve": "serve",
 }
 
 

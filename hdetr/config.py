@@ -23,10 +23,28 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class SwinConfig:
+    # A Swin given by its dimensions (model.backbone 'swin'); the named Swin backbones (swin_tiny,
+    # swin_small, swin_large, swin_large_window12) fix these four, which must then stay unset.
+    embed_dim: int | None = None
+    depths: list[int] | None = None  # blocks per stage (4 stages)
+    num_heads: list[int] | None = None  # attention heads per stage
+    window_size: int | None = None
+    # Every Swin: the official --drop_path_rate (0.2; 0.5 in the 36-epoch Swin-L recipes).
+    drop_path_rate: float = 0.2
+
+
+SWIN_DIMS = ("embed_dim", "depths", "num_heads", "window_size")
+
+
+@dataclass
 class ModelConfig:
-    backbone: str = "resnet50"  # resnet50 | resnet18 | tiny | swin_tiny | swin_small | swin_large | precomputed
+    # A name of the backbone registry (hdetr/models/backbone.py): resnet50 | resnet18 | tiny | swin_tiny |
+    # swin_small | swin_large | swin_large_window12 | swin (dimensions in model.swin) | precomputed ...
+    backbone: str = "resnet50"
     pretrained_backbone: bool = False
     backbone_channels: list[int] | None = None  # only for backbone 'precomputed'
+    swin: SwinConfig = field(default_factory=SwinConfig)
     num_classes: int = 91
     hidden_dim: int = 256
     nheads: int = 8
@@ -293,6 +311,7 @@ def validate(cfg: Config) -> None:
          f"model.hidden_dim must be 256 when model.two_stage is true (the proposal embedding is 4 x 128 = 2 x 256 wide), got {m.hidden_dim}")
     need(not m.look_forward_twice or m.with_box_refine, "model.look_forward_twice needs model.with_box_refine: true")
     need(not m.mixed_selection or m.two_stage, "model.mixed_selection needs model.two_stage: true")
+    _validate_backbone(m, need)
     need(m.backbone != "precomputed" or bool(m.backbone_channels),
          "model.backbone_channels must list the feature channels when model.backbone is 'precomputed'")
     need(m.attention_impl in ATTENTION_IMPLS,
@@ -324,3 +343,28 @@ def validate(cfg: Config) -> None:
     need(t.save_every >= 0, f"train.save_every must be >= 0, got {t.save_every}")
     need(t.num_workers >= 0, f"train.num_workers must be >= 0, got {t.num_workers}")
     need(t.clip_max_norm >= 0, f"train.clip_max_norm must be >= 0 (0 disables clipping), got {t.clip_max_norm}")
+
+
+def _validate_backbone(m: ModelConfig, need) -> None:
+    from .models.backbone import BACKBONES  # the registry; importing it builds nothing
+
+    need(m.backbone in BACKBONES, f"model.backbone must be one of {', '.join(BACKBONES)}, got {m.backbone!r}")
+    need(not m.pretrained_backbone or BACKBONES[m.backbone].pretrained_weights,
+         f"model.pretrained_backbone: backbone {m.backbone!r} has no pretrained weights; set it to false")
+    s = m.swin
+    need(0.0 <= s.drop_path_rate < 1.0, f"model.swin.drop_path_rate must be in [0, 1), got {s.drop_path_rate}")
+    if m.backbone != "swin":
+        for key in SWIN_DIMS:
+            need(getattr(s, key) is None,
+                 f"model.swin.{key} describes a Swin by its dimensions (model.backbone: swin); "
+                 f"backbone {m.backbone!r} fixes its own, so leave model.swin.{key} unset")
+        return
+    for key in SWIN_DIMS:
+        need(getattr(s, key) is not None, f"model.swin.{key} must be set when model.backbone is 'swin'")
+    need(len(s.depths) == 4 and len(s.num_heads) == 4,
+         f"model.swin.depths and model.swin.num_heads must have 4 entries (one per stage), got {s.depths} and {s.num_heads}")
+    need(s.embed_dim >= 1 and s.window_size >= 1 and min(s.depths) >= 1 and min(s.num_heads) >= 1,
+         "model.swin.embed_dim, window_size, depths and num_heads must be >= 1")
+    for i, heads in enumerate(s.num_heads):
+        width = s.embed_dim * 2 ** i
+        need(width % heads == 0, f"model.swin.num_heads[{i}] ({heads}) must divide the stage width embed_dim x 2^{i} = {width}")

@@ -26,13 +26,23 @@ from hdetr.models import build_model
 from hdetr.postprocess import postprocess
 
 FIXTURES = Path(__file__).parent / "fixtures" / "conformance"
+# What a case checks (manifest "kind"): one training step + evaluation of the detector ("step"), several
+# optimizer steps ("trajectory"), or the backbone's multi-scale features and masks ("backbone").
+KINDS = ("step", "trajectory", "backbone")
 
 
-def case_dirs() -> list[Path]:
+def case_kind(path: Path) -> str:
+    return json.loads((Path(path) / "manifest.json").read_text()).get("kind", "step")
+
+
+def case_dirs(kind: str | None = None) -> list[Path]:
+    """Case folders under HDETR_CONFORMANCE_DIR (a folder of cases or one case folder), of ``kind`` if given."""
     root = Path(os.environ.get("HDETR_CONFORMANCE_DIR", FIXTURES))
     if (root / "manifest.json").exists():
-        return [root]
-    return sorted(p.parent for p in root.glob("*/manifest.json"))
+        dirs = [root]
+    else:
+        dirs = sorted(p.parent for p in root.glob("*/manifest.json"))
+    return [d for d in dirs if kind is None or case_kind(d) == kind]
 
 
 @dataclass

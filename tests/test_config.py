@@ -45,3 +45,52 @@ def test_presets_load_with_official_hyperparameters():
 def test_unknown_preset_lists_the_presets():
     with pytest.raises(ConfigError, match="r50_hybrid_branch_12ep"):
         load_config("r51_nothing")
+
+
+SWIN_32 = ["model.backbone=swin", "model.swin.embed_dim=32", "model.swin.depths=[2,2,2,2]",
+           "model.swin.num_heads=[1,2,4,8]", "model.swin.window_size=7"]
+
+
+def test_a_swin_can_be_described_by_its_dimensions():
+    cfg = build_config({}, SWIN_32)
+    assert (cfg.model.swin.embed_dim, cfg.model.swin.depths, cfg.model.swin.num_heads) == (32, [2, 2, 2, 2], [1, 2, 4, 8])
+    assert load_config("swin_l_hybrid_branch_36ep").model.swin.drop_path_rate == 0.5  # official 36-epoch Swin-L
+    assert load_config("swin_t_hybrid_branch_12ep").model.swin.drop_path_rate == 0.2
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["model.backbone=resnet51"], r"model\.backbone must be one of resnet50, .*swin_tiny.*got 'resnet51'"),
+    (["model.backbone=swin_tiny", "model.swin.embed_dim=32"], r"model\.swin\.embed_dim .*'swin_tiny' fixes"),
+    (SWIN_32[:-1], r"model\.swin\.window_size must be set"),
+    (SWIN_32 + ["model.swin.depths=[2,2,2]"], r"model\.swin\.depths and model\.swin\.num_heads must have 4"),
+    (SWIN_32 + ["model.swin.num_heads=[3,6,12,24]"], r"model\.swin\.num_heads\[0\] \(3\) must divide .* 32"),
+    (SWIN_32 + ["model.pretrained_backbone=true"], r"model\.pretrained_backbone: backbone 'swin' has no pretrained"),
+    (["model.backbone=tiny", "model.pretrained_backbone=true"], r"backbone 'tiny' has no pretrained"),
+    (["model.swin.drop_path_rate=1.0"], r"model\.swin\.drop_path_rate"),
+])
+def test_bad_backbone_settings_are_refused(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        build_config({}, overrides)
+
+
+def test_an_unknown_backbone_is_refused_before_any_data_is_read(tmp_path, capsys):
+    from hdetr.cli import main
+
+    code = main(["train", "synthetic_small", "model.backbone=efficientnet_b99", f"data.train={tmp_path / 'absent'}",
+                 "--out", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "model.backbone must be one of" in err and "absent" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_registering_a_backbone_makes_its_name_valid(monkeypatch):
+    from hdetr.models import backbone as backbones
+    from hdetr.models import build_model
+
+    monkeypatch.setattr(backbones, "BACKBONES", dict(backbones.BACKBONES))
+    with pytest.raises(ConfigError, match="model.backbone"):
+        build_config({}, ["model.backbone=mine"])
+    backbones.register_backbone("mine", lambda m: backbones.TinyBackbone(), pretrained_weights=False)
+    cfg = build_config({}, ["model.backbone=mine", "model.num_feature_levels=3"])
+    assert isinstance(build_model(cfg).backbone, backbones.TinyBackbone)

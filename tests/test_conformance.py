@@ -1,6 +1,7 @@
-"""Conformance with the official H-Deformable-DETR, for every case folder (see tests/conformance.py).
+"""Conformance with the official H-Deformable-DETR, for every single-step case folder (see tests/conformance.py).
 
-Set HDETR_CONFORMANCE_DIR to run other case folders of the same format. Every case runs with both
+Cases of the other kinds run in tests/test_conformance_<kind>.py. Set HDETR_CONFORMANCE_DIR to run
+other case folders of the same format. Every case runs with both
 computation paths (``model.attention_impl`` fast and reference); HDETR_ATTENTION_IMPL=fast or
 =reference restricts the run to one.
 """
@@ -13,9 +14,9 @@ import torch
 import pytest
 from safetensors.torch import load_file
 
-from conformance import case_dirs, run_case
+from conformance import KINDS, case_dirs, case_kind, run_case
 
-CASES = case_dirs()
+CASES = case_dirs("step")
 IMPLS = [i for i in ("fast", "reference") if os.environ.get("HDETR_ATTENTION_IMPL", i) == i]
 PARAMS = [(c, impl) for c in CASES for impl in IMPLS]
 
@@ -33,8 +34,13 @@ def tol(manifest: dict, group: str) -> dict:
 
 
 def test_there_are_cases():
-    assert CASES, "no conformance case folders found"
+    assert case_dirs(), "no conformance case folders found"
     assert IMPLS, "HDETR_ATTENTION_IMPL must be fast or reference"
+
+
+def test_every_case_has_a_known_kind():
+    unknown = {c.name: case_kind(c) for c in case_dirs() if case_kind(c) not in KINDS}
+    assert not unknown, f"case folders of a kind no test runs (known: {', '.join(KINDS)}): {unknown}"
 
 
 def test_train_outputs(case):

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from hdetr.checkpoint import CheckpointError, load_model_files, official_key_to_hdetr, safe_torch_load
+from hdetr.checkpoint import (
+    CheckpointError,
+    convert_official_state_dict,
+    load_model_files,
+    official_args_to_config,
+    official_key_to_hdetr,
+    safe_torch_load,
+)
 from hdetr.cli import main
 from hdetr.config import load_config
 from hdetr.models import build_model
@@ -24,6 +31,7 @@ OFFICIAL_DEFAULTS = dict(
     num_queries_one2one=300, num_queries_one2many=0, dec_n_points=4, enc_n_points=4, mixed_selection=False,
     look_forward_twice=False, k_one2many=5, lambda_one2many=1.0, set_cost_class=2, set_cost_bbox=5, set_cost_giou=2,
     cls_loss_coef=2, bbox_loss_coef=5, giou_loss_coef=2, focal_alpha=0.25, dataset_file="coco", topk=100,
+    drop_path_rate=0.2, dilation=False,
 )
 
 
@@ -113,6 +121,50 @@ def test_convert_full_size_r50_hybrid_then_train_step_on_800x1066(tmp_path):
     assert model.transformer.decoder_layers[0].self_attn.in_proj_weight.grad.abs().sum() > 0
     assert model.backbone.body.layer4[0].conv1.weight.grad is not None
     assert model.backbone.body.layer1[0].conv1.weight.grad is None  # frozen as in the official recipe
+
+
+@pytest.mark.slow
+def test_convert_full_size_swin_tiny_then_forward_on_800x1066(tmp_path):
+    spec = json.loads((KEYS / "checkpoint_keys_swin_tiny_hybrid.json").read_text())
+    official = tmp_path / "official.pth"
+    fake_official_checkpoint(official, spec)
+    assert main(["convert", str(official), str(tmp_path / "converted")]) == 0
+    cfg, state, _ = load_model_files(tmp_path / "converted")
+    assert (cfg.model.backbone, cfg.model.swin.drop_path_rate) == ("swin_tiny", 0.2)
+    model = build_model(cfg)
+    model.load_state_dict(state, strict=True)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == spec["num_trainable_params"]
+    raw = safe_torch_load(official)["model"]
+    ours = model.state_dict()
+    # The official merge at the end of stage i is timm's merge at the start of stage i + 1.
+    torch.testing.assert_close(ours["backbone.body.layers_1.downsample.reduction.weight"],
+                               raw["backbone.0.body.layers.0.downsample.reduction.weight"])
+    torch.testing.assert_close(ours["backbone.norms.2.weight"], raw["backbone.0.body.norm3.weight"])
+
+    torch.set_num_threads(2)
+    model.eval()
+    images = torch.randn(1, 3, 800, 1066)
+    with torch.no_grad():
+        feats = model.backbone(images)
+        out = model(images, torch.zeros(1, 800, 1066, dtype=torch.bool))
+    # 800x1066 -> patches 200x267 (padded to 268) -> stages 100x134, 50x67, 25x34 at strides 8/16/32.
+    assert [tuple(f.shape) for f in feats] == [(1, 192, 100, 134), (1, 384, 50, 67), (1, 768, 25, 34)]
+    assert out["pred_logits"].shape == (1, 300, 91) and out["pred_boxes"].shape == (1, 300, 4)
+    assert torch.isfinite(out["pred_logits"]).all() and torch.isfinite(out["pred_boxes"]).all()
+
+
+@pytest.mark.slow
+def test_official_swin_large_key_list_converts_and_loads():
+    spec = json.loads((KEYS / "checkpoint_keys_swin_large_hybrid.json").read_text())
+    # Load only: the values do not matter, so the tensors are left uninitialised.
+    state = {k["name"]: torch.empty(k["shape"], dtype=torch.float32 if k["dtype"].startswith("float") else torch.long)
+             for k in spec["keys"]}
+    cfg = official_args_to_config(vars(official_args(spec["config_flags"])), state)
+    assert cfg.model.backbone == "swin_large"
+    model = build_model(cfg)
+    model.load_state_dict(convert_official_state_dict(state), strict=True)
+    assert model.backbone.spec.channels == (384, 768, 1536)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == spec["num_trainable_params"]
 
 
 def test_crafted_checkpoint_that_runs_code_is_refused(tmp_path):

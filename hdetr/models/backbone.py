@@ -1,36 +1,31 @@
-"""Backbones returning multi-scale feature maps (strides 8/16/32) for the deformable encoder.
+"""Backbones returning multi-scale feature maps (strides 8/16/32) for the deformable encoder, and the
+registry of backbone names that ``model.backbone`` may take (config validation checks it).
 
 ResNet-50 comes from torchvision with frozen BatchNorm, and its stem + layer1 frozen, as in the
-official code. Swin comes from timm (``features_only``) with one LayerNorm per output, as the official
-Swin wrapper has. ResNet-18 and ``tiny`` (a small GroupNorm conv net) exist for quick runs, tests and
-the CPU demo. Pretrained weights are opt-in: nothing is downloaded unless asked.
+official code (docs/backbones.md). Swin comes from timm, configured to compute what the official
+detection Swin computes (``swin.py``). ResNet-18 and ``tiny`` (a small GroupNorm conv net) exist for
+quick runs, tests and the CPU demo. Pretrained weights are opt-in: nothing is downloaded unless asked.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet18, resnet50
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .backbone_spec import BackboneSpec
+from .swin import SWIN_PRESETS, SwinBackbone, SwinDims
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    channels: tuple[int, ...]
-    strides: tuple[int, ...]
-
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 RESNET50 = BackboneSpec(channels=(512, 1024, 2048), strides=(8, 16, 32))
 RESNET18 = BackboneSpec(channels=(128, 256, 512), strides=(8, 16, 32))
 TINY = BackboneSpec(channels=(128, 256, 256), strides=(8, 16, 32))
-SWIN_SPECS = {
-    "swin_tiny": ("swin_tiny_patch4_window7_224", BackboneSpec((192, 384, 768), (8, 16, 32))),
-    "swin_small": ("swin_small_patch4_window7_224", BackboneSpec((192, 384, 768), (8, 16, 32))),
-    "swin_large": ("swin_large_patch4_window7_224", BackboneSpec((384, 768, 1536), (8, 16, 32))),
-}
 
 
 class ResNetBackbone(nn.Module):
@@ -90,32 +85,6 @@ class TinyBackbone(nn.Module):
         return [x8, x16, self.stage32(x16)]
 
 
-class SwinBackbone(nn.Module):
-    def __init__(self, name: str, pretrained: bool = False, drop_path_rate: float = 0.2):
-        super().__init__()
-        import timm
-
-        timm_name, spec = SWIN_SPECS[name]
-        self.body = timm.create_model(
-            timm_name,
-            pretrained=pretrained,
-            features_only=True,
-            out_indices=(1, 2, 3),
-            drop_path_rate=drop_path_rate,
-            strict_img_size=False,
-        )
-        self.norms = nn.ModuleList(nn.LayerNorm(c) for c in spec.channels)
-        self.spec = spec
-
-    def forward(self, images: Tensor) -> list[Tensor]:
-        # Like the official wrapper: pad to the patch size; timm pads per block to the window size
-        # and per merge to even sizes.
-        h, w = images.shape[-2:]
-        padded = F.pad(images, (0, (-w) % 4, 0, (-h) % 4))
-        feats = self.body(padded)  # NHWC maps from timm's Swin
-        return [norm(f).permute(0, 3, 1, 2).contiguous() for f, norm in zip(feats, self.norms)]
-
-
 class PrecomputedFeatures(nn.Module):
     """Stands in for a backbone when its feature maps are given (conformance cases, speed benchmarks)."""
 
@@ -127,19 +96,41 @@ class PrecomputedFeatures(nn.Module):
         raise RuntimeError("PrecomputedFeatures has no image path: call the detector with features=...")
 
 
-def build_backbone(name: str, pretrained: bool = False, channels: tuple[int, ...] | None = None) -> nn.Module:
-    if name == "resnet50":
-        return ResNetBackbone(pretrained=pretrained)
-    if name == "resnet18":
-        return ResNetBackbone(pretrained=pretrained, depth=18)
-    if name == "tiny":
-        if pretrained:
-            raise ValueError("backbone 'tiny' has no pretrained weights; set model.pretrained_backbone: false")
-        return TinyBackbone()
-    if name in SWIN_SPECS:
-        return SwinBackbone(name, pretrained=pretrained)
-    if name == "precomputed":
-        if not channels:
-            raise ValueError("backbone 'precomputed' needs model.backbone_channels")
-        return PrecomputedFeatures(tuple(channels))
-    raise ValueError(f"unknown backbone {name!r}; choose one of resnet50, resnet18, tiny, {', '.join(SWIN_SPECS)}, precomputed")
+@dataclass(frozen=True)
+class BackboneEntry:
+    build: Callable[[ModelConfig], nn.Module]  # gets the model config; returns a module with ``.spec``
+    pretrained_weights: bool = True  # whether model.pretrained_backbone may be true
+
+
+BACKBONES: dict[str, BackboneEntry] = {}
+
+
+def register_backbone(name: str, build: Callable[[ModelConfig], nn.Module], pretrained_weights: bool = True) -> None:
+    """Make ``name`` a valid ``model.backbone``: ``build(model_config)`` returns the backbone module."""
+    BACKBONES[name] = BackboneEntry(build, pretrained_weights)
+
+
+def _swin_preset(name: str) -> Callable[[ModelConfig], nn.Module]:
+    return lambda m: SwinBackbone(name, pretrained=m.pretrained_backbone, drop_path_rate=m.swin.drop_path_rate)
+
+
+def _swin_by_dims(m: ModelConfig) -> nn.Module:
+    s = m.swin
+    dims = SwinDims(s.embed_dim, tuple(s.depths), tuple(s.num_heads), s.window_size)
+    return SwinBackbone(dims=dims, drop_path_rate=s.drop_path_rate)
+
+
+register_backbone("resnet50", lambda m: ResNetBackbone(pretrained=m.pretrained_backbone))
+register_backbone("resnet18", lambda m: ResNetBackbone(pretrained=m.pretrained_backbone, depth=18))
+register_backbone("tiny", lambda m: TinyBackbone(), pretrained_weights=False)
+for _name in SWIN_PRESETS:
+    register_backbone(_name, _swin_preset(_name))
+register_backbone("swin", _swin_by_dims, pretrained_weights=False)  # dimensions from model.swin
+register_backbone("precomputed", lambda m: PrecomputedFeatures(tuple(m.backbone_channels)), pretrained_weights=False)
+
+
+def build_backbone(m: ModelConfig) -> nn.Module:
+    """The backbone ``m.backbone`` names (config validation has checked the name and its settings)."""
+    if m.backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {m.backbone!r}; choose one of {', '.join(BACKBONES)}")
+    return BACKBONES[m.backbone].build(m)

@@ -58,9 +58,7 @@ class HDETR(nn.Module):
         self.cfg = cfg
         self.num_queries = cfg.num_queries
         self.num_queries_one2many = num_queries_one2many
-        self.backbone = backbone if backbone is not None else build_backbone(
-            cfg.backbone, cfg.pretrained_backbone, cfg.backbone_channels
-        )
+        self.backbone = backbone if backbone is not None else build_backbone(cfg)
         spec = self.backbone.spec
         d = cfg.hidden_dim
         self.position_encoding = SinePositionEncoding(d // 2)
