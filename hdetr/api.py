@@ -223,9 +223,10 @@ class Detector:
                 out.append(self._keep(self._detect_sliced(im, tiling, imgsz, tile_batch), threshold, tiling))
         return out
 
-    def predict(self, image: ImageInput, threshold: float = 0.5, **options) -> Detections:
-        """One image; ``options`` as in :meth:`predict_batch` (imgsz, tile, overlap, full_image)."""
-        return self.predict_batch([image], threshold, **options)[0]
+    def predict(self, image: ImageInput, threshold: float = 0.5, imgsz: int | None = None, tile: int | None = None,
+                overlap: float = 0.2, full_image: bool = True, tile_batch: int = 4) -> Detections:
+        """One image; the options as in :meth:`predict_batch`."""
+        return self.predict_batch([image], threshold, imgsz, tile, overlap, full_image, tile_batch)[0]
 
     def coco_results(self, found: Detections, image_id: int) -> list[dict]:
         """COCO result dicts (with ``category_name``) of one image's detections."""
