@@ -131,3 +131,26 @@ def test_bad_tile_options_are_refused():
         det.predict(drawing(64, 64, []), tile=32, overlap=1.0)
     with pytest.raises(ValueError, match="tile"):
         det.predict(drawing(64, 64, []), tile=4)
+
+
+def test_the_server_runs_the_same_tiling():
+    """hdetr serve forwards tile / overlap to Detector.predict: the same objects come back, once each."""
+    import io
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from hdetr.serve import create_app
+
+    buf = io.BytesIO()
+    Image.fromarray(drawing(300, 400, STRADDLING).permute(1, 2, 0).numpy()).save(buf, format="PNG")
+    client = TestClient(create_app(DrawingReader(), threshold=0.5))
+    assert client.get("/model").json()["tiling"] is True
+    r = client.post("/predict", files={"image": ("big.png", buf.getvalue(), "image/png")},
+                    data={"tile": "128", "overlap": "0.25"})
+    assert r.status_code == 200, r.text
+    boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in r.json()["detections"])])
+    truth = torch.tensor([box for _, box in STRADDLING], dtype=torch.float32)
+    assert len(boxes) == len(STRADDLING)
+    assert sorted(box_iou(boxes, truth).argmax(1).tolist()) == list(range(len(STRADDLING)))
