@@ -10,6 +10,7 @@ import sys
 VERBS = {
     "convert": "convert",
     "check-data": "check_data",
+    "convert-data": "convert_data",
     "export": "export",
     "bench": "bench",
     "train": "train",

@@ -102,7 +102,7 @@ def run(args) -> int:
         print("LVIS annotations: the report (per-class curves, confusion matrix) is written for COCO-style "
               "evaluation only; writing the metrics")
     if report_dir is not None and not split.is_lvis:
-        metrics = write_report(split.dataset.coco, dets, report_dir, split.images_dir, conf=args.conf,
+        metrics = write_report(split.dataset.coco, dets, report_dir, split.dataset.image_path, conf=args.conf,
                                title=f"{args.checkpoint} on {split.ann_file}")["metrics"]
     else:
         metrics = score_detections(split, dets)

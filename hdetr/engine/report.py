@@ -180,7 +180,7 @@ def plot_confusion(matrix: np.ndarray, names: list[str], conf: float, iou: float
     plt.close(fig)
 
 
-def draw_gallery(errors: dict, key: str, coco_gt: COCO, images_dir: Path, names: dict[int, str], count: int,
+def draw_gallery(errors: dict, key: str, coco_gt: COCO, images_dir, names: dict[int, str], count: int,
                  path: Path) -> list[dict]:
     """The ``count`` images with the most ``key`` (missed / false) errors, GT green, predictions red."""
     from ..data.coco import load_image
@@ -193,8 +193,9 @@ def draw_gallery(errors: dict, key: str, coco_gt: COCO, images_dir: Path, names:
         e = errors[image_id]
         file_name = coco_gt.imgs[image_id]["file_name"]
         try:
-            image = pil_to_tensor(load_image(images_dir / file_name))
-        except OSError:
+            path = images_dir(image_id) if callable(images_dir) else Path(images_dir) / file_name
+            image = pil_to_tensor(load_image(path))
+        except Exception:  # an unreadable image is left out of the gallery, not out of the report
             continue
         gt = (_boxes(e["gt"]).float(), [names[a["category_id"]] for a in e["gt"]])
         dt = (_boxes(e["dt"]).float(), [f"{names[d['category_id']]} {d['score']:.2f}" for d in e["dt"]])
@@ -215,10 +216,11 @@ def _markdown_table(rows: list[dict], keys: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(coco_gt: COCO | dict | str | Path, detections: Sequence[dict], out_dir: str | Path, images_dir: str | Path | None,
+def write_report(coco_gt: COCO | dict | str | Path, detections: Sequence[dict], out_dir: str | Path, images_dir,
                  conf: float = 0.3, iou: float = 0.5, gallery: int = 8, title: str = "") -> dict:
     """Evaluate ``detections`` against ``coco_gt`` and write the report into ``out_dir``; returns report.json's
-    content. ``images_dir`` None skips the gallery."""
+    content. ``images_dir``: the folder the file names are relative to, or a function image id -> path
+    (``CocoDetection.image_path``); None skips the gallery."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     coco_gt = as_coco(coco_gt)
@@ -233,7 +235,7 @@ def write_report(coco_gt: COCO | dict | str | Path, detections: Sequence[dict], 
     galleries = {}
     if images_dir is not None:
         for key in ("missed", "false"):
-            galleries[key] = draw_gallery(errors, key, coco_gt, Path(images_dir), names, gallery,
+            galleries[key] = draw_gallery(errors, key, coco_gt, images_dir, names, gallery,
                                           out / f"gallery_{key}.png")
     sizes = size_counts(coco_gt, ev)
     by_size = [{"size": s, "objects": sizes[s], "AP": metrics[f"AP{s[0]}"], "AR100": metrics[f"AR{s[0]}"]}
@@ -287,5 +289,5 @@ def report_for_model(model_dir: str | Path, data: str, split: str, out_dir: str 
     model = build_detector_model(loaded, device)
     loader = eval_loader(data_split.dataset, batch_size, 0, DistInfo())
     dets = predict_dataset(model, loader, cmap, torch.device(device), loaded.cfg.model.topk, progress=False)
-    return write_report(data_split.dataset.coco, dets, out_dir, data_split.images_dir,
+    return write_report(data_split.dataset.coco, dets, out_dir, data_split.dataset.image_path,
                         title=f"{model_dir} on {data_split.ann_file}")
