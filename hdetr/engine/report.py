@@ -193,8 +193,8 @@ def draw_gallery(errors: dict, key: str, coco_gt: COCO, images_dir, names: dict[
         e = errors[image_id]
         file_name = coco_gt.imgs[image_id]["file_name"]
         try:
-            path = images_dir(image_id) if callable(images_dir) else Path(images_dir) / file_name
-            image = pil_to_tensor(load_image(path))
+            source = images_dir(image_id) if callable(images_dir) else Path(images_dir) / file_name
+            image = pil_to_tensor(load_image(source))
         except Exception:  # an unreadable image is left out of the gallery, not out of the report
             continue
         gt = (_boxes(e["gt"]).float(), [names[a["category_id"]] for a in e["gt"]])
