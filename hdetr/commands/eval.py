@@ -47,7 +47,7 @@ def tiled_detections(loaded, split, cmap, device, options: dict, progress) -> li
     from tqdm import tqdm
 
     from ..api import Detector, default_class_names
-    from ..engine.weights import build_detector_model
+    from ..checkpoint import build_detector_model
 
     names = default_class_names(loaded.cfg, loaded.class_names, cmap)
     detector = Detector(build_detector_model(loaded, device), loaded.cfg, names, cmap, device)
@@ -64,8 +64,8 @@ def run(args) -> int:
     from ..engine.evaluate import format_metrics_table
     from ..engine.inference import gather_detections, score_detections
     from ..engine.loaders import eval_loader, load_split
+    from ..checkpoint import build_detector_model, load_weights
     from ..engine.report import write_report
-    from ..engine.weights import build_detector_model, load_weights
     from ..errors import UserError
 
     options = tile_options(args)

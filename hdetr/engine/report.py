@@ -279,7 +279,7 @@ def report_for_model(model_dir: str | Path, data: str, split: str, out_dir: str 
     from .distributed import DistInfo
     from .inference import predict_dataset
     from .loaders import eval_loader, load_split
-    from .weights import build_detector_model, load_weights
+    from ..checkpoint import build_detector_model, load_weights
 
     loaded = load_weights(model_dir)
     data_split = load_split(data, split, loaded.cfg, train=False)
