@@ -513,4 +513,10 @@ def _hms(seconds: float) -> str:
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str | None = None,
           progress: bool | None = None) -> TrainResult:
-    return Trainer(cfg, out_dir, resume=resume, device=device, progress=progress).run()
+    result = Trainer(cfg, out_dir, resume=resume, device=device, progress=progress).run()
+    if result.best_ap is not None and distributed.current().is_main:
+        from .report import report_for_model  # the evaluation report of the best model, next to it
+
+        report_for_model(result.model_dir, val_spec(cfg), "val", Path(out_dir) / "report",
+                         device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return result
