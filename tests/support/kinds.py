@@ -22,6 +22,7 @@ SLOW = {
     "test_serve_browser",
     "test_export",
     "test_conformance",
+    "test_conformance_trajectory",
     "test_bench_speed",
     "test_bench_serve",
     "test_bench_export::test_bench_export_options_reach_the_measuring_process",
