@@ -8,6 +8,9 @@ alone (see sampling.py), so a resumed run sees the very batches the uninterrupte
 
 The Trainer wires the parts together: one optimizer step (step.py), the optimizer and lr schedule
 (optim.py), the checkpoint files (checkpoints.py), what stops or skips a step (guards.py).
+Over 400 lines because the start-up (data check, splits, model, optimizer, AMP, EMA, DDP), the loop
+with its log windows and the evaluation / best-model saving share the run's state; the start-up is
+the next part to move out.
 """
 
 from __future__ import annotations
