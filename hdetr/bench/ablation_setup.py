@@ -125,7 +125,7 @@ def scheme_queries(scheme: str, b: Budget) -> tuple[int, int]:
     from ..config import load_config
     from ..hybrid import query_groups
 
-    groups = query_groups(load_config(PRESET, scheme_overrides(scheme, b)))
+    groups = query_groups(load_config(PRESET, run_overrides(scheme, 0, b, Path("DATA"))))
     return groups.total, groups.active(training=False).total
 
 
