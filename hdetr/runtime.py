@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import UserError
+
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
@@ -50,7 +52,12 @@ class OnnxBackend:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such ONNX file")
-        self.metadata = read_metadata(self.path)
+        try:
+            self.metadata = read_metadata(self.path)
+        except Exception as e:  # noqa: BLE001 - onnx raises protobuf's DecodeError and others
+            raise UserError(f"{self.path}: not an ONNX file ({type(e).__name__}: {e})") from None
+        if self.metadata["hdetr_version"] is None and self.metadata["config"] is None:
+            raise UserError(f"{self.path}: an ONNX graph not written by hdetr export (no hdetr metadata)")
         self.postprocessed = self.metadata["outputs"] == "postprocessed"
         self.session = ort.InferenceSession(
             str(self.path), sess_options=session_options(threads, optimization),

@@ -27,7 +27,9 @@ def add_arguments(p):
 
 def run(args) -> int:
     from ..data.coco import resolve_dataset
+    from ..cli import terminal_safe
     from ..data.validate import DEFAULT_MAX_EXAMPLES, validate_dataset
+    from ..outputs import check_output_file, json_with, refuse_input_path
 
     try:
         images_dir, ann_file = resolve_dataset(args.data, args.split)
@@ -35,11 +37,14 @@ def run(args) -> int:
         raise UserError(str(e)) from None
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
+    if args.json:
+        check_output_file(args.json, "--json", json_with("num_images"))
+        refuse_input_path(args.json, [ann_file], "--json")
     report = validate_dataset(
         images_dir, ann_file, check_images=not args.no_images, workers=args.workers,
         max_examples=None if args.fix_report else DEFAULT_MAX_EXAMPLES,
     )
-    print(report.format())
+    print(terminal_safe(report.format()))
     if args.json:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)

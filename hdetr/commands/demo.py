@@ -43,6 +43,11 @@ def pick_threads() -> int:
     return max(1, min(cores, round(cores - busy)))
 
 
+# What a demo run folder holds (hdetr train's outputs): the only folder contents the demo deletes.
+RUN_FILES = {"config.yaml", "last.pt", "prev.pt", "best.pt", "metrics.jsonl", "curves.png", "model", "best_model",
+             ".hdetr.lock", "train.log", "init_report.json"}
+
+
 def ensure_dataset(root: Path) -> Path:
     from ..data.synthetic import ANNOTATION_FILE, write_synthetic_dataset
 
@@ -96,8 +101,12 @@ def run(args) -> int:
     except ConfigError as e:
         raise UserError(str(e)) from None
     run_dir = out / "run"
-    if (run_dir / "last.pt").exists():
-        # The demo owns this folder: start over rather than refuse.
+    if run_dir.exists():
+        # Start over in a run folder the demo wrote; never delete what someone else put there.
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES)
+        if foreign or not (run_dir / "last.pt").exists():
+            raise UserError(f"--out {out}: {run_dir} exists and is not a demo run folder "
+                            f"({', '.join(foreign[:3]) or 'no last.pt'}); choose another --out")
         shutil.rmtree(run_dir)
     result = train(cfg, run_dir, device=args.device, progress=False if args.no_progress else None)
     train_s = time.perf_counter() - start

@@ -30,18 +30,30 @@ def run(args) -> int:
     from ..engine.inference import evaluate
     from ..engine.loaders import eval_loader, load_split
     from ..engine.weights import build_detector_model, load_weights
+    from ..data.categories import same_categories
+    from ..outputs import check_output_file, json_with, refuse_input_path
     from ..errors import UserError
 
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    if args.out:
+        check_output_file(args.out, "--out", json_with("AP"))
     loaded = load_weights(args.checkpoint)
     info, device = distributed.init_distributed(args.device)
     try:
         split = load_split(args.data, args.split, loaded.cfg, train=False)
         cmap = loaded.category_map or split.dataset.category_map
+        if loaded.category_map is not None:
+            same_categories(loaded.category_map, split.dataset.category_map, str(args.checkpoint), str(split.ann_file))
         if cmap.num_classes != loaded.cfg.model.num_classes:
             raise UserError(
                 f"{args.checkpoint} predicts {loaded.cfg.model.num_classes} classes but {split.ann_file} "
                 f"has {cmap.num_classes}: this model was not trained on these categories"
             )
+        if args.out:
+            refuse_input_path(args.out, [split.ann_file, split.images_dir])
         model = build_detector_model(loaded, device)
         loader = eval_loader(split.dataset, args.batch_size, args.workers, info)
         metrics = evaluate(model, split, loader, cmap, device, loaded.cfg.model.topk,

@@ -32,6 +32,7 @@ def add_arguments(p):
 
 def find_images(paths: list[Path]) -> list[Path]:
     from ..errors import UserError
+    from ..outputs import check_output_file, json_with, refuse_inputs_in_folder
 
     found = []
     for p in paths:
@@ -68,6 +69,10 @@ def run(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     images = find_images(args.images)
+    refuse_inputs_in_folder(args.out, images)
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} is a file; give a folder")
+    check_output_file(args.out / "detections.json", "--out", json_with())
     if backend == "onnxruntime":
         try:
             import onnxruntime  # noqa: F401

@@ -25,6 +25,10 @@ def run(args) -> int:
     from ..data.synthetic import write_synthetic_dataset
     from ..errors import UserError
 
+    for name, low, high in (("train", 1, None), ("val", 0, None), ("size", 32, 4096), ("seed", 0, 2**32 - 1)):
+        value = getattr(args, name)
+        if value < low or (high is not None and value > high):
+            raise UserError(f"--{name} must be in [{low}, {high if high is not None else 'inf'}], got {value}")
     try:
         summary = write_synthetic_dataset(args.out, args.train, args.val, args.size, args.seed, palette=args.palette)
     except (ValueError, OSError) as e:

@@ -26,7 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, atomic_write, safe_torch_load, save_model, temp_files
-from ..config import Config
+from ..config import Config, ConfigError, validate
+from ..data.categories import same_categories
 from ..data.coco import CategoryMap
 from ..data.validate import validate_dataset
 from ..errors import BadImageError, DataError, Interrupted, UserError
@@ -38,6 +39,7 @@ from .ema import ModelEMA
 from .inference import autocast_context, evaluate
 from .loaders import eval_loader, load_split, locate, train_loader, val_spec
 from .optim import build_optimizer, build_scheduler
+from .runlock import RunLock
 from .runlog import RunLog, plot_curves
 from .sampling import rng_state, seed_everything, set_rng_state
 
@@ -132,6 +134,10 @@ def grad_verdict(amp: str, finite: bool, scale: float | None) -> str:
     return "fault"
 
 
+# What --resume needs from a checkpoint besides its counters (each a state dict or a mapping).
+RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "config")
+
+
 def _model_meta(cmap: CategoryMap) -> dict:
     return {"category_map": json.dumps(cmap.to_dict())}
 
@@ -158,8 +164,21 @@ class Trainer:
             self.log(f"note: model.num_classes {cfg.model.num_classes} -> {self.cmap.num_classes} "
                      f"({self.cmap.mode} categories of {self.train_split.ann_file})")
             cfg.model.num_classes = self.cmap.num_classes
+            # Settings valid for the preset's class count may not be for the data's (model.topk): refuse
+            # now, not after a training whose model eval and predict would then refuse.
+            try:
+                validate(cfg)
+            except ConfigError as e:
+                raise UserError(f"{e} (model.num_classes was set to {self.cmap.num_classes} from the data)") from None
         self.val_split = (load_split(vspec, "val", cfg, train=False, skip_image_ids=skip_ids["val"])
                           if vspec else None)
+        if self.val_split is not None:
+            same_categories(self.cmap, self.val_split.dataset.category_map,
+                            str(self.train_split.ann_file), str(self.val_split.ann_file))
+        else:
+            self.log(f"warning: no validation split found next to {cfg.data.train} (set data.val): "
+                     "this run will never be evaluated and best.pt will not be written")
+        self._lock = RunLock(self.out).acquire() if self.is_main else None
 
         # The same initial weights on every rank (DDP would broadcast rank 0's anyway), then
         # rank-specific streams for everything random that follows.
@@ -343,6 +362,11 @@ class Trainer:
             if ckpt.get("format") != CHECKPOINT_FORMAT:
                 problems.append(f"{path}: not an hdetr training checkpoint")
                 continue
+            missing = [k for k in RESUME_KEYS if not isinstance(ckpt.get(k), dict)]
+            if missing:
+                problems.append(f"{path}: incomplete checkpoint, no {', '.join(missing)}")
+                self.log(f"warning: {problems[-1]}; trying the previous checkpoint")
+                continue
             return path, ckpt
         if not problems:
             raise UserError(f"--resume: no {LAST} in {self.out}")
@@ -351,6 +375,9 @@ class Trainer:
     def _resume(self) -> None:
         path, ckpt = self._load_resume_checkpoint()
         saved = ckpt["config"]
+        if ckpt.get("category_map"):
+            same_categories(CategoryMap.from_dict(ckpt["category_map"]), self.cmap, str(path),
+                            str(self.train_split.ann_file))
         now = self.cfg.to_dict()
         for section in ("model", "hybrid", "loss"):
             diff = {k: (saved[section].get(k), v) for k, v in now[section].items()
@@ -670,4 +697,9 @@ def _hms(seconds: float) -> str:
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str | None = None,
           progress: bool | None = None) -> TrainResult:
-    return Trainer(cfg, out_dir, resume=resume, device=device, progress=progress).run()
+    trainer = Trainer(cfg, out_dir, resume=resume, device=device, progress=progress)
+    try:
+        return trainer.run()
+    finally:
+        if trainer._lock is not None:
+            trainer._lock.release()
