@@ -182,7 +182,7 @@ def run_case(case: Case, root: Path, shared: dict) -> tuple[str, Result, str]:
     os.environ.update(case.env)
     try:
         if case.subprocess:
-            env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+            env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or str(ROOT), "OMP_NUM_THREADS": "1"}
             try:
                 p = subprocess.run([sys.executable, "-m", "hdetr.cli", *argv], capture_output=True, text=True,
                                    timeout=HANG_S, env=env, cwd=root, stdin=subprocess.DEVNULL)
@@ -595,6 +595,12 @@ def _data_cases() -> list[Case]:
     return cases
 
 
+def _weight_key(state) -> str:
+    """A 2-D floating weight of the detection head (the class head if named so)."""
+    keys = sorted(k for k, v in state.items() if v.is_floating_point() and v.dim() == 2)
+    return next((k for k in keys if "class" in k), keys[-1])
+
+
 def _model_cases() -> list[Case]:
     def mdl(fn, cmd="eval", needs=""):
         def build(c):
@@ -610,15 +616,15 @@ def _model_cases() -> list[Case]:
     import torch
 
     def nan(s):
-        k = next(k for k, v in s.items() if v.is_floating_point() and "class_embed" in k)
+        k = _weight_key(s)
         s[k] = torch.full_like(s[k], float("nan"))
 
     def ints(s):
-        k = next(k for k, v in s.items() if v.is_floating_point() and "class_embed" in k)
+        k = _weight_key(s)
         s[k] = s[k].to(torch.int32)
 
     def shape(s):
-        k = next(k for k, v in s.items() if v.is_floating_point() and "class_embed" in k and v.dim() == 2)
+        k = _weight_key(s)
         s[k] = torch.zeros(s[k].shape[0] + 3, s[k].shape[1])
 
     def drop(s):
