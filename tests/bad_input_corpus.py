@@ -358,7 +358,7 @@ def _cfg_file_cases() -> list[Case]:
         return build
 
     files = {
-        "empty": ("", "data.train"), "binary": (bytes(range(256)) * 4, "my.yaml"), "list-top": ("- 1\n- 2\n", "my.yaml"),
+        "empty": ("", "nodata"), "binary": (bytes(range(256)) * 4, "my.yaml"), "list-top": ("- 1\n- 2\n", "my.yaml"),
         "python-tag": ("model: !!python/object/apply:os.system ['true']\n", "python"),
         "base-missing": ("_base_: nowhere.yaml\n", "nowhere.yaml"), "unknown-section": ("modle: {}\n", "modle"),
         "tabs": ("model:\n\tbackbone: tiny\n", "my.yaml"), "section-list": ("model: [1, 2]\n", "model"),

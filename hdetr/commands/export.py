@@ -37,6 +37,10 @@ def run(args) -> int:
     from ..config import ConfigError
     from ..export import ExportError, export_checkpoint
 
+    from onnx.defs import onnx_opset_version
+
+    if args.opset > onnx_opset_version():
+        raise UserError(f"--opset {args.opset}: the installed onnx knows opsets up to {onnx_opset_version()}")
     if args.out.suffix != ".onnx":
         raise UserError(f"{args.out}: the output file should end in .onnx")
     if not args.checkpoint.exists():
