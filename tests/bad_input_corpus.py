@@ -605,7 +605,8 @@ def _model_cases() -> list[Case]:
     def mdl(fn, cmd="eval", needs=""):
         def build(c):
             p = c.model()
-            target = fn(c, p) or p
+            target = fn(c, p)
+            target = target if isinstance(target, Path) else p
             if cmd == "eval":
                 return ["eval", target, c.dataset(), "--device", "cpu"]
             if cmd == "predict":

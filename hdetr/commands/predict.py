@@ -32,7 +32,6 @@ def add_arguments(p):
 
 def find_images(paths: list[Path]) -> list[Path]:
     from ..errors import UserError
-    from ..outputs import check_output_file, json_with, refuse_inputs_in_folder
 
     found = []
     for p in paths:
@@ -54,6 +53,8 @@ def run(args) -> int:
     from ..checkpoint import atomic_write
     from ..draw import draw_detections, to_pil
     from ..errors import UserError
+
+    from ..outputs import check_output_file, json_with, refuse_inputs_in_folder
 
     if not 0.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold must be in [0, 1], got {args.threshold}")
