@@ -98,7 +98,8 @@ class Ctx:
     def edit_ann(self, ds: Path, fn, split: str = "train") -> Path:
         p = self.ann(ds, split)
         d = json.loads(p.read_text())
-        d = fn(d) or d
+        r = fn(d)
+        d = r if isinstance(r, dict) else d
         p.write_text(json.dumps(d))
         return p
 
