@@ -10,6 +10,7 @@ alone (see sampling.py), so a resumed run sees the very batches the uninterrupte
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import json
 import math
 import os
@@ -170,6 +171,10 @@ class Trainer:
                 validate(cfg)
             except ConfigError as e:
                 raise UserError(f"{e} (model.num_classes was set to {self.cmap.num_classes} from the data)") from None
+        per_image = Counter(a["image_id"] for a in self.train_split.dataset.coco.anns.values() if not a.get("iscrowd"))
+        if per_image and max(per_image.values()) > cfg.model.num_queries:
+            self.log(f"warning: an image of {self.train_split.ann_file} has {max(per_image.values())} objects but "
+                     f"model.num_queries is {cfg.model.num_queries}: at most that many can be detected per image")
         self.val_split = (load_split(vspec, "val", cfg, train=False, skip_image_ids=skip_ids["val"])
                           if vspec else None)
         if self.val_split is not None:
