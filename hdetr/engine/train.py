@@ -10,7 +10,6 @@ alone (see sampling.py), so a resumed run sees the very batches the uninterrupte
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 import json
 import math
 import os
@@ -18,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
