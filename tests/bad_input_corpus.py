@@ -186,7 +186,7 @@ def run_case(case: Case, root: Path, shared: dict) -> tuple[str, Result, str]:
             env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or str(ROOT), "OMP_NUM_THREADS": "1"}
             try:
                 p = subprocess.run([sys.executable, "-m", "hdetr.cli", *argv], capture_output=True, text=True,
-                                   timeout=HANG_S, env=env, cwd=root, stdin=subprocess.DEVNULL)
+                                   timeout=3 * HANG_S, env=env, cwd=root, stdin=subprocess.DEVNULL)
                 res = Result(p.returncode, p.stdout, p.stderr)
             except subprocess.TimeoutExpired as e:
                 res = Result(None, str(e.stdout or ""), str(e.stderr or ""), hang=True)
@@ -235,7 +235,7 @@ def run_case(case: Case, root: Path, shared: dict) -> tuple[str, Result, str]:
 def classify(case: Case, res: Result, changed: list[str]) -> tuple[str, str]:
     text = res.out + res.err
     if res.hang:
-        return "hang", f"no answer within {HANG_S} s"
+        return "hang", f"no answer within {HANG_S} s ({3 * HANG_S} s for a subprocess)"
     if changed:
         return "unsafe", f"changed or deleted: {', '.join(changed[:3])}"
     if "\x1b" in text:

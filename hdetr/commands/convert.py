@@ -24,6 +24,9 @@ def add_arguments(p):
 def run(args) -> int:
     from ..models import WeightsMismatchError, build_model_with_weights
 
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise UserError(f"{args.out}: exists and is not an empty folder; convert writes a new model folder")
+
     try:
         cfg, state = load_official_checkpoint(args.official)
         if args.overrides:

@@ -95,19 +95,19 @@ def run(args) -> int:
         threads = pick_threads()
         torch.set_num_threads(threads)
         print(f"CPU training with {threads} thread(s) ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
+    run_dir = out / "run"
+    if run_dir.exists():
+        # Start over in a run folder the demo wrote; never delete what someone else put there.
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES)
+        if foreign:
+            raise UserError(f"--out {out}: {run_dir} holds files the demo did not write ({', '.join(foreign[:3])}); "
+                            "choose another --out")
+        shutil.rmtree(run_dir)
     data = ensure_dataset(out / "data")
     try:
         cfg = load_config(PRESET, [f"data.train={data}", *args.overrides])
     except ConfigError as e:
         raise UserError(str(e)) from None
-    run_dir = out / "run"
-    if run_dir.exists():
-        # Start over in a run folder the demo wrote; never delete what someone else put there.
-        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES)
-        if foreign or not (run_dir / "last.pt").exists():
-            raise UserError(f"--out {out}: {run_dir} exists and is not a demo run folder "
-                            f"({', '.join(foreign[:3]) or 'no last.pt'}); choose another --out")
-        shutil.rmtree(run_dir)
     result = train(cfg, run_dir, device=args.device, progress=False if args.no_progress else None)
     train_s = time.perf_counter() - start
 

@@ -79,7 +79,5 @@ def build_detector_model(loaded: LoadedWeights, device: str | torch.device = "cp
         model = build_model_with_weights(loaded.cfg, loaded.state, loaded.source)
     except WeightsMismatchError as e:
         raise UserError(str(e)) from None
-    except RuntimeError as e:  # load_state_dict: tensors of the wrong shape
-        raise UserError(f"{loaded.source}: weights do not fit the model its config describes: "
-                        f"{' '.join(str(e).split())[:400]}") from None
+
     return model.to(device).eval()

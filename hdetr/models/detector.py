@@ -198,6 +198,12 @@ def build_model_with_weights(cfg, state: dict, source) -> HDETR:
     downloaded: its weights come from ``state``. Raises WeightsMismatchError naming ``source``."""
     cfg.model.pretrained_backbone = False
     model = build_model(cfg)
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (the model wants {tuple(own[k].shape)})" for k, v in state.items()
+             if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise WeightsMismatchError(f"{source}: {len(wrong)} weight(s) of the wrong shape for the model its config "
+                                   f"describes, e.g. {'; '.join(wrong[:2])}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise WeightsMismatchError(
