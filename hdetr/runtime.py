@@ -26,6 +26,8 @@ def session_options(threads: int | None = None, optimization: str = "all", inter
 
     if optimization not in OPTIMIZATION_LEVELS:
         raise ValueError(f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {optimization!r}")
+    if hasattr(ort, "disable_telemetry_events"):  # no telemetry from a user's machine
+        ort.disable_telemetry_events()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
