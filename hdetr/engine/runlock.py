@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import UserError
 
 LOCK_FILE = ".hdetr.lock"
+_HELD: dict[str, "RunLock"] = {}  # the locks this process holds, by lock file
 
 
 class RunLock:
@@ -23,6 +24,11 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A Trainer of this process that stopped on an exception may not have released its lock; the lock
+        # guards against other processes.
+        stale = _HELD.pop(str(self.path.resolve()), None)
+        if stale is not None:
+            stale.release()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -34,9 +40,12 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.fd = fd
+        _HELD[str(self.path.resolve())] = self
         return self
 
     def release(self) -> None:
+        if _HELD.get(str(self.path.resolve())) is self:
+            del _HELD[str(self.path.resolve())]
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
