@@ -19,7 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from .config import Config, build_config
+from .config import Config, ConfigError, build_config
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -179,8 +179,15 @@ def load_official_checkpoint(path: str | Path) -> tuple[Config, dict[str, torch.
         raise CheckpointError(f"{path}: no 'model' entry; keys are {sorted(ckpt)[:10]}")
     state = ckpt["model"]
     args = ckpt.get("args")
+    if not isinstance(state, dict) or not (args is None or isinstance(args, (argparse.Namespace, dict))):
+        raise CheckpointError(f"{path}: 'model' must be a state dict and 'args' the training arguments, got "
+                              f"{type(state).__name__} and {type(args).__name__}")
     args = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-    return official_args_to_config(args, state), convert_official_state_dict(state)
+    try:
+        cfg = official_args_to_config(args, state)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its 'args' do not describe a model hdetr can build: {e}") from None
+    return cfg, convert_official_state_dict(state)
 
 
 TMP_SUFFIX = ".tmp"
@@ -261,9 +268,21 @@ def load_model_files(path: str | Path) -> tuple[Config, dict[str, torch.Tensor],
         raise CheckpointError(f"{weights}: not a valid safetensors file ({e})") from None
     try:
         data = yaml.safe_load(cfg_file.read_text()) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg_file}: not valid YAML ({e})") from None
-    cfg = build_config(data)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{cfg_file}: expected a mapping of config sections, got {type(data).__name__}")
+    try:
+        cfg = build_config(data)
+    except ConfigError as e:
+        raise CheckpointError(f"{cfg_file}: {e}") from None
     meta = dict(meta)
-    meta["class_names"] = json.loads(meta.get("class_names", "[]") or "[]")
+    try:
+        meta["class_names"] = json.loads(meta.get("class_names", "[]") or "[]")
+        if meta.get("category_map"):
+            json.loads(meta["category_map"])  # checked here, parsed by its users
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{weights}: damaged metadata ({e})") from None
+    if not isinstance(meta["class_names"], list) or not all(isinstance(n, str) for n in meta["class_names"]):
+        raise CheckpointError(f"{weights}: the metadata's class_names must be a list of names")
     return cfg, state, meta
