@@ -13,6 +13,7 @@ import sys
 VERBS = {
     "convert": "convert",
     "check-data": "check_data",
+    "convert-data": "convert_data",
     "export": "export",
     "bench": "bench",
     "train": "train",
@@ -20,7 +21,7 @@ VERBS = {
     "predict": "predict",
     "synth": "synth",
     "demo": "demo",
-    "bench": "bench",
+    "serve": "serve",
 }
 
 # Exit statuses, one per error class (documented in ``hdetr --help`` and docs/reliability.md).

@@ -109,6 +109,10 @@ class TrainConfig:
     max_iters: int = 0  # stop after this many iterations (optimizer steps; 0: no limit); for smoke runs
     save_every: int = 0  # also write last.pt every this many iterations (0: at the end of each epoch only)
     nonfinite: str = "stop"  # stop | skip: what a NaN/Inf loss or gradient does
+    # Early stopping: end the run after this many evaluations without improvement of best_metric (0: off).
+    patience: int = 0
+    best_metric: str = "AP"  # the evaluation metric that picks best.pt and drives patience
+    trackers: list[str] = field(default_factory=list)  # mlflow | wandb (offline; TensorBoard always when installed)
 
 
 @dataclass
@@ -142,6 +146,10 @@ class Config:
 
 
 SCHEMES = ("none", "branch", "epoch", "layer")
+# Metrics train.best_metric may name (COCO's, and LVIS's for LVIS datasets); all are higher-is-better.
+BEST_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+                "APr", "APc", "APf", "AR")
+TRACKERS = ("mlflow", "wandb")
 ATTENTION_IMPLS = ("fast", "reference")
 
 
@@ -349,6 +357,12 @@ def validate(cfg: Config) -> None:
     need(t.max_iters >= 0, f"train.max_iters must be >= 0, got {t.max_iters}")
     need(t.save_every >= 0, f"train.save_every must be >= 0, got {t.save_every}")
     need(t.num_workers >= 0, f"train.num_workers must be >= 0, got {t.num_workers}")
+    need(t.patience >= 0, f"train.patience must be >= 0 (0 disables early stopping), got {t.patience}")
+    need(t.best_metric in BEST_METRICS,
+         f"train.best_metric must be one of {', '.join(BEST_METRICS)}, got {t.best_metric!r}")
+    bad = [x for x in t.trackers if x not in TRACKERS]
+    need(not bad, f"train.trackers: unknown tracker(s) {bad}; available: {', '.join(TRACKERS)} "
+                  "(TensorBoard is always on when installed)")
     need(t.clip_max_norm >= 0, f"train.clip_max_norm must be >= 0 (0 disables clipping), got {t.clip_max_norm}")
     # Negative rates and decays are refused, not clamped: a sign typo must not train something else.
     need(t.lr_backbone >= 0, f"train.lr_backbone must be >= 0 (0 freezes the backbone), got {t.lr_backbone}")

@@ -1,4 +1,4 @@
-"""Drawing detections onto images (for ``predict`` and the demo)."""
+"""Drawing detections onto images (for ``predict``, the demo and the experiment trackers)."""
 
 from __future__ import annotations
 
@@ -40,3 +40,20 @@ def grid(images: list[Tensor], columns: int = 4, pad: int = 4) -> Tensor:
         c[:, : im.shape[-2], : im.shape[-1]] = im
         canvas.append(c)
     return make_grid(canvas, nrow=columns, padding=pad, pad_value=255)
+
+
+def prediction_grid(model_dir, images: list, out, threshold: float = 0.3, scale: int = 1, columns: int = 4):
+    """A model folder's detections drawn on ``images`` (paths), as one grid image saved to ``out``."""
+    from .api import Detector, as_uint8_image
+
+    det = Detector.from_checkpoint(model_dir)
+    drawn = []
+    for path in images:
+        image = as_uint8_image(path)
+        found = det.predict(image, threshold=threshold)
+        drawn.append(draw_detections(image, found.boxes, found.labels, found.scores, det.class_names))
+    pil = to_pil(grid(drawn, columns=columns))
+    if scale != 1:
+        pil = pil.resize((pil.width * scale, pil.height * scale))
+    pil.save(out)
+    return out

@@ -38,7 +38,7 @@ def test_resolve_roboflow(tmp_path):
     assert resolve_dataset(tmp_path, "val") == (tmp_path / "valid", tmp_path / "valid/_annotations.coco.json")
     assert resolve_dataset(tmp_path, "valid")[0] == tmp_path / "valid"
     assert resolve_dataset(tmp_path, "train")[0] == tmp_path / "train"
-    with pytest.raises(FileNotFoundError, match="(?s)'test'.*expected"):
+    with pytest.raises(FileNotFoundError, match="(?s)'test'.*layouts tried"):
         resolve_dataset(tmp_path, "test")
 
 

@@ -53,7 +53,7 @@ def test_skip_bad_images_leaves_them_out_and_says_so(data, tmp_path, capsys):
     result = train(_cfg(data, "data.skip_bad_images=true", "train.max_iters=2"), tmp_path / "run", progress=False)
     assert result.steps == 2
     out = capsys.readouterr().out
-    assert "data check train: 8 images" in out and "1 bad image(s) left out" in out and "[2]" in out
+    assert "data check train (Roboflow COCO): 8 images" in out and "1 bad image(s) left out" in out and "[2]" in out
 
 
 def test_data_check_counts_repairs(data, tmp_path, capsys):

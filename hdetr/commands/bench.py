@@ -1,4 +1,4 @@
-"""Benchmarks: hdetr bench speed | ablation | export.
+"""Benchmarks: hdetr bench speed | ablation | export | serve.
 
 Every subcommand is a module in ``hdetr.bench`` with ``add_arguments(parser)`` and ``run(args) -> int``,
 listed in SUBCOMMANDS.
@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "speed": "speed",
     "ablation": "ablation",
     "export": "export",
+    "serve": "serve",
 }
 
 

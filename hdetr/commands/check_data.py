@@ -1,10 +1,12 @@
-"""Check a COCO-format dataset before training: counts, boxes per class, problems by kind.
+"""Check a dataset before training: layout, counts, objects per image, boxes per class, problems by kind.
 
-Reads DATA (a dataset folder in COCO 2017, Roboflow or LVIS layout, or an annotations .json whose images
-sit next to it), opens and decodes every image, and prints what training would see: fatal errors (bad
-JSON, dangling or duplicate ids, unknown categories, missing/corrupt images, paths leaving the images
-folder, wrong image sizes), the box repairs training applies (clipped / dropped boxes, counted) and
-warnings. Exit status: 0 usable, 1 fatal problems found, 2 usage error.
+Reads DATA (a folder in COCO 2017, Roboflow, LVIS, COCO JSON + images/, YOLO or Pascal VOC layout, or
+LAYOUT:FOLDER, an annotations .json, IMAGES_DIR:ANNOTATIONS.json, a YOLO data.yaml: the spec train and
+eval take), opens and decodes every image, and prints what training would see: the layout detected,
+fatal errors (bad JSON or label files, dangling or duplicate ids, unknown categories, missing/corrupt
+images, paths leaving the images folder, wrong image sizes), the box repairs training applies (clipped /
+dropped boxes, counted) and warnings, e.g. images with more objects than the one-to-one queries of the
+model (--config). Exit status: 0 usable, 1 fatal problems found, 2 usage error.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ from ..errors import UserError
 
 
 def add_arguments(p):
-    p.add_argument("data", help="dataset folder, or an annotations .json (images next to it)")
-    p.add_argument("--split", default="train", choices=["train", "val"], help="split to check (default: train)")
+    p.add_argument("data", help="dataset folder, LAYOUT:FOLDER, annotations .json, IMAGES_DIR:ANNOTATIONS.json "
+                   "or YOLO data.yaml")
+    p.add_argument("--split", default="train", choices=["train", "val", "valid", "test"],
+                   help="split to check (default: train)")
+    p.add_argument("--config", default=None, help="preset or YAML config whose model.num_queries the objects per "
+                   "image are compared with (default: the default config's)")
     p.add_argument("--json", type=Path, default=None, metavar="REPORT.json", help="also write the report as JSON")
     p.add_argument("--fix-report", action="store_true",
                    help="list every repair (each clipped or dropped box, before -> after), not only a few examples")
@@ -26,23 +32,25 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..data.coco import resolve_dataset
+    from ..config import ConfigError, load_config
+    from ..data.layouts import resolve_source
     from ..cli import terminal_safe
-    from ..data.validate import DEFAULT_MAX_EXAMPLES, validate_dataset
+    from ..data.validate import DEFAULT_MAX_EXAMPLES, validate_source
     from ..outputs import check_output_file, json_with, refuse_input_path
 
-    try:
-        images_dir, ann_file = resolve_dataset(args.data, args.split)
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    source = resolve_source(args.data, args.split)
     if args.json:
         check_output_file(args.json, "--json", json_with("num_images"))
-        refuse_input_path(args.json, [ann_file], "--json")
-    report = validate_dataset(
-        images_dir, ann_file, check_images=not args.no_images, workers=args.workers,
-        max_examples=None if args.fix_report else DEFAULT_MAX_EXAMPLES,
+        refuse_input_path(args.json, [source.ann_file, source.images_dir], "--json")
+    report = validate_source(
+        source, check_images=not args.no_images, workers=args.workers,
+        max_examples=None if args.fix_report else DEFAULT_MAX_EXAMPLES, num_queries=cfg.model.num_queries,
     )
     print(terminal_safe(report.format()))
     if args.json:

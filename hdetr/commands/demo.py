@@ -61,20 +61,10 @@ def ensure_dataset(root: Path) -> Path:
 
 
 def draw_grid(model_dir: Path, images: list[Path], out: Path, threshold: float = GRID_THRESHOLD) -> Path:
-    from ..api import Detector, as_uint8_image
-    from ..draw import draw_detections, grid, to_pil
+    from ..draw import prediction_grid
 
-    det = Detector.from_checkpoint(model_dir)
-    drawn = []
-    for path in images:
-        image = as_uint8_image(path)
-        found = det.predict(image, threshold=threshold)
-        drawn.append(draw_detections(image, found.boxes, found.labels, found.scores, det.class_names))
-    # Upscale: 128 px images with 8 px shapes are hard to see otherwise.
-    pil = to_pil(grid(drawn, columns=4))
-    pil = pil.resize((pil.width * 2, pil.height * 2))
-    pil.save(out)
-    return out
+    # Upscaled: 128 px images with 8 px shapes are hard to see otherwise.
+    return prediction_grid(model_dir, images, out, threshold=threshold, scale=2)
 
 
 def run(args) -> int:

@@ -48,7 +48,11 @@ def run(args) -> int:
     finally:
         distributed.cleanup()
     if is_main:
-        best = f", best AP {result.best_ap:.3f}" if result.best_ap is not None else ""
+        best = f", best {cfg.train.best_metric} {result.best_ap:.3f}" if result.best_ap is not None else ""
+        if result.early_stop:
+            e = result.early_stop
+            best += (f"; stopped early after epoch {e['epoch'] + 1} of {cfg.train.epochs} ({e['metric']} did not "
+                     f"improve for {e['evaluations_without_improvement']} evaluations, train.patience)")
         skipped = f", {result.skipped_steps} non-finite steps skipped" if result.skipped_steps else ""
         if result.bad_image_steps:
             skipped += f", {result.bad_image_steps} steps skipped for unreadable images"

@@ -200,9 +200,11 @@ class CocoDetection(torch.utils.data.Dataset):
         transforms=None,
         category_map: CategoryMap | None = None,
         skip_image_ids=(),
+        name: str | None = None,
     ):
         self.images_dir = Path(images_dir)
-        self.ann_file = "<dict>" if isinstance(ann_file, dict) else str(ann_file)
+        # name: what messages call an in-memory document (the YOLO data.yaml, the VOC Annotations folder)
+        self.ann_file = name or ("<dict>" if isinstance(ann_file, dict) else str(ann_file))
         # Read as the checker reads it (a UTF-8 byte-order mark allowed), not by the COCO API's json.load.
         self.coco = COCO(ann_file if isinstance(ann_file, dict) else json.loads(Path(ann_file).read_bytes().decode("utf-8-sig")))
         skip = set(skip_image_ids)
@@ -284,110 +286,16 @@ class CocoDetection(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------------------
-# Layout detection
-
-SPLIT_ALIASES = {
-    "train": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-}
-ROBOFLOW_ANN = "_annotations.coco.json"
-_LAYOUT_HELP = (
-    "expected one of:\n"
-    "  COCO 2017:  ROOT/{train2017,val2017}/ + ROOT/annotations/instances_{train,val}2017.json\n"
-    "  Roboflow:   ROOT/{train,valid,test}/_annotations.coco.json (images next to it)\n"
-    "  LVIS v1:    ROOT/annotations/lvis_v1_{train,val}.json + ROOT/{train2017,val2017}/\n"
-    "  explicit:   (images_dir, annotations.json) pair, or a path to a .json file"
-)
-
-
-def _normalise_split(split: str) -> str:
-    try:
-        return SPLIT_ALIASES[split.lower()]
-    except KeyError:
-        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_ALIASES)}") from None
-
-
-def _explicit(images_dir, ann_file) -> tuple[Path, Path]:
-    images_dir, ann_file = Path(images_dir), Path(ann_file)
-    if not ann_file.is_file():
-        raise FileNotFoundError(f"annotation file not found: {ann_file}")
-    if not images_dir.is_dir():
-        raise FileNotFoundError(f"images directory not found: {images_dir} (annotations: {ann_file})")
-    return images_dir, ann_file
-
-
-def _coco2017(root: Path, split: str) -> tuple[Path, Path] | None:
-    ann = root / "annotations" / f"instances_{split}2017.json"
-    if ann.is_file():
-        return _explicit(root / f"{split}2017", ann)
-    return None
-
-
-def _lvis(root: Path, split: str) -> tuple[Path, Path] | None:
-    ann = root / "annotations" / f"lvis_v1_{split}.json"
-    if ann.is_file():
-        # Images are located through coco_url (<split>2017/<file>) relative to ROOT.
-        if not any((root / d).is_dir() for d in ("train2017", "val2017")):
-            raise FileNotFoundError(f"LVIS annotations {ann} found but no {root}/train2017 or {root}/val2017 image folder")
-        return root, ann
-    return None
-
-
-def _roboflow(root: Path, split: str) -> tuple[Path, Path] | None:
-    names = {"train": ["train"], "val": ["valid", "val"], "test": ["test"]}[split]
-    for name in names:
-        ann = root / name / ROBOFLOW_ANN
-        if ann.is_file():
-            return root / name, ann
-    if (root / ROBOFLOW_ANN).is_file():  # ROOT is itself one split folder
-        return root, root / ROBOFLOW_ANN
-    return None
-
-
-_LAYOUTS = {"coco": _coco2017, "roboflow": _roboflow, "lvis": _lvis}
+# Layout detection lives in hdetr.data.layouts (one resolver for every verb); this is its COCO-JSON view.
 
 
 def resolve_dataset(path_or_spec: Any, split: str) -> tuple[Path, Path]:
-    """Find ``(images_dir, ann_file)`` for ``split`` in a dataset location.
+    """``(images_dir, annotations.json)`` of a COCO-JSON dataset spec (see
+    :func:`hdetr.data.layouts.resolve_source`, which also reads YOLO and Pascal VOC)."""
+    from .layouts import BadSplit, resolve_source
 
-    ``path_or_spec`` may be a directory in COCO 2017, Roboflow or LVIS v1 layout
-    (optionally prefixed ``coco:``, ``roboflow:`` or ``lvis:`` to force one), a
-    ``.json`` file whose images sit next to it, an ``(images_dir, json)`` pair,
-    or a dict ``{"images": ..., "json": ...}`` (optionally keyed by split).
-    """
-    split = _normalise_split(split)
-    if isinstance(path_or_spec, dict):
-        spec = path_or_spec
-        for key in (split, *[k for k, v in SPLIT_ALIASES.items() if v == split]):
-            if key in spec and isinstance(spec[key], (dict, list, tuple)):
-                return resolve_dataset(spec[key], split)
-        if "images" in spec and ("json" in spec or "annotations" in spec):
-            return _explicit(spec["images"], spec.get("json", spec.get("annotations")))
-        raise ValueError(f"dataset spec {spec!r} has no entry for split {split!r} nor 'images'+'json' keys")
-    if isinstance(path_or_spec, (list, tuple)):
-        if len(path_or_spec) != 2:
-            raise ValueError(f"explicit dataset spec must be (images_dir, json), got {path_or_spec!r}")
-        return _explicit(*path_or_spec)
-
-    text = os.fspath(path_or_spec)
-    forced = None
-    prefix, sep, rest = text.partition(":")
-    if sep and prefix in _LAYOUTS:
-        forced, text = prefix, rest
-    root = Path(text).expanduser()
-    if root.is_file() and root.suffix == ".json":
-        return _explicit(root.parent, root)
-    if not root.exists():
-        raise FileNotFoundError(f"dataset path does not exist: {root}\n{_LAYOUT_HELP}")
-    if not root.is_dir():
-        raise ValueError(f"dataset path is neither a directory nor a .json file: {root}\n{_LAYOUT_HELP}")
-    order = [forced] if forced else ["coco", "roboflow", "lvis"]
-    for name in order:
-        found = _LAYOUTS[name](root, split)
-        if found is not None:
-            return found
-    what = f" in {forced} layout" if forced else ""
-    raise FileNotFoundError(f"no {split!r} split found{what} under {root};\n{_LAYOUT_HELP}")
+    src = resolve_source(path_or_spec, split)
+    if src.reader is not None:
+        raise BadSplit(f"{src.ann_file} is a {src.title} dataset, not a COCO JSON one; read it with "
+                       "hdetr.data.layouts.resolve_source")
+    return src.images_dir, src.ann_file

@@ -90,22 +90,26 @@ def image_relpath(info: dict) -> str:
 
 
 def confine_path(root: str | os.PathLike, relpath: str) -> Path:
-    """``root / relpath``, refused unless it stays inside ``root`` once resolved.
+    """``root / relpath`` with symlinks followed, refused when the *name* leaves ``root``.
 
-    Catches ``../x.jpg``, absolute paths and symlinks (of the file or any folder on the way) that point
-    outside the images folder: an annotation file must not make hdetr read arbitrary files.
+    The file name comes from an annotation file, so it must not make hdetr read arbitrary files: ``..``
+    that climbs out of ``root`` and absolute paths are refused. Symlinks placed inside the dataset folder
+    are the owner's choice (image farms, shared storage) and are followed wherever they point; a
+    symlink loop is refused. A missing file is returned as is (the caller reports it as missing).
     """
-    root_resolved = Path(root).resolve()
     if "\x00" in relpath:
         raise DataError(f"file name {relpath!r} contains a NUL byte")
-    candidate = Path(root) / relpath
-    try:
-        resolved = candidate.resolve()
-    except (OSError, RuntimeError) as e:  # symlink loops
-        raise DataError(f"{candidate}: cannot resolve the path ({e})") from None
-    if not resolved.is_relative_to(root_resolved):
+    root = Path(root)
+    lexical = os.path.normpath(relpath)
+    if os.path.isabs(relpath) or lexical == ".." or lexical.startswith(".." + os.sep):
         raise DataError(
-            f"file name {relpath!r} escapes the images folder {root_resolved} (resolves to {resolved}); "
-            "image paths must stay inside it (no '..', absolute paths or symlinks pointing outside)"
+            f"file name {relpath!r} escapes the images folder {root} (no '..' climbing out of it and no "
+            "absolute paths; a symlink inside the folder may point elsewhere)"
         )
-    return resolved
+    candidate = root / lexical
+    try:
+        return candidate.resolve(strict=True)
+    except FileNotFoundError:
+        return candidate.absolute()
+    except (OSError, RuntimeError) as e:  # ELOOP (symlink loop), or RuntimeError before Python 3.13
+        raise DataError(f"{candidate}: cannot resolve the path ({e})") from None

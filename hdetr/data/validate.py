@@ -30,6 +30,7 @@ from PIL import Image
 
 from ..errors import DataError
 from .coco import EXIF_ORIENTATION_TAG, EXIF_SWAPS_SIZE
+from .readers import SOURCE_KEY
 from .sanitize import (
     not_a_regular_file,
     BOX_CLIPPED,
@@ -73,6 +74,13 @@ KINDS: dict[str, tuple[str, str]] = {
     "no_size": (WARNING, "image has no width/height in the annotation file and was not opened: boxes not checked against its bounds"),
     "duplicate_file_name": (WARNING, "two image entries use the same file"),
     "images_not_checked": (WARNING, "image files were not opened (check_images=False)"),
+    # YOLO / Pascal VOC label files (hdetr.data.yolo, hdetr.data.voc)
+    "label_unreadable": (ERROR, "label file cannot be read (not text, not well-formed XML, or refused)"),
+    "label_malformed": (ERROR, "a label line or XML element is not a valid box"),
+    "label_unknown_class": (ERROR, "a label uses a class that is not in the class list"),
+    "label_out_of_range": (WARNING, "YOLO coordinate outside [0, 1]: the box is clipped or dropped like any box outside the image"),
+    "label_missing": (WARNING, "image without a label file: used as a background image"),
+    "too_many_objects": (WARNING, "an image has more objects than the model has one-to-one queries: the surplus cannot be detected"),
 }
 # Problems confined to one image: with ``allow_bad_images`` they skip that image instead of stopping.
 IMAGE_KINDS = ("path_escape", "missing_image", "corrupt_image", "size_mismatch", "exif_size_swap")
@@ -133,6 +141,10 @@ class DataReport:
     warnings: dict[str, Issue] = field(default_factory=dict)
     bad_image_ids: set = field(default_factory=set)  # images with an image-level error (IMAGE_KINDS)
     max_examples: int | None = DEFAULT_MAX_EXAMPLES
+    layout: str | None = None  # the detected layout, in words
+    objects_mean: float = 0.0  # boxes used in training per usable image
+    objects_max: int = 0
+    num_queries: int | None = None  # the one-to-one queries objects_max is compared with
 
     # -- recording ------------------------------------------------------------
 
@@ -188,6 +200,9 @@ class DataReport:
             "num_crowd": self.num_crowd,
             "num_boxes": self.num_boxes,
             "images_without_boxes": self.images_without_boxes,
+            "layout": self.layout,
+            "objects_per_image": {"mean": round(self.objects_mean, 3), "max": self.objects_max},
+            "num_queries": self.num_queries,
             "boxes_per_class": [
                 {"category_id": c, "name": self.category_names.get(c, str(c)), "boxes": n}
                 for c, n in sorted(self.boxes_per_class.items())
@@ -202,12 +217,17 @@ class DataReport:
         }
 
     def format(self) -> str:
-        out = [f"dataset  {self.ann_file}", f"images   {self.images_dir}", ""]
+        out = [f"dataset  {self.ann_file}", f"images   {self.images_dir}"]
+        if self.layout:
+            out.append(f"layout   {self.layout}")
+        out.append("")
         out.append(f"  images                 {self.num_images:>8}")
         out.append(f"  images without boxes   {self.images_without_boxes:>8}   (valid: background-only images)")
         out.append(f"  annotations            {self.num_annotations:>8}")
         out.append(f"  crowd (not trained on) {self.num_crowd:>8}")
         out.append(f"  boxes used in training {self.num_boxes:>8}")
+        queries = f"; one-to-one queries {self.num_queries}" if self.num_queries else ""
+        out.append(f"  objects per image      mean {self.objects_mean:.2f}, max {self.objects_max}{queries}")
         if self.images_checked:
             modes = ", ".join(f"{m} {n}" for m, n in sorted(self.image_modes.items()))
             out.append(f"  image modes            {modes or '-'}   (all converted to RGB)")
@@ -307,6 +327,24 @@ def _load_json(report: DataReport, ann_file: Path) -> Any:
     return None
 
 
+def validate_source(source, *, num_queries: int | None = None, **kwargs) -> DataReport:
+    """Check a resolved dataset spec (``hdetr.data.layouts.DataSource``) of any layout: COCO JSON read
+    from its file, YOLO / VOC through their reader, whose findings join the report."""
+    from ..errors import DataError as _DataError
+
+    read = None
+    if source.reader is not None:
+        try:
+            read = source.read()
+        except _DataError as e:  # the layout's own index file (data.yaml) is unusable
+            report = DataReport(str(source.images_dir), str(source.ann_file), layout=source.describe())
+            report.add("ann_unreadable", str(e), file=str(source.ann_file))
+            return report
+    return validate_dataset(source.images_dir, source.ann_file, doc=read.doc if read else None,
+                            findings=read.findings if read else None, layout=source.describe(),
+                            num_queries=num_queries, **kwargs)
+
+
 def validate_dataset(
     images_dir: str | os.PathLike,
     ann_file: str | os.PathLike,
@@ -314,17 +352,28 @@ def validate_dataset(
     check_images: bool = True,
     workers: int | None = None,
     max_examples: int | None = DEFAULT_MAX_EXAMPLES,
+    doc: dict | None = None,
+    findings: list | None = None,
+    layout: str | None = None,
+    num_queries: int | None = None,
 ) -> DataReport:
     """Check a COCO-format dataset; never raises for bad data (read the report, or ``raise_if_fatal``).
 
     ``check_images`` opens and fully decodes every image (``workers`` threads); without it only the
     annotation file is checked, against the sizes it states. ``max_examples`` caps the examples kept
-    per kind (None keeps all).
+    per kind (None keeps all). ``doc`` + ``findings``: a document a YOLO / VOC reader built (its
+    annotations name their label file in ``source``) and the problems it met. ``num_queries``: warn
+    when an image has more objects than the model's one-to-one queries.
     """
     images_dir, ann_file = Path(images_dir), Path(ann_file)
-    report = DataReport(str(images_dir), str(ann_file), max_examples=max_examples)
+    report = DataReport(str(images_dir), str(ann_file), max_examples=max_examples, layout=layout,
+                        num_queries=num_queries)
     af = str(ann_file)
-    doc = _load_json(report, ann_file)
+    from_reader = findings is not None
+    for f in findings or ():
+        report.add(f.kind, f.message, file=f.file, image_id=f.image_id)
+    if doc is None:
+        doc = _load_json(report, ann_file)
     if doc is None:
         return report
     if not isinstance(doc, dict):
@@ -466,6 +515,8 @@ def validate_dataset(
             report.add("wrong_type", f"annotations[{i}] must be an object, got {type(ann).__name__}", file=af)
             continue
         aid = ann.get("id")
+        if from_reader:  # name the label file (and line / element), not the document the reader built
+            af = str(ann.get(SOURCE_KEY) or ann_file)
         missing = [k for k in ("id", "image_id", "category_id", "bbox") if k not in ann]
         if missing:
             report.add("missing_key", f"annotations[{i}] lacks {', '.join(repr(k) for k in missing)}", file=af,
@@ -529,6 +580,16 @@ def validate_dataset(
     report.boxes_per_class = {c: per_class.get(c, 0) for c in report.category_names}
     usable = [i for i in images if i not in report.bad_image_ids]
     report.images_without_boxes = sum(1 for i in usable if boxes_per_image.get(i, 0) == 0)
+    af = str(ann_file)
+    if usable:
+        counts = [boxes_per_image.get(i, 0) for i in usable]
+        report.objects_mean, report.objects_max = sum(counts) / len(counts), max(counts)
+        if num_queries and report.objects_max > num_queries:
+            for iid in sorted((i for i in usable if boxes_per_image.get(i, 0) > num_queries),
+                              key=lambda i: -boxes_per_image[i]):
+                report.add("too_many_objects", f"{boxes_per_image[iid]} objects, the model has {num_queries} "
+                           "one-to-one queries (raise model.num_queries)", file=str(paths.get(iid, af)),
+                           image_id=iid)
     trainable = report.num_annotations - report.num_crowd
     if trainable and dropped > MANY_DROPPED_FRACTION * trainable:
         report.add("many_dropped", f"{dropped} of {trainable} boxes ({100 * dropped / trainable:.0f}%) were dropped",

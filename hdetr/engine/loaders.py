@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import Config
-from ..data.coco import CategoryMap, CocoDetection, resolve_dataset
+from ..data.coco import CategoryMap, CocoDetection
+from ..data.layouts import DataSource, has_own_split, resolve_source
 from ..data.collate import collate
 from ..data.transforms import build_transforms
 from ..errors import UserError
@@ -28,29 +29,18 @@ def crop_for_scales(scales: list[int]) -> tuple[tuple[int, ...], int, int]:
     return tuple(max(8, round(s * f)) for s in pre), max(8, round(lo * f)), max(8, round(hi * f))
 
 
-def locate(spec: str, split: str) -> tuple[Path, Path]:
-    """``spec`` is a dataset folder (COCO / Roboflow / LVIS layout), a ``.json`` file, or
-    ``IMAGES_DIR:ANNOTATIONS.json``."""
-    head, sep, tail = spec.rpartition(":")
-    if sep and tail.endswith(".json") and head not in ("coco", "roboflow", "lvis"):
-        spec_or_pair = (head, tail)
-    else:
-        spec_or_pair = spec
-    try:
-        return resolve_dataset(spec_or_pair, split)
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
+def locate(spec, split: str) -> DataSource:
+    """The dataset ``spec`` names (hdetr.data.layouts: folder of any known layout, ``LAYOUT:FOLDER``,
+    annotations .json, ``IMAGES_DIR:ANNOTATIONS.json`` or YOLO data.yaml), as a ``UserError`` if none."""
+    return resolve_source(spec, split)
 
 
 def val_spec(cfg: Config) -> str | None:
-    """Where to evaluate: ``data.val``, else the validation split next to ``data.train`` if it has one."""
+    """Where to evaluate: ``data.val``, else the validation split next to ``data.train`` if it has one
+    of its own (a single-split dataset is not evaluated on its training images)."""
     if cfg.data.val:
         return cfg.data.val
-    try:
-        resolve_dataset(cfg.data.train, "val")
-    except (FileNotFoundError, ValueError):
-        return None
-    return cfg.data.train
+    return cfg.data.train if has_own_split(cfg.data.train, "val") else None
 
 
 @dataclass
@@ -58,6 +48,7 @@ class Split:
     dataset: CocoDetection
     images_dir: Path
     ann_file: Path
+    layout: str = "coco"
 
     @property
     def is_lvis(self) -> bool:
@@ -67,19 +58,20 @@ class Split:
 
 def load_split(spec: str, split: str, cfg: Config, train: bool, category_map: CategoryMap | None = None,
                skip_image_ids=()) -> Split:
-    images_dir, ann_file = locate(spec, split)
+    source = locate(spec, split)
     d = cfg.data
     if train:
         tf = build_transforms(True, scales=d.train_scales, max_size=d.max_size,
                               crop=crop_for_scales(d.train_scales) if d.crop else None)
     else:
         tf = build_transforms(False, scales=[d.val_scale], max_size=d.max_size, crop=None, val_size=d.val_scale)
+    annotations = source.annotations()
     try:
-        ds = CocoDetection(images_dir, ann_file, transforms=tf, category_map=category_map,
-                           skip_image_ids=skip_image_ids)
+        ds = CocoDetection(source.images_dir, annotations, transforms=tf, category_map=category_map,
+                           skip_image_ids=skip_image_ids, name=str(source.ann_file))
     except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"{ann_file}: cannot read the dataset ({e})") from None
-    return Split(ds, images_dir, ann_file)
+        raise UserError(f"{source.ann_file}: cannot read the dataset ({e})") from None
+    return Split(ds, source.images_dir, source.ann_file, source.layout)
 
 
 def train_loader(ds, cfg: Config, info: DistInfo) -> tuple[DataLoader, EpochBatches]:

@@ -20,6 +20,8 @@ from ..checkpoint import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
+PREDICTIONS_FILE = "predictions.png"  # written only when trackers are on
+PREDICTION_IMAGES = 8
 
 
 def read_records(path: Path) -> list[dict]:
@@ -37,8 +39,17 @@ def read_records(path: Path) -> list[dict]:
 
 
 class RunLog:
-    def __init__(self, out_dir: Path, resume_step: int | None = None):
+    """metrics.jsonl, plus TensorBoard when installed and the trackers named in ``trackers``
+    (hdetr.engine.trackers: mlflow, wandb), which get the same records."""
+
+    def __init__(self, out_dir: Path, resume_step: int | None = None, trackers: list[str] = (),
+                 config: dict | None = None):
         self.out_dir = out_dir
+        self.trackers = None
+        if trackers:
+            from .trackers import Trackers
+
+            self.trackers = Trackers(list(trackers), out_dir, config or {}, resume=resume_step is not None)
         self.path = out_dir / METRICS_FILE
         if resume_step is not None:
             # Records written after the checkpoint we resume from will be produced again: drop them.
@@ -58,6 +69,8 @@ class RunLog:
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record, allow_nan=True) + "\n")
+        if self.trackers is not None:
+            self.trackers.write(record)
         if self.tb is not None:
             step = record.get("step", 0)
             for k, v in record.get("losses", {}).items():
@@ -67,9 +80,29 @@ class RunLog:
             for k, v in record.get("eval", {}).items():
                 self.tb.add_scalar(f"eval/{k}", v, step)
 
+    def plot(self, step: int) -> Path | None:
+        """curves.png from metrics.jsonl, also handed to the trackers."""
+        path = plot_curves(self.out_dir)
+        if self.trackers is not None:
+            self.trackers.image(path, step)
+        return path
+
+    def predictions(self, model_dir: Path, images: list[Path], step: int) -> Path | None:
+        """For the trackers only: the final model's detections on a few validation images
+        (predictions.png), the picture a curve cannot give."""
+        if self.trackers is None or not images:
+            return None
+        from ..draw import prediction_grid
+
+        path = prediction_grid(model_dir, images, self.out_dir / PREDICTIONS_FILE)
+        self.trackers.image(path, step)
+        return path
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.trackers is not None:
+            self.trackers.close()
 
 
 def plot_curves(out_dir: Path) -> Path | None:

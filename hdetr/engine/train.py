@@ -17,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,18 +29,19 @@ from ..checkpoint import CheckpointError, atomic_write, safe_torch_load, save_mo
 from ..config import Config, ConfigError, validate
 from ..data.categories import same_categories
 from ..data.coco import CategoryMap
-from ..data.validate import validate_dataset
+from ..data.validate import validate_source
 from ..errors import BadImageError, DataError, Interrupted, UserError
 from ..hybrid import matching_plan
 from ..losses import SetCriterion
 from ..models import build_model
 from . import distributed
 from .ema import ModelEMA
+from .evaluate import COCO_METRIC_KEYS, LVIS_METRIC_KEYS
 from .inference import autocast_context, evaluate
 from .loaders import eval_loader, load_split, locate, train_loader, val_spec
 from .optim import build_optimizer, build_scheduler
 from .runlock import RunLock
-from .runlog import RunLog, plot_curves
+from .runlog import PREDICTION_IMAGES, RunLog
 from .sampling import rng_state, seed_everything, set_rng_state
 
 LAST = "last.pt"
@@ -75,6 +75,7 @@ class TrainResult:
     bad_image_steps: int = 0  # steps skipped because an image could not be loaded (data.skip_bad_images)
     train_time: float = 0.0  # seconds in training steps (data + forward/backward/update), no eval/checkpoints
     train_cpu_time: float = 0.0  # the same, in CPU seconds of this process (all its threads)
+    early_stop: dict | None = None  # set when train.patience ended the run (see Trainer.evaluate)
 
 
 def _float_outputs(obj):
@@ -171,10 +172,6 @@ class Trainer:
                 validate(cfg)
             except ConfigError as e:
                 raise UserError(f"{e} (model.num_classes was set to {self.cmap.num_classes} from the data)") from None
-        per_image = Counter(a["image_id"] for a in self.train_split.dataset.coco.anns.values() if not a.get("iscrowd"))
-        if per_image and max(per_image.values()) > cfg.model.num_queries:
-            self.log(f"warning: an image of {self.train_split.ann_file} has {max(per_image.values())} objects but "
-                     f"model.num_queries is {cfg.model.num_queries}: at most that many can be detected per image")
         self.val_split = (load_split(vspec, "val", cfg, train=False, skip_image_ids=skip_ids["val"])
                           if vspec else None)
         if self.val_split is not None:
@@ -183,6 +180,10 @@ class Trainer:
         else:
             self.log(f"warning: no validation split found next to {cfg.data.train} (set data.val): "
                      "this run will never be evaluated and best.pt will not be written")
+        metric_keys = LVIS_METRIC_KEYS if self.val_split is not None and self.val_split.is_lvis else COCO_METRIC_KEYS
+        if t.best_metric not in metric_keys:
+            raise UserError(f"train.best_metric={t.best_metric} is not a metric of this validation set "
+                            f"({', '.join(metric_keys)})")
         self._lock = RunLock(self.out).acquire() if self.is_main else None
 
         # The same initial weights on every rank (DDP would broadcast rank 0's anyway), then
@@ -215,8 +216,10 @@ class Trainer:
         # vary far less with the other processes' load than wall time does.
         self.train_time = 0.0
         self.train_cpu_time = 0.0
-        self.best_ap: float | None = None
+        self.best_ap: float | None = None  # the best value of train.best_metric (AP by default)
         self.metrics: dict | None = None
+        self.evals_since_best = 0  # early stopping (train.patience)
+        self.early_stop: dict | None = None
         self.last_saved_step: int | None = None
         if resume:
             self._resume()
@@ -229,7 +232,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(self.out / "config.yaml",
                          lambda p: Path(p).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
-            self.runlog = RunLog(self.out, resume_step=self.step if resume else None)
+            self.runlog = RunLog(self.out, resume_step=self.step if resume else None, trackers=t.trackers,
+                                 config=cfg.to_dict())
 
     # -- start-up data check -------------------------------------------------------------------------
     def _check_data(self, vspec: str | None) -> dict[str, list]:
@@ -243,15 +247,18 @@ class Trainer:
                 if not spec:
                     continue
                 try:
-                    images_dir, ann_file = locate(spec, split)
+                    source = locate(spec, split)
                 except UserError as e:  # reported on every rank below, so none waits for the others
-                    result["error"] = str(e)
+                    result["error"], result["spec_error"] = str(e), True
                     break
-                report = validate_dataset(images_dir, ann_file, check_images=True)
+                report = validate_source(source, check_images=True, num_queries=self.cfg.model.num_queries)
                 repairs = sum(i.count for i in report.repairs.values())
                 warnings = sum(i.count for i in report.warnings.values())
-                line = (f"data check {split}: {report.num_images} images, {report.num_boxes} boxes, "
-                        f"{repairs} box repair(s), {warnings} warning(s)")
+                line = (f"data check {split} ({source.title}): {report.num_images} images, {report.num_boxes} "
+                        f"boxes, {repairs} box repair(s), {warnings} warning(s)")
+                if report.count("too_many_objects"):
+                    self.log(f"warning: {report.count('too_many_objects')} {split} image(s) have more objects "
+                             f"(up to {report.objects_max}) than model.num_queries={report.num_queries}")
                 try:
                     report.raise_if_fatal(allow_bad_images=skip)
                 except DataError as e:
@@ -264,6 +271,8 @@ class Trainer:
                     result[split] = sorted(report.bad_image_ids, key=str)
                 self.log(line)
         result = distributed.broadcast_object(result)
+        if result.get("spec_error"):  # the same message as every other verb that reads this spec
+            raise DataError(result["error"])
         if result["error"]:
             hint = "" if skip else "\n(or set data.skip_bad_images=true to leave out images that cannot be used)"
             raise DataError(result["error"] + hint)
@@ -299,6 +308,9 @@ class Trainer:
             "train_time": self.train_time,
             "train_cpu_time": self.train_cpu_time,
             "best_ap": self.best_ap,
+            "best_metric": self.cfg.train.best_metric,
+            "evals_since_best": self.evals_since_best,
+            "early_stop": self.early_stop,
             "metrics": self.metrics,
             "category_map": self.cmap.to_dict(),
             "class_names": self.cmap.names,
@@ -406,6 +418,18 @@ class Trainer:
         self.train_time = ckpt.get("train_time", 0.0)
         self.train_cpu_time = ckpt.get("train_cpu_time", 0.0)
         self.best_ap, self.metrics = ckpt.get("best_ap"), ckpt.get("metrics")
+        self.evals_since_best, self.early_stop = ckpt.get("evals_since_best", 0), ckpt.get("early_stop")
+        if ckpt.get("best_metric", "AP") != self.cfg.train.best_metric:
+            self.log(f"note: train.best_metric {ckpt.get('best_metric', 'AP')} -> {self.cfg.train.best_metric}: "
+                     "the best value so far is forgotten")
+            self.best_ap, self.evals_since_best = None, 0
+        patience = self.cfg.train.patience
+        if self.early_stop is not None and (not patience or self.evals_since_best < patience):
+            self.log(f"note: the run had stopped early; train.patience={patience} lets it continue")
+            self.early_stop = None
+        if self.early_stop is not None:
+            self.log(f"the run stopped early at epoch {self.early_stop['epoch'] + 1} (train.patience); "
+                     "nothing left to train")
         rngs = ckpt.get("rng") or []
         if len(rngs) == self.info.world_size:
             set_rng_state(rngs[self.info.rank])
@@ -521,11 +545,14 @@ class Trainer:
             model_dir = self.out / MODEL_DIR
             if self.best_ap is None:
                 self.export_model()  # never evaluated: the model folder holds the latest weights
-            plot_curves(self.out)
+            self.runlog.plot(self.step)
+            if self.val_split is not None:
+                ds = self.val_split.dataset
+                self.runlog.predictions(model_dir, [ds.image_path(i) for i in ds.ids[:PREDICTION_IMAGES]], self.step)
             self.runlog.close()
         distributed.barrier()
         return TrainResult(self.out, self.step, self.skipped_steps, self.best_ap, self.metrics, model_dir,
-                           self.bad_image_steps, self.train_time, self.train_cpu_time)
+                           self.bad_image_steps, self.train_time, self.train_cpu_time, self.early_stop)
 
     def _loop(self) -> None:
         t = self.cfg.train
@@ -534,7 +561,7 @@ class Trainer:
         run_start = time.perf_counter()
         steps_this_session = 0
         stop = self.max_iters_reached()
-        while self.epoch < t.epochs and not stop:
+        while self.epoch < t.epochs and not stop and self.early_stop is None:
             plan = matching_plan(self.cfg, self.epoch)
             self.sampler.set_epoch(self.epoch, self.step_in_epoch * t.grad_accum)
             batches = iter(self.loader)
@@ -687,11 +714,21 @@ class Trainer:
                                "train_cpu_time": round(self.train_cpu_time, 3), "eval": metrics})
             self.log(f"epoch {epoch + 1} eval: AP {metrics['AP']:.3f} AP50 {metrics['AP50']:.3f} "
                      f"AP75 {metrics['AP75']:.3f}")
-            plot_curves(self.out)
-        if self.best_ap is None or metrics["AP"] > self.best_ap:
-            self.best_ap = metrics["AP"]
+            self.runlog.plot(self.step)
+        t, key = self.cfg.train, self.cfg.train.best_metric
+        if self.best_ap is None or metrics[key] > self.best_ap:
+            self.best_ap, self.evals_since_best = metrics[key], 0
             self.save_best()
-        self.save_last()  # records best_ap / metrics
+        else:
+            self.evals_since_best += 1
+        if t.patience and self.evals_since_best >= t.patience and self.epoch < t.epochs:
+            self.early_stop = {"epoch": epoch, "step": self.step, "metric": key, "best": self.best_ap,
+                               "evaluations_without_improvement": self.evals_since_best, "patience": t.patience}
+            if self.is_main:
+                self.runlog.write({"epoch": epoch, "step": self.step, "early_stop": self.early_stop})
+            self.log(f"early stop after epoch {epoch + 1}: {key} has not improved for {self.evals_since_best} "
+                     f"evaluation(s) (train.patience={t.patience}); best {key} {self.best_ap:.3f} kept in {BEST}")
+        self.save_last()  # records best_ap / metrics / early_stop
         return metrics
 
 
