@@ -91,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import Interrupted, UserError
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    late_debug = "--debug" in argv[1:]  # also accepted after the verb: hdetr train ... --debug
+    if late_debug:
+        argv = argv[:1] + [a for a in argv[1:] if a != "--debug"]
     args, extra = parser.parse_known_args(argv)
+    args.debug = args.debug or late_debug
     if extra:
         # argparse stops filling a nargs="*" positional at the first option; key=value overrides given
         # after options (hdetr train CONFIG --out DIR train.lr=1e-4) still belong to it.
