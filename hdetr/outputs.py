@@ -36,6 +36,9 @@ def check_output_file(path: Path, flag: str, ours: Callable[[Path], bool]) -> No
     """A file hdetr is about to write: not a folder, and if it exists, one hdetr wrote (``ours``)."""
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file name")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
     if path.exists() or path.is_symlink():
         try:
             mine = path.is_file() and ours(path)

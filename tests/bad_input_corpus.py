@@ -801,8 +801,10 @@ def _output_cases() -> list[Case]:
         (c.inp / "f").write_text("mine")
         return ["predict", c.model(), jpeg(c.inp / "a.jpg"), "--out", c.inp / "f"]
 
-    def predict_out_full(c):
-        return ["predict", c.model(), jpeg(c.inp / "a.jpg"), "--out", "/dev/full"]
+    # (A full disk is not simulated: writing to /dev/full as root would let a faulty writer replace it.)
+    def predict_out_under_file(c):
+        (c.inp / "f").write_text("mine")
+        return ["predict", c.model(), jpeg(c.inp / "a.jpg"), "--out", c.inp / "f" / "p"]
 
     def predict_overwrites_user_json(c):
         out = c.inp / "outdir"
@@ -818,8 +820,9 @@ def _output_cases() -> list[Case]:
         ds = c.dataset()
         return ["eval", c.model(), ds, "--out", c.ann(ds, "val"), "--device", "cpu"]
 
-    def eval_out_full(c):
-        return ["eval", c.model(), c.dataset(), "--out", "/dev/full", "--device", "cpu"]
+    def eval_out_under_file(c):
+        (c.inp / "f").write_text("mine")
+        return ["eval", c.model(), c.dataset(), "--out", c.inp / "f" / "m.json", "--device", "cpu"]
 
     def eval_out_user_file(c):
         (c.inp / "metrics.json").write_text("precious")
@@ -902,11 +905,11 @@ def _output_cases() -> list[Case]:
         Case("out-predict-into-input", "output", predict_into_input, needs="--out"),
         Case("out-predict-into-parent", "output", predict_into_parent, expect="any"),
         Case("out-predict-is-file", "output", predict_out_file, needs="f"),
-        Case("out-predict-dev-full", "output", predict_out_full, needs="/dev/full"),
+        Case("out-predict-under-file", "output", predict_out_under_file, needs="f"),
         Case("out-predict-user-json", "output", predict_overwrites_user_json, needs="detections.json"),
         Case("out-eval-is-dir", "output", eval_out_is_dir, needs="d"),
         Case("out-eval-is-annotations", "output", eval_out_is_ann, needs="json"),
-        Case("out-eval-dev-full", "output", eval_out_full, needs="/dev/full"),
+        Case("out-eval-under-file", "output", eval_out_under_file, needs="f"),
         Case("out-eval-user-file", "output", eval_out_user_file, needs="metrics.json"),
         Case("out-check-json-is-annotations", "output", check_json_is_ann, needs="json"),
         Case("out-check-json-is-dir", "output", check_json_is_dir, needs="rep"),
