@@ -31,8 +31,10 @@ def run(args) -> int:
             raise UserError(f"--{name} must be in [{low}, {high if high is not None else 'inf'}], got {value}")
     try:
         summary = write_synthetic_dataset(args.out, args.train, args.val, args.size, args.seed, palette=args.palette)
-    except (ValueError, OSError) as e:
+    except ValueError as e:
         raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"{e.filename or args.out}: cannot write the dataset ({e.strerror or e})") from None
     for split in ("train", "valid"):
         s = summary[split]
         print(f"{split}: {s['num_images']} images, {s['num_annotations']} boxes -> {s['ann_file']}")
