@@ -224,7 +224,7 @@ def run_case(case: Case, root: Path, shared: dict) -> tuple[str, Result, str]:
         res.hang = True
     after = _hashes(protected)
     changed = sorted(k for k in before if after.get(k) != before[k])
-    kind, why = classify(case, res, changed)
+    kind, why = classify(case, res, changed, str(root))
     if case.check is not None and kind not in ("traceback", "hang", "unsafe"):
         verdict = case.check(ctx, res)
         if verdict:
@@ -232,8 +232,10 @@ def run_case(case: Case, root: Path, shared: dict) -> tuple[str, Result, str]:
     return kind, res, why
 
 
-def classify(case: Case, res: Result, changed: list[str]) -> tuple[str, str]:
+def classify(case: Case, res: Result, changed: list[str], root: str = "") -> tuple[str, str]:
     text = res.out + res.err
+    # The case's folder is named after the case: a message must name the culprit, not just echo the path.
+    named = text.replace(root, "<case>") if root else text
     if res.hang:
         return "hang", f"no answer within {HANG_S} s ({3 * HANG_S} s for a subprocess)"
     if changed:
@@ -247,7 +249,7 @@ def classify(case: Case, res: Result, changed: list[str]) -> tuple[str, str]:
         if case.expect == "ok":
             return "wrongly_refused", _last_line(res.err)
         msg = _last_line(res.err) or _last_line(res.out)
-        if case.needs and case.needs.lower() not in text.lower():
+        if case.needs and case.needs.lower() not in named.lower():
             return "silent", f"refused without naming {case.needs!r}: {msg}"
         return "clear", msg
     if case.expect in ("ok", "any"):
