@@ -921,7 +921,7 @@ def _output_cases() -> list[Case]:
         Case("out-train-is-file", "output", train_out_is_file, needs="runfile"),
         Case("out-train-is-dataset", "output", train_out_is_dataset, needs="--out"),
         Case("out-train-user-folder", "output", train_out_user_folder, needs="mine"),
-        Case("out-train-locked", "output", train_locked, needs="lock", check=train_locked_check),
+        Case("out-train-locked", "output", train_locked, needs="in use", check=train_locked_check),
         Case("out-demo-keeps-run", "output", demo_keeps_run, needs="run"),
         Case("out-synth-over-file", "output", synth_over_file, needs="s"),
         Case("synth-existing-folder", "output", synth_existing, expect="error"),
