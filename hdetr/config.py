@@ -109,6 +109,14 @@ class TrainConfig:
     max_iters: int = 0  # stop after this many iterations (optimizer steps; 0: no limit); for smoke runs
     save_every: int = 0  # also write last.pt every this many iterations (0: at the end of each epoch only)
     nonfinite: str = "stop"  # stop | skip: what a NaN/Inf loss or gradient does
+    # Fine-tuning (docs/finetune.md). init_from: start a new run from these weights (a model folder,
+    # run folder, last.pt/best.pt or official .pth); --resume never re-applies it.
+    init_from: str = ""
+    init_parts: str = "all"  # all, or parts joined by +: backbone, encoder, decoder, heads
+    # your class name -> the source's class name, for classes whose names differ (others match by name)
+    init_class_map: dict[str, str] = field(default_factory=dict)
+    init_one2many: str = "source"  # source | one2one: where the one-to-many query embeddings start from
+    freeze: str = ""  # parts kept fixed (not in the optimizer), e.g. backbone or backbone+encoder
     # Early stopping: end the run after this many evaluations without improvement of best_metric (0: off).
     patience: int = 0
     best_metric: str = "AP"  # the evaluation metric that picks best.pt and drives patience
@@ -146,6 +154,25 @@ class Config:
 
 
 SCHEMES = ("none", "branch", "epoch", "layer")
+# Parts of the detector that train.init_parts / train.freeze name (hdetr.models.parts says which
+# tensors belong to which).
+MODEL_PARTS = ("backbone", "encoder", "decoder", "heads")
+INIT_ONE2MANY = ("source", "one2one")
+
+
+def parse_parts(spec: str, key: str, allow_all: bool = False) -> tuple[str, ...]:
+    """``'backbone+encoder'`` -> ('backbone', 'encoder'); ``''`` -> (); ``'all'`` -> every part."""
+    spec = spec.strip().lower()
+    if not spec or spec == "none":
+        return ()
+    if spec == "all" and allow_all:
+        return MODEL_PARTS
+    parts = tuple(p.strip() for p in spec.split("+"))
+    bad = [p for p in parts if p not in MODEL_PARTS]
+    if bad:
+        allowed = ", ".join(MODEL_PARTS) + (" or all" if allow_all else "")
+        raise ConfigError(f"{key}: unknown part {bad[0]!r}; join parts with + from {allowed}, e.g. backbone+encoder")
+    return parts
 # Metrics train.best_metric may name (COCO's, and LVIS's for LVIS datasets); all are higher-is-better.
 BEST_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
                 "APr", "APc", "APf", "AR")
@@ -160,6 +187,13 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             return None
         typ = next(a for a in get_args(typ) if a is not type(None))
         origin = get_origin(typ)
+    if origin is dict:
+        if isinstance(value, str):
+            value = _safe_yaml(value, key) if value.strip() else {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, e.g. {{your_name: source_name}}, got {value!r}")
+        _, item = get_args(typ)
+        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if isinstance(value, str):
             value = _safe_yaml(value, key)
@@ -357,6 +391,10 @@ def validate(cfg: Config) -> None:
     need(t.max_iters >= 0, f"train.max_iters must be >= 0, got {t.max_iters}")
     need(t.save_every >= 0, f"train.save_every must be >= 0, got {t.save_every}")
     need(t.num_workers >= 0, f"train.num_workers must be >= 0, got {t.num_workers}")
+    parse_parts(t.init_parts, "train.init_parts", allow_all=True)
+    parse_parts(t.freeze, "train.freeze")
+    need(t.init_one2many in INIT_ONE2MANY,
+         f"train.init_one2many must be one of {', '.join(INIT_ONE2MANY)}, got {t.init_one2many!r}")
     need(t.patience >= 0, f"train.patience must be >= 0 (0 disables early stopping), got {t.patience}")
     need(t.best_metric in BEST_METRICS,
          f"train.best_metric must be one of {', '.join(BEST_METRICS)}, got {t.best_metric!r}")

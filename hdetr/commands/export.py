@@ -17,7 +17,7 @@ from ..errors import UserError
 def add_arguments(p):
     from ..export import DEFAULT_OPSET
 
-    p.add_argument("checkpoint", type=Path, help="hdetr model folder (model.safetensors + config.yaml)")
+    p.add_argument("checkpoint", type=Path, help="model folder, run folder, last.pt/best.pt or official .pth")
     p.add_argument("out", type=Path, help="output file, e.g. model.onnx")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
     p.add_argument("--postprocess", action="store_true",
