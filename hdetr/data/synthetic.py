@@ -13,9 +13,14 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-from PIL import Image, ImageDraw
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+# numpy and Pillow are imported where they are used: `hdetr synth --help` reads this module's defaults
+# and should not pay for them.
 
 DEFAULT_NUM_TRAIN = 600
 DEFAULT_NUM_VAL = 100
@@ -71,6 +76,8 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
 
 
 def _shape_mask(kind: str, size: tuple[int, int], cx: float, cy: float, r: float, angle: float) -> Image.Image:
+    from PIL import Image, ImageDraw
+
     mask = Image.new("L", size, 0)
     draw = ImageDraw.Draw(mask)
     if kind == "circle":
@@ -81,6 +88,9 @@ def _shape_mask(kind: str, size: tuple[int, int], cx: float, cy: float, r: float
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    import numpy as np
+    from PIL import Image, ImageDraw
+
     c0 = rng.uniform(40, 215, size=3)
     c1 = np.clip(c0 + rng.uniform(-90, 90, size=3), 0, 255)
     theta = rng.uniform(0, 2 * math.pi)
@@ -108,6 +118,8 @@ def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
 
 
 def _render(rng: np.random.Generator, w: int, h: int, palette: str = "random") -> tuple[Image.Image, list[dict]]:
+    import numpy as np
+
     img = _background(rng, w, h)
     n = 0 if rng.random() < EMPTY_IMAGE_FRACTION else int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
     short = min(w, h)
@@ -155,6 +167,8 @@ def write_synthetic_dataset(
     ``by_class`` (each class also has its own colour). Returns a summary dict with per-split
     ``images_dir``, ``ann_file``, ``num_images`` and ``num_annotations``.
     """
+    import numpy as np
+
     if palette not in PALETTES:
         raise ValueError(f"palette must be one of {', '.join(PALETTES)}, got {palette!r}")
     w, h = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
