@@ -38,7 +38,7 @@ def run(args) -> int:
 
     from onnx.defs import onnx_opset_version
 
-    if args.opset > onnx_opset_version():
+    if args.opset is not None and args.opset > onnx_opset_version():
         raise UserError(f"--opset {args.opset}: the installed onnx knows opsets up to {onnx_opset_version()}")
     if args.out.suffix != ".onnx":
         raise UserError(f"{args.out}: the output file should end in .onnx")
