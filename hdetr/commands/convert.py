@@ -1,21 +1,23 @@
-"""Convert an official H-Deformable-DETR checkpoint to hdetr's format.
+"""Convert a checkpoint to an hdetr model folder: hdetr convert CHECKPOINT OUT [section.key=value ...].
 
-Reads OFFICIAL.pth (a dict with 'model' and usually 'args'; loaded with weights_only=True, so it can
-not run code) and writes OUT/model.safetensors + OUT/config.yaml. Pass --config to supply or override
-settings when the checkpoint carries no 'args'.
+CHECKPOINT is an official H-Deformable-DETR .pth (a dict with 'model' and usually 'args'; loaded with
+weights_only=True, so it can not run code), or anything else ``hdetr.checkpoint.load_weights`` reads
+(a run folder, last.pt / best.pt). Writes OUT/model.safetensors + OUT/config.yaml. Overrides supply or
+change settings, e.g. when an official checkpoint carries no 'args'.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from ..checkpoint import CheckpointError, load_official_checkpoint, save_model
+from ..checkpoint import load_weights, save_model
 from ..config import ConfigError, build_config
 from ..errors import UserError
 
 
 def add_arguments(p):
-    p.add_argument("official", type=Path, help="official checkpoint (.pth)")
+    p.add_argument("official", type=Path, help="official checkpoint (.pth), run folder or last.pt / best.pt")
     p.add_argument("out", type=Path, help="output folder")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.topk=300")
     p.add_argument("--class-names", type=Path, default=None, help="text file with one class name per line")
@@ -24,17 +26,19 @@ def add_arguments(p):
 def run(args) -> int:
     from ..models import WeightsMismatchError, build_model_with_weights
 
+    loaded = load_weights(args.official)
+    if args.out.resolve() == Path(loaded.source).resolve():
+        raise UserError(f"{args.out}: is the checkpoint being converted; choose another output folder")
     try:
-        cfg, state = load_official_checkpoint(args.official)
-        if args.overrides:
-            cfg = build_config({**cfg.to_dict()}, args.overrides)
-        model = build_model_with_weights(cfg, state, args.official)
-    except (CheckpointError, ConfigError, WeightsMismatchError) as e:
+        cfg = build_config({**loaded.cfg.to_dict()}, args.overrides) if args.overrides else loaded.cfg
+        model = build_model_with_weights(cfg, loaded.state, args.official)
+    except (ConfigError, WeightsMismatchError) as e:
         raise UserError(str(e)) from None
-    names = None
+    names = loaded.class_names or None
     if args.class_names:
         names = [l.strip() for l in args.class_names.read_text().splitlines() if l.strip()]
-    save_model(args.out, cfg, model.state_dict(), class_names=names)
+    meta = {"category_map": json.dumps(loaded.category_map.to_dict())} if loaded.category_map else None
+    save_model(args.out, cfg, model.state_dict(), class_names=names, extra_meta=meta)
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"converted {args.official} -> {args.out} ({n:,} trainable parameters, scheme {cfg.hybrid.scheme})")
     return 0

@@ -70,7 +70,7 @@ def run(args) -> int:
     from ..engine.inference import evaluate
     from ..engine.loaders import eval_loader, load_split
     from ..engine.train import train
-    from ..engine.weights import build_detector_model, load_weights
+    from ..checkpoint import build_detector_model, load_weights
     from ..engine.distributed import DistInfo
     from ..errors import UserError
 

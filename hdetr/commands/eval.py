@@ -29,7 +29,7 @@ def run(args) -> int:
     from ..engine.evaluate import format_metrics_table
     from ..engine.inference import evaluate
     from ..engine.loaders import eval_loader, load_split
-    from ..engine.weights import build_detector_model, load_weights
+    from ..checkpoint import build_detector_model, load_weights
     from ..errors import UserError
 
     loaded = load_weights(args.checkpoint)

@@ -17,7 +17,7 @@ from ..errors import UserError
 def add_arguments(p):
     from ..export import DEFAULT_OPSET
 
-    p.add_argument("checkpoint", type=Path, help="hdetr model folder (model.safetensors + config.yaml)")
+    p.add_argument("checkpoint", type=Path, help="model folder, run folder, last.pt/best.pt or official .pth")
     p.add_argument("out", type=Path, help="output file, e.g. model.onnx")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
     p.add_argument("--postprocess", action="store_true",
@@ -39,8 +39,6 @@ def run(args) -> int:
 
     if args.out.suffix != ".onnx":
         raise UserError(f"{args.out}: the output file should end in .onnx")
-    if not args.checkpoint.exists():
-        raise UserError(f"{args.checkpoint}: no such model folder or file")
     try:
         result = export_checkpoint(args.checkpoint, args.out, format=args.format, postprocess=args.postprocess,
                                    opset=args.opset, mask_dtype=args.mask_dtype, verify=not args.no_verify)

@@ -22,6 +22,9 @@ class ModelEMA:
             p.requires_grad_(False)
         self.decay, self.warmup = decay, warmup
         self.updates = 0
+        # Parameters that do not train (train.freeze, frozen backbone stages) are copied, not averaged:
+        # d * p + (1 - d) * p is not p in floating point, and frozen weights must stay bit-identical.
+        self.fixed = {n for n, p in model.named_parameters() if not p.requires_grad}
 
     def current_decay(self) -> float:
         return self.decay * (1 - math.exp(-self.updates / self.warmup))
@@ -32,7 +35,7 @@ class ModelEMA:
         d = self.current_decay()
         src = model.state_dict()
         for name, value in self.module.state_dict().items():
-            if value.dtype.is_floating_point:
+            if value.dtype.is_floating_point and name not in self.fixed:
                 value.mul_(d).add_(src[name].detach(), alpha=1 - d)
             else:
                 value.copy_(src[name])

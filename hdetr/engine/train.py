@@ -25,7 +25,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError, atomic_write, safe_torch_load, save_model, temp_files
+from ..checkpoint import MODEL_FORMAT, TRAIN_FORMAT, CheckpointError, atomic_write, safe_torch_load, save_model, temp_files
 from ..config import Config
 from ..data.coco import CategoryMap
 from ..data.validate import validate_source
@@ -37,6 +37,8 @@ from . import distributed
 from .ema import ModelEMA
 from .evaluate import COCO_METRIC_KEYS, LVIS_METRIC_KEYS
 from .inference import autocast_context, evaluate
+from .init_from import prepare_model, save_report
+from .init_from import summary as init_summary
 from .loaders import eval_loader, load_split, locate, train_loader, val_spec
 from .optim import build_optimizer, build_scheduler
 from .runlog import PREDICTION_IMAGES, RunLog
@@ -46,7 +48,7 @@ LAST = "last.pt"
 PREV = "prev.pt"  # the checkpoint before last.pt: resume falls back to it when last.pt is damaged
 BEST = "best.pt"
 MODEL_DIR = "model"
-CHECKPOINT_FORMAT = "hdetr-train-v1"
+CHECKPOINT_FORMAT = TRAIN_FORMAT
 # Settings that choose how a result is computed, not what: a run may resume under another value (the
 # fast and reference attention paths agree to rounding; tests/test_fast_paths.py).
 PATH_SWITCHES = {("model", "attention_impl")}
@@ -171,6 +173,8 @@ class Trainer:
         # rank-specific streams for everything random that follows.
         seed_everything(t.seed)
         self.model = build_model(cfg).to(self.device)
+        # train.init_from (new runs only) and train.freeze, before the optimizer and the EMA copy.
+        self.init_report = prepare_model(self.model, cfg, self.cmap.names, resume)
         seed_everything(t.seed + self.info.rank)
         self.criterion = SetCriterion(cfg.model.num_classes, cfg.loss)
         self.optimizer = build_optimizer(self.model, t)
@@ -215,6 +219,8 @@ class Trainer:
                          lambda p: Path(p).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
             self.runlog = RunLog(self.out, resume_step=self.step if resume else None, trackers=t.trackers,
                                  config=cfg.to_dict())
+            if self.init_report is not None:
+                self.log(f"{init_summary(self.init_report)}\n  report: {save_report(self.out, self.init_report)}")
 
     # -- start-up data check -------------------------------------------------------------------------
     def _check_data(self, vspec: str | None) -> dict[str, list]:
@@ -322,7 +328,7 @@ class Trainer:
             return
         weights = self._eval_model().state_dict()
         state = {
-            "format": "hdetr-model-v1",
+            "format": MODEL_FORMAT,
             "config": self.cfg.to_dict(),
             "model": weights,
             "category_map": self.cmap.to_dict(),
@@ -372,6 +378,8 @@ class Trainer:
         for section in ("model", "hybrid", "loss"):
             diff = {k: (saved[section].get(k), v) for k, v in now[section].items()
                     if saved[section].get(k) != v and (section, k) not in PATH_SWITCHES}
+            if section == "model" and saved["train"].get("freeze", "") != self.cfg.train.freeze:
+                diff["train.freeze"] = (saved["train"].get("freeze", ""), self.cfg.train.freeze)
             if diff:
                 raise UserError(f"--resume: the {section} settings differ from the run in {self.out}: "
                                 f"{diff} (saved, now)")

@@ -120,12 +120,19 @@ def _swin_by_dims(m: ModelConfig) -> nn.Module:
     return SwinBackbone(dims=dims, drop_path_rate=s.drop_path_rate)
 
 
+def _efficientnet_lite0(m: ModelConfig) -> nn.Module:
+    from .efficientnet import EfficientNetLite0Backbone  # timm is imported on first use only
+
+    return EfficientNetLite0Backbone(pretrained=m.pretrained_backbone)
+
+
 register_backbone("resnet50", lambda m: ResNetBackbone(pretrained=m.pretrained_backbone))
 register_backbone("resnet18", lambda m: ResNetBackbone(pretrained=m.pretrained_backbone, depth=18))
 register_backbone("tiny", lambda m: TinyBackbone(), pretrained_weights=False)
 for _name in SWIN_PRESETS:
     register_backbone(_name, _swin_preset(_name))
 register_backbone("swin", _swin_by_dims, pretrained_weights=False)  # dimensions from model.swin
+register_backbone("efficientnet_lite0", _efficientnet_lite0)
 register_backbone("precomputed", lambda m: PrecomputedFeatures(tuple(m.backbone_channels)), pretrained_weights=False)
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from .backbone import build_backbone
+from .backbone_weights import build_configured_backbone
 from .deformable_attention import ATTENTION_IMPLS, MultiScaleDeformableAttention
 from .position_encoding import SinePositionEncoding, downsample_mask
 from .transformer import DeformableTransformer
@@ -58,7 +58,7 @@ class HDETR(nn.Module):
         self.cfg = cfg
         self.num_queries = cfg.num_queries
         self.num_queries_one2many = num_queries_one2many
-        self.backbone = backbone if backbone is not None else build_backbone(cfg)
+        self.backbone = backbone if backbone is not None else build_configured_backbone(cfg)
         spec = self.backbone.spec
         d = cfg.hidden_dim
         self.position_encoding = SinePositionEncoding(d // 2)
@@ -197,6 +197,7 @@ def build_model_with_weights(cfg, state: dict, source) -> HDETR:
     """The model of ``cfg`` holding ``state``, which must fit it exactly. The backbone is never
     downloaded: its weights come from ``state``. Raises WeightsMismatchError naming ``source``."""
     cfg.model.pretrained_backbone = False
+    cfg.model.backbone_weights = ""
     model = build_model(cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -1,32 +1,14 @@
-"""Checkpoints: hdetr's own format, and conversion from official H-Deformable-DETR checkpoints.
-
-hdetr model files are a folder with ``model.safetensors`` (weights only: loading runs no code) and
-``config.yaml``; the class names travel in the safetensors metadata. Training states (optimizer,
-scheduler, RNG) are ``.pt`` files written atomically and read with ``torch.load(weights_only=True)``.
-"""
+"""Official H-Deformable-DETR checkpoints: key names and ``args`` mapped onto hdetr's model and config."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import pickle
 import re
-import tempfile
-from pathlib import Path
 
 import torch
-import yaml
-from safetensors.torch import load_file, save_file
 
-from .config import Config, build_config
-
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.yaml"
-
-
-class CheckpointError(RuntimeError):
-    pass
+from ..config import Config, build_config
+from .files import CheckpointError, safe_torch_load
 
 
 # Official --backbone values; hdetr's backbones of the same names compute the same (docs/backbones.md).
@@ -95,29 +77,6 @@ def convert_official_state_dict(state: dict[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
-def _safe_torch_load(path: str | Path) -> dict:
-    """``torch.load`` that can never execute code: only tensors, containers and argparse.Namespace."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused to load: the file asks to run code or to build objects that are not plain "
-            f"tensors/containers ({str(e).splitlines()[0]}). Only weights are accepted."
-        ) from None
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: checkpoint file not found") from None
-    except Exception as e:  # damaged files surface as OSError, RuntimeError, EOFError, struct.error, ValueError...
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
-    return obj
-
-
-def safe_torch_load(path: str | Path) -> dict:
-    return _safe_torch_load(path)
-
-
 def official_args_to_config(args: dict, state: dict[str, torch.Tensor]) -> Config:
     """Build hdetr's config from an official checkpoint's ``args`` (a Namespace turned dict) and weights."""
     get = args.get
@@ -174,7 +133,7 @@ def official_args_to_config(args: dict, state: dict[str, torch.Tensor]) -> Confi
 
 
 def load_official_checkpoint(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
-    ckpt = _safe_torch_load(path)
+    ckpt = safe_torch_load(path)
     if "model" not in ckpt:
         raise CheckpointError(f"{path}: no 'model' entry; keys are {sorted(ckpt)[:10]}")
     state = ckpt["model"]
@@ -183,87 +142,3 @@ def load_official_checkpoint(path: str | Path) -> tuple[Config, dict[str, torch.
     return official_args_to_config(args, state), convert_official_state_dict(state)
 
 
-TMP_SUFFIX = ".tmp"
-
-
-def temp_files(path: Path) -> list[Path]:
-    """Temporary files ``atomic_write`` left behind for ``path`` (a process killed mid-write)."""
-    path = Path(path)
-    return sorted(path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"))
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write, previous: Path | None = None) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename: readers never see half a file.
-
-    The temporary file is ``.<name>.<random>.tmp`` next to ``path`` (``temp_files``); a process killed
-    before the rename leaves it behind and ``path`` untouched. ``previous``: the file ``path`` held is
-    first renamed to it, so the last two complete versions exist at every moment (one of them under
-    ``previous`` only for the instant between the two renames).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if previous is not None and path.exists():
-            os.replace(path, previous)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def save_model(out_dir: str | Path, cfg: Config, state: dict[str, torch.Tensor], class_names: list[str] | None = None,
-               extra_meta: dict | None = None) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # safetensors refuses shared storage; the untied heads of non-refine models are stored per index.
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    meta = {"format": "hdetr", "class_names": json.dumps(class_names or []), **(extra_meta or {})}
-    atomic_write(out / MODEL_FILE, lambda p: save_file(tensors, p, metadata=meta))
-    atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
-    return out
-
-
-def load_model_files(path: str | Path) -> tuple[Config, dict[str, torch.Tensor], dict]:
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    weights = folder / MODEL_FILE if path.is_dir() else path
-    cfg_file = folder / CONFIG_FILE
-    if not weights.exists():
-        raise CheckpointError(f"{weights}: model weights not found (expected a folder with {MODEL_FILE} and {CONFIG_FILE})")
-    if not cfg_file.exists():
-        raise CheckpointError(f"{cfg_file}: config file not found next to the weights")
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(weights), "pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(weights))
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{weights}: not a valid safetensors file ({e})") from None
-    try:
-        data = yaml.safe_load(cfg_file.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise CheckpointError(f"{cfg_file}: not valid YAML ({e})") from None
-    cfg = build_config(data)
-    meta = dict(meta)
-    meta["class_names"] = json.loads(meta.get("class_names", "[]") or "[]")
-    return cfg, state, meta

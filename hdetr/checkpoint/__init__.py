@@ -1,0 +1,25 @@
+"""Checkpoints: one loader for everything a user can point at, and the files behind it.
+
+- ``load``: ``load_weights`` (model folder, run folder, ``last.pt``/``best.pt``, official ``.pth``);
+- ``official``: official H-Deformable-DETR key names and ``args`` -> hdetr's;
+- ``model_folder``: hdetr model folders (``model.safetensors`` + ``config.yaml``);
+- ``files``: loading that runs no code, atomic writes.
+"""
+
+from .files import CheckpointError, atomic_write, safe_torch_load, temp_files
+from .load import MODEL_FORMAT, TRAIN_FORMAT, LoadedWeights, build_detector_model, load_weights
+from .model_folder import CONFIG_FILE, MODEL_FILE, load_model_files, save_model
+from .official import (
+    OFFICIAL_KEY_RULES,
+    convert_official_state_dict,
+    load_official_checkpoint,
+    official_args_to_config,
+    official_key_to_hdetr,
+)
+
+__all__ = [
+    "CONFIG_FILE", "MODEL_FILE", "MODEL_FORMAT", "OFFICIAL_KEY_RULES", "TRAIN_FORMAT", "CheckpointError",
+    "LoadedWeights", "atomic_write", "build_detector_model", "convert_official_state_dict", "load_model_files",
+    "load_official_checkpoint", "load_weights", "official_args_to_config", "official_key_to_hdetr",
+    "safe_torch_load", "save_model", "temp_files",
+]

@@ -1,0 +1,124 @@
+"""The one way to load a detector's weights from whatever the user points at.
+
+- an hdetr model folder (``model.safetensors`` + ``config.yaml``, from training or ``hdetr convert``),
+  or its ``model.safetensors``;
+- a training run folder: its ``model/`` folder, else ``best.pt``, else ``last.pt``;
+- a training checkpoint ``last.pt`` (its EMA weights when it has them) or ``best.pt``;
+- an official H-Deformable-DETR ``.pth`` (converted on the fly; COCO's 91 sparse class ids).
+
+Every verb (predict, eval, export, convert), ``train.init_from`` and ``Detector.from_checkpoint`` go
+through ``load_weights``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import Config, ConfigError, build_config
+from ..data.coco import COCO_CATEGORIES, COCO_NUM_CLASSES, UNUSED_CLASS_NAME, CategoryMap
+from ..errors import UserError
+from .files import CheckpointError, safe_torch_load
+from .model_folder import MODEL_FILE, load_model_files
+from .official import load_official_checkpoint
+
+# Training state written by ``last.pt``/``prev.pt`` and the evaluated weights written as ``best.pt``.
+TRAIN_FORMAT = "hdetr-train-v1"
+MODEL_FORMAT = "hdetr-model-v1"
+KNOWN_FORMATS = (TRAIN_FORMAT, MODEL_FORMAT)
+# What a run folder offers, in order of preference.
+RUN_FOLDER_FILES = ("model", "best.pt", "last.pt")
+
+
+@dataclass
+class LoadedWeights:
+    cfg: Config
+    state: dict[str, torch.Tensor]
+    category_map: CategoryMap | None  # None for converted official checkpoints (COCO ids assumed)
+    class_names: list[str]  # one per class index; COCO's names (N/A in the holes) for official checkpoints
+    source: Path  # the file or model folder actually read
+    kind: str  # "model folder", "best.pt", "training checkpoint" or "official checkpoint"
+    ema: bool = False  # the state is a training checkpoint's EMA weights
+
+
+def _cmap(d) -> CategoryMap | None:
+    if not d:
+        return None
+    if isinstance(d, str):
+        d = json.loads(d)
+    return CategoryMap.from_dict(d)
+
+
+def coco_class_names(num_classes: int) -> list[str]:
+    """Class names of a model that keeps COCO's sparse ids as class indices (official checkpoints)."""
+    if num_classes != COCO_NUM_CLASSES:
+        return []
+    return [COCO_CATEGORIES.get(i, UNUSED_CLASS_NAME) for i in range(num_classes)]
+
+
+def _from_run_folder(path: Path) -> Path | None:
+    for name in RUN_FOLDER_FILES:
+        candidate = path / name
+        if (candidate / MODEL_FILE).exists() if name == "model" else candidate.is_file():
+            return candidate
+    return None
+
+
+def _from_torch_file(path: Path) -> LoadedWeights:
+    ckpt = safe_torch_load(path)
+    fmt = ckpt.get("format")
+    if isinstance(fmt, str) and fmt.startswith("hdetr-"):
+        if fmt not in KNOWN_FORMATS:
+            raise UserError(f"{path}: hdetr checkpoint format {fmt!r} is not one this version reads "
+                            f"({', '.join(KNOWN_FORMATS)})")
+        cfg = build_config(ckpt["config"])
+        state, ema = ckpt["model"], bool(ckpt.get("ema"))
+        if ema:
+            state = ckpt["ema"]["module"]  # what training evaluated and exported
+        cmap = _cmap(ckpt.get("category_map"))
+        names = list(ckpt.get("class_names") or []) or (cmap.names if cmap else [])
+        kind = "training checkpoint" if fmt == TRAIN_FORMAT else "best.pt"
+        return LoadedWeights(cfg, state, cmap, names, path, kind, ema)
+    if "model" in ckpt:
+        cfg, state = load_official_checkpoint(path)
+        cfg.model.pretrained_backbone = False  # the backbone's weights are in the checkpoint
+        return LoadedWeights(cfg, state, None, coco_class_names(cfg.model.num_classes), path, "official checkpoint")
+    raise UserError(f"{path}: not an hdetr model folder, run folder, hdetr checkpoint or official checkpoint "
+                    f"(a dict with 'model'); its keys are {sorted(map(str, ckpt))[:8]}")
+
+
+def load_weights(path: str | Path) -> LoadedWeights:
+    """Weights, config and class names of whatever ``path`` is; a ``UserError`` naming it otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such checkpoint, model folder or run folder")
+    try:
+        if path.is_dir() and not (path / MODEL_FILE).exists():
+            found = _from_run_folder(path)
+            if found is None:
+                raise UserError(f"{path}: neither a model folder ({MODEL_FILE} + config.yaml) nor a run folder "
+                                f"({', '.join(RUN_FOLDER_FILES)})")
+            path = found
+        if path.is_dir() or path.suffix == ".safetensors":
+            cfg, state, meta = load_model_files(path)
+            cmap = _cmap(meta.get("category_map"))
+            names = list(meta.get("class_names") or []) or (cmap.names if cmap else [])
+            return LoadedWeights(cfg, state, cmap, names or coco_class_names(cfg.model.num_classes), path,
+                                 "model folder")
+        return _from_torch_file(path)
+    except (CheckpointError, ConfigError) as e:
+        raise UserError(str(e)) from None
+
+
+def build_detector_model(loaded: LoadedWeights, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model ``loaded`` describes, holding its weights exactly, in eval mode."""
+    from ..models import WeightsMismatchError, build_model_with_weights
+
+    try:
+        model = build_model_with_weights(loaded.cfg, loaded.state, loaded.source)
+    except WeightsMismatchError as e:
+        raise UserError(str(e)) from None
+    return model.to(device).eval()

