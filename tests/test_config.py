@@ -12,7 +12,7 @@ from hdetr.config import ConfigError, build_config, load_config
     ("hybrid.scheme=sometimes", "hybrid.scheme"),
     ("model.num_queries=abc", "model.num_queries"),
     ("model.two_stage=maybe", "model.two_stage"),
-    ("model.hidden_dim=128", "model.hidden_dim"),
+    ("model.hidden_dim=130", "model.hidden_dim"),
     ("train.amp=fp8", "train.amp"),
 ])
 def test_bad_values_name_the_key(override, names):
