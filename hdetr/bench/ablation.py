@@ -41,7 +41,8 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 RUN_SECONDS = {"wall": "train_time", "cpu": "train_cpu_time"}  # the engine's record of each clock
 PRESET = "synthetic_small"  # the base config; every setting that matters is overridden below
 NUM_CLASSES = {"shapes": 4, "coco_like": 6}  # classes of each synthetic dataset style
-LATER_FIELDS = ("dataset", "backbone", "backbone_weights", "lr_backbone_ratio", "hidden_dim")
+LATER_FIELDS = ("dataset", "backbone", "backbone_weights", "lr_backbone_ratio", "hidden_dim", "data", "num_classes",
+                "max_size", "num_workers")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,12 @@ class Budget:
     backbone_weights: str = ""  # model.backbone_weights (ImageNet weights also freeze the stem)
     lr_backbone_ratio: float = 1.0  # train.lr_backbone = lr x this (official with ImageNet weights: 0.1)
     hidden_dim: int = 256
+    # A real dataset instead of the synthetic one (any data.train spec hdetr train takes, e.g. a COCO
+    # folder), for the paper-size run on a GPU; then num_classes, max_size and num_workers matter too.
+    data: str = ""
+    num_classes: int = 0  # 0: the synthetic dataset's classes
+    max_size: int = 0  # data.max_size; 0: twice the largest training scale
+    num_workers: int = 0
 
     def key(self) -> str:
         """Short hash of the settings that decide a run (seeds excluded: more seeds reuse the old ones).
@@ -154,7 +161,7 @@ def scheme_overrides(scheme: str, b: Budget) -> list[str]:
 
 def common_overrides(b: Budget, data_dir: Path, seed: int) -> list[str]:
     scales = ",".join(str(s) for s in b.train_scales)
-    classes = NUM_CLASSES[b.dataset]
+    classes = b.num_classes or NUM_CLASSES[b.dataset]
     return [
         f"model.backbone={b.backbone}", "model.pretrained_backbone=false", f"model.backbone_weights={b.backbone_weights}",
         f"model.num_classes={classes}", f"model.hidden_dim={b.hidden_dim}", f"model.nheads={b.nheads}", f"model.enc_layers={b.enc_layers}",
@@ -164,11 +171,11 @@ def common_overrides(b: Budget, data_dir: Path, seed: int) -> list[str]:
         f"model.topk={min(100, b.num_queries * classes)}",
         f"train.epochs={b.epochs}", f"train.lr_drop={b.lr_drop}", f"train.lr={b.lr}",
         f"train.lr_backbone={b.lr * b.lr_backbone_ratio}",  # toy: the tiny backbone starts from random weights
-        f"train.batch_size={b.batch_size}", "train.grad_accum=1", "train.num_workers=0", f"train.seed={seed}",
+        f"train.batch_size={b.batch_size}", "train.grad_accum=1", f"train.num_workers={b.num_workers}", f"train.seed={seed}",
         "train.eval_every=1", "train.log_every=10", "train.max_iters=0", "train.save_every=0",
         "train.amp=none", "train.ema=false",
         f"data.train={data_dir}", "data.val=", f"data.train_scales=[{scales}]",
-        f"data.max_size={2 * max(b.train_scales)}", f"data.val_scale={b.image_size}", f"data.crop={str(b.crop).lower()}",
+        f"data.max_size={b.max_size or 2 * max(b.train_scales)}", f"data.val_scale={b.image_size}", f"data.crop={str(b.crop).lower()}",
     ]
 
 
@@ -700,6 +707,8 @@ def eval_fraction(raw: str) -> float:
 def _ensure_dataset(work: Path, b: Budget) -> Path:
     from ..data.synthetic import write_synthetic_dataset
 
+    if b.data:
+        return Path(b.data)
     style = "" if b.dataset == "shapes" else f"{b.dataset}-"
     data_dir = work / f"data-{style}{b.image_size}px-{b.train_images}-{b.val_images}-seed{b.data_seed}"
     stamp = data_dir / "complete.json"
@@ -910,9 +919,10 @@ def run_ablation(args) -> int:
         "common_overrides": [o for o in common_overrides(budget, Path("DATA"), 0) if not o.startswith("train.seed")],
         "base_preset": PRESET,
         "regime": args.regime,
-        "dataset": f"write_synthetic_dataset(train={budget.train_images}, val={budget.val_images}, "
+        "dataset": budget.data or f"write_synthetic_dataset(train={budget.train_images}, val={budget.val_images}, "
                    f"size={budget.image_size}, seed={budget.data_seed}, style={budget.dataset!r})",
-        "dataset_summary": json.loads((data_dir / "complete.json").read_text()),
+        "dataset_summary": (json.loads((data_dir / "complete.json").read_text())
+                            if (data_dir / "complete.json").exists() else None),
         "clock": clock,
         "clock_note": "cpu: CPU seconds of the single-threaded training process (what one dedicated core "
                       "takes; steady when other jobs share the CPU); wall: elapsed seconds",

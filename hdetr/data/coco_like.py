@@ -5,7 +5,7 @@ Why another generator: the shapes dataset (``synthetic.py``) has 3.4 objects per
 colours on a gradient; the paper's regime (COCO) has ~7 objects per image, a tail of crowded images
 (20+ objects), small and large objects, and textured, cluttered photographs. Here:
 
-- counts: 15 % of the images are crowded (20-30 objects), 2 % are empty, the others have 1 + Poisson(2.8)
+- counts: 15 % of the images are crowded (20-30 objects), 2 % are empty, the others have 1 + Poisson(3)
   objects (at most 19), about 7 per image on average (the writer's summary reports the real mean);
 - sizes: log-uniform from 4 % to 50 % of the short side (crowded images: 4 % to 14 %), so small,
   medium and large objects all occur;
@@ -36,7 +36,7 @@ CATEGORIES = (
 CROWDED_FRACTION = 0.15
 CROWDED_OBJECTS = (20, 30)
 EMPTY_FRACTION = 0.02
-POISSON_MEAN = 2.8  # 1 + Poisson(2.8) in ordinary images: with the crowded ones, ~7 objects per image
+POISSON_MEAN = 3.0  # 1 + Poisson(3) in ordinary images: with the crowded ones, ~7 objects per image
 MAX_ORDINARY_OBJECTS = 19
 SIZE_FRACTION = (0.04, 0.5)  # object side / short image side, log-uniform
 CROWDED_SIZE_FRACTION = (0.04, 0.14)
