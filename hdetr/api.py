@@ -78,7 +78,8 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Detector:
-        """A model folder, a training checkpoint (.pt) or an official .pth."""
+        """Anything `hdetr.checkpoint.load_weights` reads: a model folder, a run folder, last.pt / best.pt
+        (their EMA weights when present) or an official .pth."""
         from .checkpoint import build_detector_model, load_weights
 
         loaded = load_weights(path)

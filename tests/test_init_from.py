@@ -187,3 +187,22 @@ def test_ema_copies_parameters_that_do_not_train():
         ema.update(model)
     assert torch.equal(ema.module.weight, model.weight)  # d * w + (1 - d) * w would drift by rounding
     assert not torch.equal(ema.module.bias, model.bias)  # trained parameters are averaged
+
+
+def test_finetune_presets_and_class_map_overrides_load():
+    cfg = load_config("r50_finetune", ["train.init_from=x.pth", "train.init_class_map={bike: bicycle}",
+                                       "train.init_class_map.lorry=truck"])
+    assert (cfg.train.lr, cfg.train.lr_backbone, cfg.train.grad_accum, cfg.train.epochs) == (1e-4, 1e-5, 4, 50)
+    assert cfg.train.init_class_map == {"bike": "bicycle", "lorry": "truck"}
+    assert cfg.hybrid.num_queries_one2many == 1500
+    assert load_config("synthetic_finetune").model.backbone == "tiny"
+    with pytest.raises(ConfigError, match="train.init_class_map: expected a mapping"):
+        load_config(None, ["train.init_class_map=[a, b]"])
+    with pytest.raises(ConfigError, match="train.init_one2many must be one of source, one2one"):
+        load_config(None, ["train.init_one2many=copy"])
+
+
+def test_a_missing_source_stops_before_the_data_check(target_data, tmp_path, capsys):
+    with pytest.raises(UserError, match="no_such.pth: no such checkpoint"):
+        Trainer(_cfg(target_data, f"train.init_from={tmp_path / 'no_such.pth'}"), tmp_path / "run", progress=False)
+    assert "data check" not in capsys.readouterr().out

@@ -10,16 +10,18 @@ from .files import CheckpointError, atomic_write, safe_torch_load, temp_files
 from .load import MODEL_FORMAT, TRAIN_FORMAT, LoadedWeights, build_detector_model, load_weights
 from .model_folder import CONFIG_FILE, MODEL_FILE, load_model_files, save_model
 from .official import (
+    OFFICIAL_BACKBONES,
     OFFICIAL_KEY_RULES,
     convert_official_state_dict,
     load_official_checkpoint,
     official_args_to_config,
     official_key_to_hdetr,
+    rebuilt_buffer_name,
 )
 
 __all__ = [
-    "CONFIG_FILE", "MODEL_FILE", "MODEL_FORMAT", "OFFICIAL_KEY_RULES", "TRAIN_FORMAT", "CheckpointError",
+    "CONFIG_FILE", "MODEL_FILE", "MODEL_FORMAT", "OFFICIAL_BACKBONES", "OFFICIAL_KEY_RULES", "TRAIN_FORMAT", "CheckpointError",
     "LoadedWeights", "atomic_write", "build_detector_model", "convert_official_state_dict", "load_model_files",
     "load_official_checkpoint", "load_weights", "official_args_to_config", "official_key_to_hdetr",
-    "safe_torch_load", "save_model", "temp_files",
+    "rebuilt_buffer_name", "safe_torch_load", "save_model", "temp_files",
 ]

@@ -4,6 +4,9 @@ CONFIG is a preset name (e.g. r50_hybrid_branch_12ep, synthetic_small) or a YAML
 gets config.yaml, metrics.jsonl, last.pt, best.pt, curves.png and model/ (for eval/predict). For
 several GPUs or nodes launch it with torchrun, e.g. torchrun --nproc_per_node 8 -m hdetr.cli train ...
 
+train.init_from=PATH starts a new run from a trained detector (model or run folder, last.pt/best.pt,
+official .pth) and writes init_report.json; train.freeze=backbone keeps parts fixed (docs/finetune.md).
+
 SIGINT/SIGTERM finish the current step, save last.pt and exit with status 130/143; continue with
 --resume. Exit status 2: a config, data or non-finite-loss error (the message says which).
 """

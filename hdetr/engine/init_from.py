@@ -95,13 +95,16 @@ def init_from(model: nn.Module, cfg: Config, class_names: list[str], loaded: Loa
     source, src, src_cfg = loaded.source, loaded.state, loaded.cfg
     parts = parse_parts(t.init_parts, "train.init_parts", allow_all=True)
     mine = model.state_dict()
-    if "backbone" in parts and src_cfg.model.backbone != cfg.model.backbone:
-        name = next((k for k in mine if part_of(k) == "backbone"), "backbone")
-        theirs = next((v.shape for k, v in src.items() if part_of(k) == "backbone"), [])
-        raise UserError(
-            f"train.init_from={source}: its backbone is {src_cfg.model.backbone}, this model's is "
-            f"{cfg.model.backbone} (first tensor here: {name} {list(mine[name].shape) if name in mine else []}, "
-            f"first there: {list(theirs)}); use train.init_parts=encoder+decoder+heads to leave the backbone out")
+    if "backbone" in parts:
+        # Backbones of other kinds share no tensor names: some of each side's are missing on the other.
+        missing = [k for k in mine if part_of(k) == "backbone" and k not in src]
+        extra = [k for k in src if part_of(k) == "backbone" and k not in mine]
+        if missing and extra:
+            raise UserError(
+                f"train.init_from={source}: its backbone is {src_cfg.model.backbone}, this model's is "
+                f"{cfg.model.backbone}: {missing[0]} {list(mine[missing[0]].shape)} is not there, {extra[0]} "
+                f"{list(src[extra[0]].shape)} is not here; use train.init_parts=encoder+decoder+heads to leave "
+                f"the backbone out")
 
     names_known = bool(loaded.class_names) and bool(class_names)
     rows = class_rows(class_names, loaded.class_names, t.init_class_map, str(source)) if names_known else []
@@ -178,10 +181,16 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-def prepare_model(model: nn.Module, cfg: Config, class_names: list[str], resume: bool) -> dict | None:
-    """What a run does to a freshly built model before the optimizer sees it: ``train.init_from``
-    (new runs only: a resumed run loads its own checkpoint) and ``train.freeze``."""
-    report = init_from(model, cfg, class_names) if cfg.train.init_from and not resume else None
+def load_init_source(cfg: Config, resume: bool) -> LoadedWeights | None:
+    """The weights ``train.init_from`` names, for a new run; None when resuming (a resumed run loads
+    its own checkpoint and never reads the source again) or when it is not set."""
+    return load_weights(cfg.train.init_from) if cfg.train.init_from and not resume else None
+
+
+def prepare_model(model: nn.Module, cfg: Config, class_names: list[str], source: LoadedWeights | None) -> dict | None:
+    """What a run does to a freshly built model before the optimizer sees it: initialise it from
+    ``source`` (``load_init_source``) and freeze ``train.freeze``."""
+    report = init_from(model, cfg, class_names, source) if source is not None else None
     frozen = freeze(model, parse_parts(cfg.train.freeze, "train.freeze"))
     if report is not None:
         report["frozen"] = {"parts": cfg.train.freeze, "parameters": len(frozen)}

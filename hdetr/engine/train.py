@@ -37,7 +37,7 @@ from . import distributed
 from .ema import ModelEMA
 from .evaluate import COCO_METRIC_KEYS, LVIS_METRIC_KEYS
 from .inference import autocast_context, evaluate
-from .init_from import prepare_model, save_report
+from .init_from import load_init_source, prepare_model, save_report
 from .init_from import summary as init_summary
 from .loaders import eval_loader, load_split, locate, train_loader, val_spec
 from .optim import build_optimizer, build_scheduler
@@ -153,6 +153,8 @@ class Trainer:
         if not cfg.data.train:
             raise UserError("data.train is empty: give the training set, e.g. data.train=path/to/dataset")
 
+        # A bad train.init_from fails here, before the data check reads every image.
+        init_source = load_init_source(cfg, resume)
         self.bad_image_steps = 0  # steps skipped mid-epoch because an image could not be loaded
         vspec = val_spec(cfg)
         skip_ids = self._check_data(vspec)
@@ -174,7 +176,7 @@ class Trainer:
         seed_everything(t.seed)
         self.model = build_model(cfg).to(self.device)
         # train.init_from (new runs only) and train.freeze, before the optimizer and the EMA copy.
-        self.init_report = prepare_model(self.model, cfg, self.cmap.names, resume)
+        self.init_report = prepare_model(self.model, cfg, self.cmap.names, init_source)
         seed_everything(t.seed + self.info.rank)
         self.criterion = SetCriterion(cfg.model.num_classes, cfg.loss)
         self.optimizer = build_optimizer(self.model, t)
