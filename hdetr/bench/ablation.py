@@ -1,7 +1,9 @@
 """Ablation of the hybrid matching schemes: the paper's one-to-one baseline against branch, epoch and layer.
 
-Every scheme trains the same small model (``tiny`` backbone, two-stage Deformable-DETR with box
-refinement) on the same synthetic shapes dataset with the same schedule, for several seeds:
+Every scheme trains the same small model (two-stage Deformable-DETR with box refinement) on the same
+synthetic dataset with the same schedule, for several seeds. The budget is a regime of
+``hdetr.bench.regimes``: ``paper`` (default: ImageNet EfficientNet-Lite0, COCO-like scenes) or ``toy``
+(``tiny`` backbone from scratch on flat shapes, the ``DEFAULT`` budget below):
 
 - ``baseline``: one-to-one matching, N queries;
 - ``baseline_more_queries``: one-to-one matching with N + M queries (as many as the hybrid total);
