@@ -14,7 +14,7 @@ from hdetr.cli import build_parser
 TINY = [
     "--set", "train_images=8", "--set", "val_images=4", "--set", "image_size=64", "--set", "train_scales=64",
     "--set", "epochs=2", "--set", "lr_drop=1", "--set", "batch_size=4", "--set", "dec_layers=2",
-    "--set", "enc_layers=1", "--set", "one2many_layers=1", "--set", "dim_feedforward=64", "--set", "hidden_dim=32",
+    "--set", "enc_layers=1", "--set", "one2many_layers=1", "--set", "dim_feedforward=64", "--set", "hidden_dim=64",
     "--set", "nheads=2", "--set", "num_queries=5", "--set", "num_queries_one2many=25", "--set", "k=2",
 ]
 SCHEME_KEYS = {"AP", "AP50", "AP75", "curve", "train_s_per_iter", "peak_mem_mb", "infer_img_per_s", "gflops"}
