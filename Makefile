@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,export,serve,mlflow,wandb,pretrained]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,export,serve,mlflow,wandb,pretrained,video]'
 	touch $(STAMP)
 
 install: $(STAMP)

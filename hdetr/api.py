@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,8 +19,9 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
 from .data.coco import CategoryMap, load_image
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, resized_hw
+from .data.transforms import eval_transforms
 from .postprocess import postprocess
+from .tiling import Tiling, cut_sides, merge_detections, tile_windows
 
 ImageInput = str | os.PathLike | Image.Image | Tensor
 
@@ -31,6 +32,8 @@ class Detections:
     scores: Tensor  # (n,)
     labels: Tensor  # (n,) model class indices
     label_names: list[str]
+    # Up to 5 (class name, score) of the highest-scoring detections under the threshold: why nothing was found.
+    best_below: list[tuple[str, float]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -117,13 +120,18 @@ class Detector:
             return int(label)
         return self.category_map.index_to_cat_id.get(int(label), int(label))
 
-    def preprocess(self, image: Tensor) -> Tensor:
-        """uint8 (3, H, W) -> normalised float image at the evaluation scale."""
+    def preprocess(self, image: Tensor, imgsz: int | None = None) -> Tensor:
+        """uint8 (3, H, W) -> normalised float image, through the evaluation transform of ``hdetr eval``.
+
+        ``imgsz`` replaces the config's short side (``data.val_scale``); the long-side cap scales with it.
+        """
         d = self.cfg.data
-        h, w = image.shape[-2:]
-        x = F.resize(image, list(resized_hw(h, w, d.val_scale, d.max_size)), antialias=True)
-        x = F.to_dtype(x, torch.float32, scale=True)
-        return F.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+        size, max_size = d.val_scale, d.max_size
+        if imgsz is not None:
+            if imgsz < 16:
+                raise ValueError(f"imgsz must be at least 16 pixels, got {imgsz}")
+            size, max_size = imgsz, None if max_size is None else round(max_size * imgsz / d.val_scale)
+        return eval_transforms(size, max_size)(image, {})[0]
 
     @torch.no_grad()
     def _forward(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:
@@ -134,28 +142,99 @@ class Detector:
         out = self.model(images.to(self.device), mask.to(self.device))
         return {"pred_logits": out["pred_logits"].float(), "pred_boxes": out["pred_boxes"].float()}
 
-    def predict_batch(self, images: list[ImageInput], threshold: float = 0.5) -> list[Detections]:
+    def _detect(self, images: list[Tensor], imgsz: int | None = None) -> list[dict[str, Tensor]]:
+        """uint8 images -> every top-k detection, boxes clamped, on the CPU.
+
+        Images are batched by network input size: a padded batch would not give the one-by-one results,
+        because the backbone sees the padding (GroupNorm statistics, convolutions at the border).
+        """
         from .data.collate import pad_images
 
-        raw = [as_uint8_image(im) for im in images]
-        batch, mask = pad_images([self.preprocess(im) for im in raw])
+        inputs = [self.preprocess(im, imgsz) for im in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, x in enumerate(inputs):
+            groups.setdefault(tuple(x.shape[-2:]), []).append(i)
+        results: list[dict[str, Tensor]] = [{}] * len(images)
+        for members in groups.values():
+            batch, mask = pad_images([inputs[i] for i in members])
+            for i, r in zip(members, self._run(batch, mask, [images[i] for i in members])):
+                results[i] = r
+        return results
+
+    def _run(self, batch: Tensor, mask: Tensor, images: list[Tensor]) -> list[dict[str, Tensor]]:
         out = self._forward(batch, mask)
-        sizes = torch.tensor([list(im.shape[-2:]) for im in raw], device=out["pred_logits"].device)
-        results = postprocess(out, sizes, self.cfg.model.topk)
-        dets = []
-        for r, im in zip(results, raw):
-            keep = r["scores"] >= threshold
-            boxes = r["boxes"][keep].cpu()
+        sizes = torch.tensor([list(im.shape[-2:]) for im in images], device=out["pred_logits"].device)
+        results = []
+        for r, im in zip(postprocess(out, sizes, self.cfg.model.topk), images):
             h, w = im.shape[-2:]
+            boxes = r["boxes"].cpu()
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-            labels = r["labels"][keep].cpu()
-            names = [self.class_names[int(l)] if int(l) < len(self.class_names) else str(int(l)) for l in labels]
-            dets.append(Detections(boxes, r["scores"][keep].cpu(), labels, names))
-        return dets
+            results.append({"boxes": boxes, "scores": r["scores"].cpu(), "labels": r["labels"].cpu()})
+        return results
 
-    def predict(self, image: ImageInput, threshold: float = 0.5) -> Detections:
-        return self.predict_batch([image], threshold)[0]
+    def _detect_sliced(self, image: Tensor, tiling: Tiling, imgsz: int | None, batch_size: int) -> dict[str, Tensor]:
+        """Detections of every tile (and of the whole image) in image pixels, with their cut sides."""
+        h, w = image.shape[-2:]
+        windows = tile_windows(h, w, tiling.tile, tiling.overlap)
+        parts = []
+        for start in range(0, len(windows), batch_size):
+            chunk = windows[start:start + batch_size]
+            found = self._detect([image[:, y0:y1, x0:x1] for x0, y0, x1, y1 in chunk], imgsz)
+            for r, win in zip(found, chunk):
+                boxes = r["boxes"] + torch.tensor([win[0], win[1], win[0], win[1]], dtype=r["boxes"].dtype)
+                parts.append({**r, "boxes": boxes, "cut": cut_sides(boxes, win, h, w, tiling.edge_margin)})
+        if tiling.full_image and len(windows) > 1:
+            r = self._detect([image], imgsz)[0]
+            parts.append({**r, "cut": torch.zeros(len(r["boxes"]), 4, dtype=torch.bool)})
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def _keep(self, found: dict[str, Tensor], threshold: float, tiling: Tiling | None) -> Detections:
+        keep = found["scores"] >= threshold
+        boxes, scores, labels = found["boxes"][keep], found["scores"][keep], found["labels"][keep]
+        if tiling is not None:
+            boxes, scores, labels = merge_detections(boxes, scores, labels, found["cut"][keep], tiling.match,
+                                                     tiling.edge_margin)
+        below = torch.argsort(found["scores"].masked_fill(keep, -1.0), descending=True)[:5]
+        below = [(self.class_name(int(found["labels"][i])), float(found["scores"][i]))
+                 for i in below if not keep[i]]
+        return Detections(boxes, scores, labels, [self.class_name(int(l)) for l in labels], below)
+
+    def class_name(self, label: int) -> str:
+        return self.class_names[label] if label < len(self.class_names) else str(label)
+
+    def predict_batch(self, images: list[ImageInput], threshold: float = 0.5, imgsz: int | None = None,
+                      tile: int | None = None, overlap: float = 0.2, full_image: bool = True,
+                      tile_batch: int = 4) -> list[Detections]:
+        """Detections of several images; without tiling they run as one padded batch.
+
+        ``imgsz``: inference short side (default: the config's ``data.val_scale``). ``tile``: run on
+        overlapping ``tile`` x ``tile`` windows (``overlap`` fraction shared), plus the whole image when
+        ``full_image``, and merge (``hdetr.tiling``); ``tile_batch`` windows go through the network at once.
+        """
+        raw = [as_uint8_image(im) for im in images]
+        if tile is None:
+            return [self._keep(r, threshold, None) for r in self._detect(raw, imgsz)]
+        tiling = Tiling(tile, overlap, full_image)
+        out = []
+        for im in raw:
+            if len(tile_windows(*im.shape[-2:], tile, overlap)) == 1:  # one tile: the plain prediction
+                out.append(self._keep(self._detect([im], imgsz)[0], threshold, None))
+            else:
+                out.append(self._keep(self._detect_sliced(im, tiling, imgsz, tile_batch), threshold, tiling))
+        return out
+
+    def predict(self, image: ImageInput, threshold: float = 0.5, imgsz: int | None = None, tile: int | None = None,
+                overlap: float = 0.2, full_image: bool = True, tile_batch: int = 4) -> Detections:
+        """One image; the options as in :meth:`predict_batch`."""
+        return self.predict_batch([image], threshold, imgsz, tile, overlap, full_image, tile_batch)[0]
+
+    def coco_results(self, found: Detections, image_id: int) -> list[dict]:
+        """COCO result dicts (with ``category_name``) of one image's detections."""
+        from .engine.evaluate import detections_to_coco
+
+        res = {"boxes": found.boxes, "scores": found.scores, "labels": found.labels}
+        return detections_to_coco([res], [image_id], self.category_map, self.class_names)
 
 
 class OnnxDetector(Detector):

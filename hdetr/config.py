@@ -126,6 +126,9 @@ class TrainConfig:
     patience: int = 0
     best_metric: str = "AP"  # the evaluation metric that picks best.pt and drives patience
     trackers: list[str] = field(default_factory=list)  # mlflow | wandb (offline; TensorBoard always when installed)
+    # Parts whose activations are recomputed in the backward pass instead of kept (less memory, about
+    # one more forward of those parts): any of encoder, decoder, backbone (each layer / stage).
+    checkpoint_activations: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -183,6 +186,7 @@ BEST_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100
                 "APr", "APc", "APf", "AR")
 TRACKERS = ("mlflow", "wandb")
 ATTENTION_IMPLS = ("fast", "reference")
+CHECKPOINT_PARTS = ("encoder", "decoder", "backbone")  # hdetr.models.checkpointing.PARTS
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
@@ -383,6 +387,9 @@ def validate(cfg: Config) -> None:
     need(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
     need(t.amp in ("none", "bf16", "fp16"), f"train.amp must be one of none, bf16, fp16, got {t.amp!r}")
     need(t.nonfinite in ("stop", "skip"), f"train.nonfinite must be stop or skip, got {t.nonfinite!r}")
+    bad = [p for p in t.checkpoint_activations if p not in CHECKPOINT_PARTS]
+    need(not bad, f"train.checkpoint_activations: unknown part(s) {', '.join(map(repr, bad))}; "
+                  f"choose from {', '.join(CHECKPOINT_PARTS)}")
     need(0.0 < t.ema_decay < 1.0, f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
     need(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
     need(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")

@@ -1,13 +1,24 @@
-"""Drawing detections onto images (for ``predict``, the demo and the experiment trackers)."""
+"""Drawing detections and ground truth onto images (predict, the evaluation report, the demo, the experiment trackers).
+
+Labels use a TrueType font scaled to the image (DejaVu Sans, shipped with matplotlib), on a filled
+background, so they stay readable on a 64 px thumbnail and on a 6000 px aerial image alike; images
+smaller than ``MIN_DRAWN_SIDE`` are enlarged by a whole factor before drawing.
+"""
 
 from __future__ import annotations
 
 import colorsys
+from functools import lru_cache
 
 import torch
 from PIL import Image
 from torch import Tensor
+from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, make_grid
+
+MIN_DRAWN_SIDE = 480
+GT_COLOUR = (0, 200, 0)
+PRED_COLOUR = (230, 30, 30)
 
 
 def class_colour(label: int) -> tuple[int, int, int]:
@@ -16,14 +27,63 @@ def class_colour(label: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_detections(image: Tensor, boxes: Tensor, labels: Tensor, scores: Tensor, names: list[str]) -> Tensor:
-    """``image`` uint8 (3, H, W); boxes xyxy in its pixels. Returns a new uint8 image."""
+@lru_cache(maxsize=1)
+def label_font() -> str | None:
+    try:
+        from matplotlib import font_manager
+
+        return font_manager.findfont("DejaVu Sans", fallback_to_default=True)
+    except Exception:  # no usable font: torchvision falls back to PIL's small bitmap font
+        return None
+
+
+def enlarge_small(image: Tensor, min_side: int = MIN_DRAWN_SIDE) -> tuple[Tensor, int]:
+    """Enlarge (nearest neighbour, whole factor) so that the long side is at least ``min_side``."""
+    factor = max(1, -(-min_side // max(image.shape[-2:])))
+    if factor == 1:
+        return image, 1
+    h, w = image.shape[-2:]
+    return F.resize(image, [h * factor, w * factor], interpolation=F.InterpolationMode.NEAREST_EXACT), factor
+
+
+def draw_boxes(image: Tensor, boxes: Tensor, texts: list[str], colours: list[tuple[int, int, int]]) -> Tensor:
+    """``image`` uint8 (3, H, W); boxes xyxy in its pixels. Returns a new uint8 image of the same size."""
     if len(boxes) == 0:
         return image.clone()
+    side = max(image.shape[-2:])
+    font = label_font()
+    return draw_bounding_boxes(image, boxes.float().reshape(-1, 4), labels=texts, colors=colours,
+                               width=max(1, round(side / 300)), font=font,
+                               font_size=max(10, round(side / 45)) if font else None,
+                               label_colors="white", fill_labels=True)
+
+
+def draw_detections(image: Tensor, boxes: Tensor, labels: Tensor, scores: Tensor, names: list[str],
+                    colour: tuple[int, int, int] | None = None) -> Tensor:
+    """Boxes with "name score" labels, one colour per class (or ``colour`` for all)."""
     text = [f"{names[int(l)] if int(l) < len(names) else int(l)} {float(s):.2f}" for l, s in zip(labels, scores)]
-    colours = [class_colour(int(l)) for l in labels]
-    width = max(1, round(min(image.shape[-2:]) / 200))
-    return draw_bounding_boxes(image, boxes.float(), labels=text, colors=colours, width=width)
+    colours = [colour or class_colour(int(l)) for l in labels]
+    return draw_boxes(image, boxes, text, colours)
+
+
+def draw_prediction(image: Tensor, boxes: Tensor, labels: Tensor, scores: Tensor, names: list[str],
+                    gt: tuple[Tensor, list[str]] | None = None) -> Tensor:
+    """What ``hdetr predict`` saves: the (enlarged if small) image with its detections, and with
+    ``gt = (boxes, names)`` the ground truth drawn on a second copy beside it."""
+    big, k = enlarge_small(image)
+    drawn = draw_detections(big, boxes * k, labels, scores, names)
+    if gt is None:
+        return drawn
+    gt_boxes, gt_names = gt
+    truth = draw_boxes(big, gt_boxes * k, [f"GT {n}" for n in gt_names], [GT_COLOUR] * len(gt_names))
+    return grid([drawn, truth], columns=2, pad=max(4, big.shape[-1] // 100))
+
+
+def draw_errors(image: Tensor, pred: tuple[Tensor, list[str]], gt: tuple[Tensor, list[str]]) -> Tensor:
+    """Predictions (red) and ground truth (green) on one image, for the report's gallery."""
+    big, k = enlarge_small(image, 320)
+    out = draw_boxes(big, gt[0] * k, gt[1], [GT_COLOUR] * len(gt[1]))
+    return draw_boxes(out, pred[0] * k, pred[1], [PRED_COLOUR] * len(pred[1]))
 
 
 def to_pil(image: Tensor) -> Image.Image:

@@ -41,7 +41,7 @@ def test_synth_writes_roboflow_layout(workspace):
 def test_run_folder(trained):
     run, after_first = trained
     for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "model/model.safetensors",
-                 "model/config.yaml"):
+                 "model/config.yaml", "report/report.md", "report/pr_curves.png", "report/confusion_matrix.png"):
         assert (run / name).exists(), name
     assert after_first["step"] == 4 and after_first["epoch"] == 1  # the epoch finished
     last = load_state(run / "last.pt")
@@ -79,6 +79,38 @@ def test_eval_verb_writes_metrics_json(trained, workspace, capsys):
     assert "AP50" in printed and "IoU=0.50:0.95" in printed
 
 
+def test_eval_out_folder_writes_the_report(trained, workspace, capsys):
+    run, _ = trained
+    out = workspace / "eval_report"
+    assert main(["eval", str(run / "model"), str(workspace / "data"), "--out", str(out), "--workers", "0",
+                 "--no-progress", "--conf", "0.0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"] == metrics and list(metrics) == list(COCO_METRIC_KEYS)
+    assert [r["name"] for r in report["per_class"]] == ["circle", "square", "triangle", "cross"]
+    # Every ground-truth object lands in one row of the confusion matrix.
+    gt = json.loads((workspace / "data" / "valid" / "_annotations.coco.json").read_text())
+    assert sum(map(sum, report["confusion_matrix"]["counts"][:4])) == len(gt["annotations"])
+    for name in ("per_class.csv", "pr_curves.png", "confusion_matrix.png", "gallery_false.png", "report.md"):
+        assert (out / name).exists(), name
+    assert "report.md" in capsys.readouterr().out
+    # The end of training wrote the same report for its best model.
+    assert json.loads((run / "report" / "report.json").read_text())["metrics"] == pytest.approx(
+        load_state(run / "best.pt")["metrics"])
+
+
+def test_eval_tiled(trained, workspace):
+    """Tiles as large as the image and no whole-image pass: the plain evaluation's numbers."""
+    run, _ = trained
+    plain, tiled = workspace / "plain.json", workspace / "tiled.json"
+    common = ["eval", str(run / "model"), str(workspace / "data"), "--workers", "0", "--no-progress"]
+    assert main([*common, "--out", str(plain)]) == 0
+    assert main([*common, "--out", str(tiled), "--tile", "64", "--no-full-image"]) == 0
+    assert json.loads(tiled.read_text()) == pytest.approx(json.loads(plain.read_text()), abs=1e-6)
+    assert main([*common, "--out", str(workspace / "tiled32.json"), "--tile", "32"]) == 0
+    assert json.loads((workspace / "tiled32.json").read_text()) != json.loads(plain.read_text())
+
+
 def test_eval_of_best_pt_reproduces_training_metrics(trained, workspace):
     run, _ = trained
     out = workspace / "best_metrics.json"
@@ -107,7 +139,8 @@ def test_predict_verb_outputs(trained, workspace):
     drawn = sorted(p.name for p in out.glob("*.jpg"))
     assert len(drawn) == len(images) + 1
     with Image.open(out / images[1].name) as im, Image.open(images[1]) as orig:
-        assert im.size == orig.size
+        # Small images are drawn enlarged by a whole factor, so that labels stay readable.
+        assert im.size == (orig.size[0] * 8, orig.size[1] * 8)
 
 
 def test_predict_threshold_filters(trained, workspace):

@@ -26,6 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..threads import add_threads_argument
 from .machine import cpu_model, usable_cpus
 
 TARGETS = {  # fast path, full size (docs/performance.md)
@@ -41,7 +42,7 @@ FEATURE_STRIDES = (8, 16, 32)
 
 def add_arguments(p) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed repetitions per measurement (default 3, --quick 1)")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    add_threads_argument(p, default=2)
     p.add_argument("--impl", choices=["fast", "reference", "both"], default="fast",
                    help="computation path (model.attention_impl); 'both' times them side by side")
     p.add_argument("--quick", action="store_true", help="smoke run: 384x512 image, 1 repeat, no warm-up")
@@ -53,7 +54,16 @@ def add_arguments(p) -> None:
                    choices=["hybrid", "baseline", "matcher", "eval", "attention"], help="run only these measurements")
     p.add_argument("--profile", type=Path, default=None,
                    help="also profile one hybrid training step per impl (torch.profiler) and write the op tables here")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"), help="JSON results file")
+    p.add_argument("--official", type=Path, default=None, metavar="PATH",
+                   help="also run the official code from this checkout of HDETR/H-Deformable-DETR, side by side "
+                        "(same weights and inputs, interleaved); measures hybrid, baseline, eval")
+    p.add_argument("--checkpoint-activations", nargs="+", default=None, choices=["encoder", "decoder", "backbone"],
+                   help="activation checkpointing of these parts of hdetr's models (train.checkpoint_activations)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu); on CUDA the peak memory of each step is recorded")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none",
+                   help="bf16: forward and loss under CUDA bf16 autocast (the training steps; --device cuda only)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON results file (default benchmarks/results/speed.json; with --official speed_official.json)")
 
 
 # -- machine --------------------------------------------------------------------------------------
@@ -82,13 +92,21 @@ def machine_info() -> dict:
 
 # -- setup ----------------------------------------------------------------------------------------
 class Timer:
-    """Wall and process-CPU time of a block (CPU time shows how much the machine was shared)."""
+    """Wall and process-CPU time of a block (CPU time shows how much the machine was shared).
+    ``sync`` (e.g. ``torch.cuda.synchronize``) runs at both ends, so that GPU work is inside."""
+
+    def __init__(self, sync=None):
+        self.sync = sync
 
     def __enter__(self):
+        if self.sync:
+            self.sync()
         self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
+        if self.sync:
+            self.sync()
         self.wall = time.perf_counter() - self.wall0
         self.cpu = time.process_time() - self.cpu0
 
@@ -109,8 +127,10 @@ def synthetic_inputs(image_size, boxes: int, real_backbone: bool, seed: int = 0)
     return image, mask, features, targets
 
 
-def build(preset: str, impl: str, real_backbone: bool):
+def build(preset: str, impl: str, real_backbone: bool, checkpoint_activations=None):
     import torch
+
+    from ..models.checkpointing import apply_activation_checkpointing
 
     from ..config import load_config
     from ..hybrid import matching_plan
@@ -123,6 +143,8 @@ def build(preset: str, impl: str, real_backbone: bool):
     cfg = load_config(preset, overrides)
     torch.manual_seed(0)
     model = build_model(cfg)
+    if checkpoint_activations:
+        apply_activation_checkpointing(model, checkpoint_activations)
     criterion = SetCriterion(cfg.model.num_classes, cfg.loss)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -134,6 +156,33 @@ def _record(results: dict, impl: str, name: str, t: Timer) -> None:
     entry = results.setdefault(impl, {}).setdefault(name, {"wall_s": [], "cpu_s": []})
     entry["wall_s"].append(t.wall)
     entry["cpu_s"].append(t.cpu)
+
+
+def _autocast(args):
+    """bf16 autocast on CUDA with --amp bf16 (forward and loss, as training does), else nothing."""
+    import contextlib
+
+    import torch
+
+    if args.amp == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _reset_peak_memory(args) -> None:
+    if args.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _record_peak_memory(results: dict, impl: str, name: str, args) -> None:
+    """Peak CUDA memory allocated during the step (the CPU's peak is measured per process: bench memory)."""
+    if args.device.startswith("cuda"):
+        import torch
+
+        entry = results.setdefault(impl, {}).setdefault(name, {"wall_s": [], "cpu_s": []})
+        entry.setdefault("peak_memory_bytes", []).append(torch.cuda.max_memory_allocated())
 
 
 def _schedule(impls, repeats: int, warmup: int):
@@ -150,8 +199,8 @@ def measure_train(models: list[tuple[str, str]], impls, inputs, args, results: d
     image, mask, features, targets = inputs
     built = {}
     for preset, tag in models:
-        cfg, model, criterion, optimizer, plan = build(preset, impls[0], args.real_backbone)
-        model.train()
+        cfg, model, criterion, optimizer, plan = build(preset, impls[0], args.real_backbone, args.checkpoint_activations)
+        model.to(args.device).train()
         built[tag] = (cfg, model, criterion, optimizer, plan, [p for p in model.parameters() if p.requires_grad])
     pairs = [(tag, impl) for tag in built for impl in impls]
     for rep, pair_order in _schedule_pairs(pairs, args.repeats, warmup):
@@ -159,18 +208,20 @@ def measure_train(models: list[tuple[str, str]], impls, inputs, args, results: d
             cfg, model, criterion, optimizer, plan, params = built[tag]
             model.set_attention_impl(impl)
             optimizer.zero_grad(set_to_none=True)
-            with Timer() as t_fwd:
+            _reset_peak_memory(args)
+            with Timer(args.sync) as t_fwd, _autocast(args):
                 out = model(image, mask, features=features)
-            with Timer() as t_loss:
+            with Timer(args.sync) as t_loss, _autocast(args):
                 losses = criterion(out, targets, plan)
                 total = criterion.total(losses)
-            with Timer() as t_bwd:
+            with Timer(args.sync) as t_bwd:
                 total.backward()
+            _record_peak_memory(results, impl, f"{tag}.train_step", args)
             if rep is None:
                 # Warm-ups skip the optimizer step, so every impl's warm-up sees the same weights.
                 checks.setdefault(f"{tag}.loss_total", {})[impl] = float(total.detach())
                 continue
-            with Timer() as t_opt:
+            with Timer(args.sync) as t_opt:
                 torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_max_norm)
                 optimizer.step()
             step = Timer()
@@ -196,7 +247,7 @@ def measure_matcher(impls, inputs, args, results: dict, warmup: int) -> None:
 
     image, mask, features, targets = inputs
     cfg, model, criterion, _, plan = build(HYBRID_PRESET, impls[0], args.real_backbone)
-    model.train()
+    model.to(args.device).train()
     with torch.no_grad():
         out = model(image, mask, features=features)
     main = out["aux_outputs"] + [{"pred_logits": out["pred_logits"], "pred_boxes": out["pred_boxes"]}]
@@ -208,7 +259,7 @@ def measure_matcher(impls, inputs, args, results: dict, warmup: int) -> None:
         calls.append((out["enc_outputs"], repeat_targets(binary_targets(targets), plan.enc_repeats)))
     calls += [(o, repeat_targets(targets, plan.branch_repeats)) for o in extra]
     for rep, impl in _schedule(impls, args.repeats, warmup):
-        with Timer() as t:
+        with Timer(args.sync) as t:
             for o, tg in calls:
                 criterion.matcher(o, tg)
         if rep is not None:
@@ -220,11 +271,11 @@ def measure_eval(impls, inputs, args, results: dict, checks: dict, warmup: int) 
 
     image, mask, features, _ = inputs
     _, model, _, _, _ = build(HYBRID_PRESET, impls[0], args.real_backbone)
-    model.eval()
+    model.to(args.device).eval()
     outs = {}
     for rep, impl in _schedule(impls, args.repeats, warmup):
         model.set_attention_impl(impl)
-        with torch.no_grad(), Timer() as t:
+        with torch.no_grad(), _autocast(args), Timer(args.sync) as t:
             out = model(image, mask, features=features)
         outs[impl] = out
         if rep is not None:
@@ -392,12 +443,22 @@ def run_speed(args) -> int:
 
     from ..errors import UserError
 
-    if args.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.repeats is not None and args.repeats < 1:
         raise UserError(f"--repeats must be >= 1, got {args.repeats}")
     if args.boxes < 0:
         raise UserError(f"--boxes must be >= 0, got {args.boxes}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA device here")
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        raise UserError(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    if args.amp != "none" and not args.device.startswith("cuda"):
+        raise UserError("--amp bf16 needs --device cuda")
+    if args.official is not None and args.impl != "fast":
+        raise UserError("--official compares the official code with hdetr's fast path; drop --impl")
+    if args.official is not None and args.real_backbone:
+        raise UserError("--official runs both on precomputed backbone features; drop --real-backbone")
+    args.sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
+    args.out = args.out or Path("benchmarks/results/speed_official.json" if args.official else "benchmarks/results/speed.json")
     torch.set_num_threads(args.threads)
     args.repeats = args.repeats or (1 if args.quick else 3)
     image_size = tuple(args.image_size or ((384, 512) if args.quick else (800, 1066)))
@@ -410,6 +471,12 @@ def run_speed(args) -> int:
     impls = ["fast", "reference"] if args.impl == "both" else [args.impl]
     only = set(args.only or ["hybrid", "baseline", "matcher", "eval", "attention"])
     inputs = synthetic_inputs(image_size, args.boxes, args.real_backbone)
+    if args.official is not None:
+        return run_side_by_side(args, inputs, image_size, warmup)
+    image, mask, features, targets = inputs
+    inputs = (None if image is None else image.to(args.device), mask.to(args.device),
+              None if features is None else [f.to(args.device) for f in features],
+              [{k: v.to(args.device) for k, v in t.items()} for t in targets])
 
     machine = machine_info()
     setup = "ResNet-50 backbone on the image" if args.real_backbone else "precomputed backbone features"
@@ -455,7 +522,8 @@ def run_speed(args) -> int:
             "presets": {"hybrid": HYBRID_PRESET, "baseline": BASELINE_PRESET},
             "backbone": "resnet50 (random init)" if args.real_backbone else "precomputed features",
             "image_size": list(image_size), "boxes": args.boxes, "threads": args.threads, "repeats": args.repeats,
-            "warmup": warmup, "impls": impls, "quick": args.quick,
+            "warmup": warmup, "impls": impls, "quick": args.quick, "device": args.device, "amp": args.amp,
+            "checkpoint_activations": args.checkpoint_activations,
             "train_step": "forward + loss (matching included) + backward; optimizer_step (clip + AdamW) reported apart",
         },
         "results": summary,
@@ -471,3 +539,55 @@ def run_speed(args) -> int:
 
 
 run = run_speed
+
+
+def run_side_by_side(args, inputs, image_size, warmup: int) -> int:
+    """--official PATH: the official code against hdetr's fast path (hdetr.bench.side_by_side)."""
+    from ..errors import UserError
+    from .official import OfficialCodeError
+    from .side_by_side import measure_side_by_side, ratios
+
+    machine = machine_info()
+    header = (f"hdetr bench speed --official: R50 H-DETR ({HYBRID_PRESET} / {BASELINE_PRESET}) against the official "
+              f"code, precomputed backbone features, one {image_size[0]}x{image_size[1]} image, {args.boxes} boxes, "
+              f"{args.threads} threads, {args.device}, median of {args.repeats}\n{machine['cpu']}, "
+              f"{machine['usable_cores']} usable cores, torch {machine['torch']}, load {machine['load_average_at_start']}")
+    print(header, flush=True)
+    results, checks = {"official": {}, "fast": {}}, {}
+    started = time.perf_counter()
+    try:
+        official = measure_side_by_side(args, inputs, image_size, results, checks, warmup, args.sync)
+    except OfficialCodeError as e:
+        raise UserError(str(e)) from None
+    summary = summarise(results)
+    rat = ratios(summary)
+    print()
+    print(f"official code: {official['path']} ({official['attention']}; stubbed: {', '.join(official['stubbed_modules']) or 'none'})")
+    print(f"{'median seconds (wall / CPU)':36s}{'official':>18s}{'hdetr fast':>18s}{'ratio':>14s}")
+    for key in ("hybrid.train_step", "baseline.train_step", "eval.forward"):
+        if key in rat:
+            o, f = summary["official"][key], summary["fast"][key]
+            print(f"{key:36s}{o['median_s']:8.2f} / {o['median_cpu_s']:6.2f}  {f['median_s']:8.2f} / {f['median_cpu_s']:6.2f}"
+                  f"   x{rat[key]['wall']:.2f} / x{rat[key]['cpu']:.2f}")
+    for key, value in checks.items():
+        print(f"check {key}: {value}")
+    machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    report = {
+        "benchmark": "speed_official",
+        "machine": machine,
+        "official": official,
+        "settings": {
+            "presets": {"hybrid": HYBRID_PRESET, "baseline": BASELINE_PRESET}, "backbone": "precomputed features",
+            "image_size": list(image_size), "boxes": args.boxes, "threads": args.threads, "repeats": args.repeats,
+            "warmup": warmup, "device": args.device, "checkpoint_activations": args.checkpoint_activations,
+            "train_step": "forward + loss (matching included) + backward",
+        },
+        "results": summary,
+        "ratios_hdetr_over_official": rat,
+        "checks": checks,
+        "elapsed_s": time.perf_counter() - started,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0

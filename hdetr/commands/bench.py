@@ -1,4 +1,4 @@
-"""Benchmarks: hdetr bench speed | ablation | export | serve | backbones | finetune.
+"""Benchmarks: hdetr bench speed | ablation | export | serve | memory | backbones | finetune.
 
 Every subcommand is a module in ``hdetr.bench`` with ``add_arguments(parser)`` and ``run(args) -> int``,
 listed in SUBCOMMANDS.
@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "ablation": "ablation",
     "export": "export",
     "serve": "serve",
+    "memory": "memory",
     "backbones": "backbones",
     "finetune": "finetune",
 }

@@ -11,10 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checkpoint import load_weights, save_model
-from ..config import ConfigError, build_config
-from ..errors import UserError
-
 
 def add_arguments(p):
     p.add_argument("official", type=Path, help="official checkpoint (.pth), run folder or last.pt / best.pt")
@@ -24,6 +20,9 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from ..checkpoint import load_weights, save_model
+    from ..config import ConfigError, build_config
+    from ..errors import UserError
     from ..models import WeightsMismatchError, build_model_with_weights
 
     loaded = load_weights(args.official)

@@ -14,6 +14,8 @@ import shutil
 import time
 from pathlib import Path
 
+from ..threads import add_threads_argument
+
 PRESET = "synthetic_small"
 DEMO_TRAIN_IMAGES = 600
 DEMO_VAL_IMAGES = 100
@@ -27,6 +29,7 @@ def add_arguments(p):
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
+    add_threads_argument(p, extra=" (CPU default: the cores the load average leaves free)")
 
 
 def pick_threads() -> int:
@@ -77,7 +80,7 @@ def run(args) -> int:
     start = time.perf_counter()
     out = args.out
     if args.device in (None, "cpu") and not torch.cuda.is_available():
-        threads = pick_threads()
+        threads = args.threads or pick_threads()
         torch.set_num_threads(threads)
         print(f"CPU training with {threads} thread(s) ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
     data = ensure_dataset(out / "data")

@@ -1,58 +1,123 @@
-"""Evaluate a detector on a dataset: hdetr eval CHECKPOINT DATA [--split val] [--out metrics.json].
+"""Evaluate a detector on a dataset: hdetr eval CHECKPOINT DATA [--split val] [--out DIR | --out metrics.json].
 
 CHECKPOINT is a model folder (from training or hdetr convert), a training run folder, last.pt /
 best.pt, or an official .pth. DATA is a dataset folder (COCO, Roboflow or LVIS layout) or an
 annotation .json with its images beside it. Only the one-to-one queries run, as at deployment.
-Prints the COCO metrics (LVIS metrics for LVIS annotations) and writes them as JSON.
+Prints the COCO metrics (LVIS metrics for LVIS annotations). ``--out FILE.json`` writes them as JSON;
+``--out DIR`` writes DIR/metrics.json and the evaluation report (per-class table, precision-recall
+curves, confusion matrix, AP by object size, galleries of the worst images; see hdetr.engine.report).
+``--tile`` evaluates sliced inference (one process).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+
+from ..threads import add_threads_argument, apply_threads
+from .predict import add_tile_arguments, tile_options
 
 
 def add_arguments(p):
     p.add_argument("checkpoint", type=Path, help="model folder, run folder, .pt or official .pth")
     p.add_argument("data", help="dataset folder or annotations .json")
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    p.add_argument("--out", type=Path, default=None, help="write the metrics as JSON here")
+    p.add_argument("--out", type=Path, default=None,
+                   help="a .json file for the metrics, or a folder for the metrics and the report")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--conf", type=float, default=0.3,
+                   help="report: score threshold of the confusion matrix and the galleries (default: 0.3)")
+    add_tile_arguments(p)
     p.add_argument("--no-progress", action="store_true")
+    add_threads_argument(p)
+
+
+def eval_config(cfg, imgsz: int | None):
+    """The model's config with the evaluation size of ``--imgsz`` (a copy; the long-side cap scales along)."""
+    if imgsz is None:
+        return cfg
+    d = cfg.data
+    max_size = None if d.max_size is None else round(d.max_size * imgsz / d.val_scale)
+    return replace(cfg, data=replace(d, val_scale=imgsz, max_size=max_size))
+
+
+def tiled_detections(loaded, split, cmap, device, options: dict, progress) -> list[dict]:
+    """Sliced inference over the split, image by image, through ``Detector`` (the path of hdetr predict)."""
+    from tqdm import tqdm
+
+    from ..api import Detector, default_class_names
+    from ..checkpoint import build_detector_model
+
+    names = default_class_names(loaded.cfg, loaded.class_names, cmap)
+    detector = Detector(build_detector_model(loaded, device), loaded.cfg, names, cmap, device)
+    dets = []
+    for image_id in tqdm(split.dataset.ids, desc="eval (tiled)", leave=False, disable=None if progress is None else not progress):
+        found = detector.predict(split.dataset.load_image(image_id), threshold=0.0, **options)
+        dets += [{k: v for k, v in d.items() if k != "category_name"} for d in detector.coco_results(found, image_id)]
+    return dets
 
 
 def run(args) -> int:
     from ..checkpoint import atomic_write
     from ..engine import distributed
     from ..engine.evaluate import format_metrics_table
-    from ..engine.inference import evaluate
+    from ..engine.inference import gather_detections, score_detections
     from ..engine.loaders import eval_loader, load_split
     from ..checkpoint import build_detector_model, load_weights
+    from ..engine.report import write_report
     from ..errors import UserError
 
+    apply_threads(args.threads)
+    options = tile_options(args)
+    if not 0.0 <= args.conf <= 1.0:
+        raise UserError(f"--conf must be in [0, 1], got {args.conf}")
+    report_dir = args.out if args.out is not None and args.out.suffix.lower() != ".json" else None
+    if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
+        raise UserError(f"--out {report_dir}: exists and is not a folder (give a .json file or a folder)")
     loaded = load_weights(args.checkpoint)
     info, device = distributed.init_distributed(args.device)
+    progress = False if args.no_progress else None
     try:
-        split = load_split(args.data, args.split, loaded.cfg, train=False)
+        split = load_split(args.data, args.split, eval_config(loaded.cfg, options["imgsz"]), train=False)
         cmap = loaded.category_map or split.dataset.category_map
         if cmap.num_classes != loaded.cfg.model.num_classes:
             raise UserError(
                 f"{args.checkpoint} predicts {loaded.cfg.model.num_classes} classes but {split.ann_file} "
                 f"has {cmap.num_classes}: this model was not trained on these categories"
             )
-        model = build_detector_model(loaded, device)
-        loader = eval_loader(split.dataset, args.batch_size, args.workers, info)
-        metrics = evaluate(model, split, loader, cmap, device, loaded.cfg.model.topk,
-                           progress=False if args.no_progress else None)
+        if "tile" in options:
+            if info.world_size > 1:
+                raise UserError("--tile evaluates in one process; run it without torchrun")
+            dets = tiled_detections(loaded, split, cmap, device, options, progress)
+        else:
+            model = build_detector_model(loaded, device)
+            loader = eval_loader(split.dataset, args.batch_size, args.workers, info)
+            dets = gather_detections(model, loader, cmap, device, loaded.cfg.model.topk, progress=progress)
     finally:
         distributed.cleanup()
     if not info.is_main:
         return 0
     print(f"{args.checkpoint} on {split.ann_file} ({len(split.dataset)} images)")
+    if report_dir is not None and split.is_lvis:
+        print("LVIS annotations: the report (per-class curves, confusion matrix) is written for COCO-style "
+              "evaluation only; writing the metrics")
+    if report_dir is not None and not split.is_lvis:
+        metrics = write_report(split.dataset.coco, dets, report_dir, split.dataset.image_path, conf=args.conf,
+                               title=f"{args.checkpoint} on {split.ann_file}")["metrics"]
+    else:
+        metrics = score_detections(split, dets)
     print(format_metrics_table(metrics))
-    if args.out:
+    if report_dir is not None:
+        if split.is_lvis:
+            report_dir.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(metrics, indent=2) + "\n"
+            atomic_write(report_dir / "metrics.json", lambda p: Path(p).write_text(text))
+        shown = report_dir / ("metrics.json" if split.is_lvis else "report.md")
+        print(f"written to {report_dir} (open {shown})")
+    elif args.out:
         text = json.dumps(metrics, indent=2) + "\n"
         atomic_write(args.out, lambda p: Path(p).write_text(text))
         print(f"metrics written to {args.out}")

@@ -15,14 +15,13 @@ from ..errors import UserError
 
 
 def add_arguments(p):
-    from ..export import DEFAULT_OPSET
-
     p.add_argument("checkpoint", type=Path, help="model folder, run folder, last.pt/best.pt or official .pth")
     p.add_argument("out", type=Path, help="output file, e.g. model.onnx")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
     p.add_argument("--postprocess", action="store_true",
                    help="put the top-k post-processing in the graph (extra input orig_sizes; outputs scores, labels, boxes)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET}, minimum 16)")
+    # The default lives with the exporter (hdetr.export.DEFAULT_OPSET), which imports torch: resolved in run().
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18, minimum 16)")
     p.add_argument("--mask-dtype", default="bool", choices=["bool", "uint8"], help="element type of the mask input")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check after export")
 
@@ -35,13 +34,13 @@ def run(args) -> int:
         raise UserError(f"ONNX export needs the 'export' extra: pip install 'hdetr[export]' ({e})") from None
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
-    from ..export import ExportError, export_checkpoint
+    from ..export import DEFAULT_OPSET, ExportError, export_checkpoint
 
     if args.out.suffix != ".onnx":
         raise UserError(f"{args.out}: the output file should end in .onnx")
     try:
         result = export_checkpoint(args.checkpoint, args.out, format=args.format, postprocess=args.postprocess,
-                                   opset=args.opset, mask_dtype=args.mask_dtype, verify=not args.no_verify)
+                                   opset=DEFAULT_OPSET if args.opset is None else args.opset, mask_dtype=args.mask_dtype, verify=not args.no_verify)
     except (CheckpointError, ConfigError, ExportError) as e:
         raise UserError(str(e)) from None
     kind = "with post-processing" if result.postprocess else "raw outputs"

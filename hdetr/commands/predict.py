@@ -1,13 +1,14 @@
-"""Detect objects in images: hdetr predict CHECKPOINT IMAGES... [--threshold 0.5] [--out DIR] [--backend B].
+"""Detect objects in images and videos: hdetr predict CHECKPOINT INPUTS... [--threshold 0.5] [--out DIR].
 
 ``--backend torch`` (eager PyTorch; CHECKPOINT is a model folder, run folder, .pt or .pth) or
 ``--backend onnxruntime`` (CHECKPOINT is a raw-output ``.onnx`` from ``hdetr export``; CPU only). A
 CHECKPOINT ending in ``.onnx`` selects onnxruntime by itself. Both go through ``hdetr.api.Detector``, so
 the outputs are the same.
 
-IMAGES are files or folders (searched recursively for .jpg/.jpeg/.png/.bmp/.webp). Writes
+INPUTS are image files, folders (searched recursively for .jpg/.jpeg/.png/.bmp/.webp/.tif), video
+files (.mp4, .avi, .mov, .mkv, .webm, ...), a camera index (0) or a stream URL (rtsp://...). Images:
 DIR/detections.json (COCO results format plus file_name and category_name) and a copy of every image
-with its boxes, class names and scores drawn on it.
+with its boxes drawn. Videos: DIR/NAME.mp4 (frames with boxes) and DIR/NAME.jsonl (one line per frame).
 """
 
 from __future__ import annotations
@@ -15,19 +16,57 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..threads import positive_int
+
 BACKENDS = ("torch", "onnxruntime")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def add_arguments(p):
     p.add_argument("checkpoint", type=Path, help="model folder, run folder, .pt or official .pth; or an .onnx file")
-    p.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    p.add_argument("images", nargs="+", metavar="INPUTS",
+                   help="image files or folders, video files, a camera index or a stream URL")
     p.add_argument("--threshold", type=float, default=0.5, help="minimum score (default: 0.5)")
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu; torch backend only)")
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="torch or onnxruntime (default: onnxruntime for a .onnx CHECKPOINT, else torch)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="intra-op CPU threads of torch or onnxruntime (default: the backend's own)")
+    p.add_argument("--imgsz", type=int, default=None,
+                   help="inference short side in pixels (default: the model's data.val_scale)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images (or video frames) per network call, padded together (default: 1)")
+    add_tile_arguments(p)
+    p.add_argument("--show-gt", type=Path, default=None, metavar="ANNOTATIONS",
+                   help="COCO annotation file: draw each image's ground truth beside its predictions")
+    p.add_argument("--max-frames", type=int, default=None, help="stop a video or stream after this many frames")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_tile_arguments(p):
+    p.add_argument("--tile", type=int, default=None,
+                   help="sliced inference: run on overlapping TILE x TILE windows and merge (large images)")
+    p.add_argument("--overlap", type=float, default=0.2, help="fraction of a tile shared with its neighbour (0.2)")
+    p.add_argument("--no-full-image", action="store_true",
+                   help="with --tile: do not also run the whole (downscaled) image")
+
+
+def tile_options(args) -> dict:
+    """Detector.predict keyword arguments of the tiling and size options, checked."""
+    from ..errors import UserError
+
+    if args.tile is not None and args.tile < 16:
+        raise UserError(f"--tile must be at least 16 pixels, got {args.tile}")
+    if not 0.0 <= args.overlap < 1.0:
+        raise UserError(f"--overlap must be in [0, 1), got {args.overlap}")
+    imgsz = getattr(args, "imgsz", None)
+    if imgsz is not None and imgsz < 16:
+        raise UserError(f"--imgsz must be at least 16 pixels, got {imgsz}")
+    opts = {"imgsz": imgsz}
+    if args.tile is not None:
+        opts.update(tile=args.tile, overlap=args.overlap, full_image=not args.no_full_image)
+    return opts
 
 
 def find_images(paths: list[Path]) -> list[Path]:
@@ -41,21 +80,15 @@ def find_images(paths: list[Path]) -> list[Path]:
             found.append(p)
         else:
             raise UserError(f"{p}: no such file or folder")
-    if not found:
+    if not found and paths:
         raise UserError(f"no images found in {', '.join(map(str, paths))}")
     return found
 
 
-def run(args) -> int:
-    from PIL import UnidentifiedImageError
-
-    from ..api import Detector, as_uint8_image
-    from ..checkpoint import atomic_write
-    from ..draw import draw_detections, to_pil
+def load_detector(args):
+    from ..api import Detector
     from ..errors import UserError
 
-    if not 0.0 <= args.threshold <= 1.0:
-        raise UserError(f"--threshold must be in [0, 1], got {args.threshold}")
     is_onnx = args.checkpoint.suffix.lower() == ".onnx"
     backend = args.backend or ("onnxruntime" if is_onnx else "torch")
     if backend == "onnxruntime":
@@ -65,39 +98,104 @@ def run(args) -> int:
             raise UserError("--backend onnxruntime runs on the CPU only; drop --device")
     elif is_onnx:
         raise UserError(f"{args.checkpoint} is an ONNX graph: use --backend onnxruntime (or leave --backend out)")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {args.threads}")
-    images = find_images(args.images)
     if backend == "onnxruntime":
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
             raise UserError("--backend onnxruntime needs onnxruntime: pip install 'hdetr[export]'") from None
-        detector = Detector.from_onnx(args.checkpoint, threads=args.threads)
-    else:
-        detector = Detector.from_checkpoint(args.checkpoint, device=args.device)
+        return Detector.from_onnx(args.checkpoint, threads=args.threads)
+    from ..threads import apply_threads
+
+    apply_threads(args.threads)
+    return Detector.from_checkpoint(args.checkpoint, device=args.device)
+
+
+def load_ground_truth(path: Path) -> dict[str, tuple]:
+    """File name (and base name) -> (xyxy boxes, class names) from a COCO annotation file."""
+    import torch
+
+    from ..errors import UserError
+
+    try:
+        doc = json.loads(path.read_text())
+        names = {c["id"]: c["name"] for c in doc["categories"]}
+        by_image = {im["id"]: (im["file_name"], [], []) for im in doc["images"]}
+        for a in doc["annotations"]:
+            x, y, w, h = a["bbox"]
+            by_image[a["image_id"]][1].append([x, y, x + w, y + h])
+            by_image[a["image_id"]][2].append(names.get(a["category_id"], str(a["category_id"])))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a readable COCO annotation file ({type(e).__name__}: {e})") from None
+    out = {}
+    for file_name, boxes, labels in by_image.values():
+        entry = (torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), labels)
+        out[file_name] = entry
+        out.setdefault(Path(file_name).name, entry)
+    return out
+
+
+def explain_empty(path, threshold: float, det) -> str:
+    if not det.best_below:
+        return f"{path}: no detection (the model returned no scores)"
+    best = ", ".join(f"{name} {score:.3f}" for name, score in det.best_below)
+    return f"{path}: nothing scored >= {threshold}; highest scores: {best} (lower --threshold to keep them)"
+
+
+def run(args) -> int:
+    from PIL import UnidentifiedImageError
+
+    from ..api import as_uint8_image
+    from ..checkpoint import atomic_write
+    from ..draw import draw_prediction, to_pil
+    from ..errors import UserError
+    from ..video import is_video, predict_video
+
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UserError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    options = tile_options(args)
+    videos = [s for s in args.images if is_video(s)]
+    images = find_images([Path(s) for s in args.images if s not in videos])
+    gt = load_ground_truth(args.show_gt) if args.show_gt else None
+    detector = load_detector(args)
+    if args.out.is_dir() and any(p.parent.resolve() == args.out.resolve() for p in images):
+        raise UserError(f"--out {args.out} holds input images: their drawings would overwrite them")
     args.out.mkdir(parents=True, exist_ok=True)
+    progress = False if args.no_progress else None
+
+    for spec in videos:
+        done = predict_video(detector, spec, args.out, args.threshold, options, args.batch_size, args.max_frames,
+                             progress)
+        print(f"{spec}: {done['frames']} frames in {done['seconds']:.1f} s ({done['fps']:.2f} frames/s) -> "
+              f"{done['video']}, {done['jsonl']}")
+    if not images:
+        return 0
+
     results, used_names = [], set()
-    for image_id, path in enumerate(images, start=1):
+    for start in range(0, len(images), args.batch_size):
+        paths = images[start:start + args.batch_size]
+        batch = []
+        for path in paths:
+            try:
+                batch.append(as_uint8_image(path))
+            except (UnidentifiedImageError, OSError) as e:
+                raise UserError(f"{path}: cannot read the image ({e})") from None
         try:
-            image = as_uint8_image(path)
-        except (UnidentifiedImageError, OSError) as e:
-            raise UserError(f"{path}: cannot read the image ({e})") from None
-        try:
-            det = detector.predict(image, threshold=args.threshold)
+            found = detector.predict_batch(batch, threshold=args.threshold, **options)
         except ValueError as e:  # e.g. an image too small for the exported graph
-            raise UserError(f"{path}: {e}") from None
-        for box, score, label, name in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(),
-                                           det.label_names):
-            x0, y0, x1, y1 = box
-            results.append({"image_id": image_id, "file_name": str(path), "category_id": detector.category_id(label),
-                            "category_name": name, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
-        # Same-named images from different folders must not overwrite each other's drawing.
-        name = path.name if path.name not in used_names else f"{image_id:06d}_{path.name}"
-        used_names.add(name)
-        drawn = draw_detections(image, det.boxes, det.labels, det.scores, detector.class_names)
-        to_pil(drawn).save(args.out / name)
-        print(f"{path}: {len(det)} detection(s)")
+            raise UserError(f"{', '.join(map(str, paths))}: {e}") from None
+        for image_id, (path, image, det) in enumerate(zip(paths, batch, found), start=start + 1):
+            results += [{**d, "file_name": str(path)} for d in detector.coco_results(det, image_id)]
+            # Same-named images from different folders must not overwrite each other's drawing.
+            name = path.name if path.name not in used_names else f"{image_id:06d}_{path.name}"
+            used_names.add(name)
+            truth = None if gt is None else gt.get(str(path)) or gt.get(path.name)
+            if gt is not None and truth is None:
+                print(f"{path}: not in {args.show_gt}, drawn without ground truth")
+            drawn = draw_prediction(image, det.boxes, det.labels, det.scores, detector.class_names, truth)
+            to_pil(drawn).save(args.out / name)
+            print(f"{path}: {len(det)} detection(s)" if len(det) else explain_empty(path, args.threshold, det))
     text = json.dumps(results, indent=1) + "\n"
     atomic_write(args.out / "detections.json", lambda p: Path(p).write_text(text))
     print(f"{len(results)} detections in {len(images)} image(s) -> {args.out / 'detections.json'}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..config import ConfigError, load_config
 from ..errors import UserError
+from ..threads import add_threads_argument, apply_threads
 
 
 def add_arguments(p):
@@ -26,12 +27,14 @@ def add_arguments(p):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    add_threads_argument(p)
 
 
 def run(args) -> int:
     from ..engine import distributed
     from ..engine.train import train
 
+    apply_threads(args.threads)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:

@@ -13,9 +13,14 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-from PIL import Image, ImageDraw
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+# numpy and Pillow are imported where they are used: `hdetr synth --help` reads this module's defaults
+# and should not pay for them.
 
 DEFAULT_NUM_TRAIN = 600
 DEFAULT_NUM_VAL = 100
@@ -74,6 +79,8 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
 
 
 def _shape_mask(kind: str, size: tuple[int, int], cx: float, cy: float, r: float, angle: float) -> Image.Image:
+    from PIL import Image, ImageDraw
+
     mask = Image.new("L", size, 0)
     draw = ImageDraw.Draw(mask)
     if kind == "circle":
@@ -84,6 +91,9 @@ def _shape_mask(kind: str, size: tuple[int, int], cx: float, cy: float, r: float
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    import numpy as np
+    from PIL import Image, ImageDraw
+
     c0 = rng.uniform(40, 215, size=3)
     c1 = np.clip(c0 + rng.uniform(-90, 90, size=3), 0, 255)
     theta = rng.uniform(0, 2 * math.pi)
@@ -111,6 +121,8 @@ def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
 
 
 def _render(rng: np.random.Generator, w: int, h: int, palette: str = "random") -> tuple[Image.Image, list[dict]]:
+    import numpy as np
+
     img = _background(rng, w, h)
     n = 0 if rng.random() < EMPTY_IMAGE_FRACTION else int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
     short = min(w, h)
@@ -160,6 +172,8 @@ def write_synthetic_dataset(
     ``hdetr.data.coco_like``; the palette does not apply to it). Returns a summary dict with per-split
     ``images_dir``, ``ann_file``, ``num_images`` and ``num_annotations``.
     """
+    import numpy as np
+
     if style not in STYLES:
         raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     if style == "coco_like":

@@ -148,6 +148,12 @@ class DetrTransforms:
         return f"{type(self).__name__}({self.pipeline!r})"
 
 
+def eval_transforms(size: int, max_size: int | None) -> DetrTransforms:
+    """The evaluation pipeline (short side ``size``, long side at most ``max_size``): used by ``hdetr eval``
+    through the dataset and by ``Detector`` for single images, so both see the same pixels."""
+    return build_transforms(False, scales=[size], max_size=max_size, crop=None, val_size=size)
+
+
 def build_transforms(
     train: bool,
     scales: Sequence[int] = DEFAULT_SCALES,

@@ -47,7 +47,7 @@ def _quiet(*_args, **_kwargs) -> None:
     pass
 
 
-def _as_coco(gt: COCO | str | os.PathLike | dict) -> COCO:
+def as_coco(gt: COCO | str | os.PathLike | dict) -> COCO:
     if isinstance(gt, COCO):
         return gt
     return COCO(gt if isinstance(gt, dict) else os.fspath(gt), print_function=_quiet)
@@ -82,11 +82,24 @@ def coco_metrics(
     split was run); by default every ground-truth image counts. As in
     pycocotools, a metric whose area range has no ground truth is -1.
     """
-    coco_gt = _as_coco(coco_gt)
-    ev = _run_bbox_eval(coco_gt, detections, image_ids)
+    return metrics_of(coco_evaluation(coco_gt, detections, image_ids))
+
+
+def coco_evaluation(
+    coco_gt: COCO | str | os.PathLike | dict,
+    detections: Sequence[dict],
+    image_ids: Iterable[int] | None = None,
+) -> COCOeval_faster:
+    """The evaluated, accumulated and summarised COCO evaluator: its ``eval['precision']`` (T, R, K, A, M) and
+    ``eval['recall']`` (T, K, A, M) arrays hold the per-class numbers the evaluation report shows."""
+    ev = _run_bbox_eval(as_coco(coco_gt), detections, image_ids)
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
+    return ev
+
+
+def metrics_of(ev: COCOeval_faster) -> dict[str, float]:
     stats = ev.stats_as_dict
     return {key: float(stats[label]) for key, label in zip(COCO_METRIC_KEYS, _FCE_LABELS)}
 
@@ -109,7 +122,7 @@ def lvis_metrics(
     """
     if not _fce_supports_lvis():
         return _lvis_package_metrics(lvis_gt, detections, image_ids, max_dets)
-    coco_gt = _as_coco(lvis_gt)
+    coco_gt = as_coco(lvis_gt)
     ev = _run_bbox_eval(coco_gt, detections, image_ids, lvis_style=True)
     ev.params.maxDets = [max_dets]
     ev.evaluate()
@@ -149,16 +162,19 @@ def detections_to_coco(
     results: Sequence[dict[str, Any]],
     image_ids: Sequence[int],
     category_map,
+    class_names: Sequence[str] | None = None,
 ) -> list[dict]:
-    """Post-processed model outputs -> COCO result dicts.
+    """Post-processed model outputs -> COCO result dicts (the one conversion, for eval and predict).
 
     ``results[i]`` holds ``scores`` (k,), ``labels`` (k,) model class indices and
     ``boxes`` (k,4) absolute XYXY in original-image pixels for ``image_ids[i]``.
-    Labels with no dataset category (the ``N/A`` holes of coco mode) are dropped.
+    Labels with no dataset category (the ``N/A`` holes of coco mode) are dropped. ``category_map``
+    None (a converted official checkpoint) means class index = COCO category id. With ``class_names``
+    every dict also gets ``category_name``.
     """
     if len(results) != len(image_ids):
         raise ValueError(f"{len(results)} results for {len(image_ids)} image ids")
-    to_cat = category_map.index_to_cat_id
+    to_cat = category_map.index_to_cat_id if category_map is not None else None
     out: list[dict] = []
     for res, image_id in zip(results, image_ids):
         boxes = torch.as_tensor(res["boxes"]).detach().to("cpu", torch.float64).reshape(-1, 4)
@@ -166,10 +182,13 @@ def detections_to_coco(
         labels = torch.as_tensor(res["labels"]).detach().to("cpu", torch.int64).reshape(-1)
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
         for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist()):
-            cat_id = to_cat.get(label)
+            cat_id = to_cat.get(label) if to_cat is not None else label
             if cat_id is None:
                 continue
-            out.append({"image_id": int(image_id), "category_id": int(cat_id), "bbox": box, "score": score})
+            d = {"image_id": int(image_id), "category_id": int(cat_id), "bbox": box, "score": score}
+            if class_names is not None:
+                d["category_name"] = class_names[label] if label < len(class_names) else str(label)
+            out.append(d)
     return out
 
 

@@ -43,13 +43,23 @@ def predict_dataset(model: nn.Module, loader, category_map: CategoryMap, device:
     return dets
 
 
-def evaluate(model: nn.Module, split: Split, loader, category_map: CategoryMap, device: torch.device, topk: int,
-             amp: str = "none", progress: bool | None = None) -> dict[str, float] | None:
-    """Metrics on rank 0 (None on the other ranks); every rank runs its share of the images."""
+def gather_detections(model: nn.Module, loader, category_map: CategoryMap, device: torch.device, topk: int,
+                      amp: str = "none", progress: bool | None = None) -> list[dict] | None:
+    """Every rank runs its share of the images; rank 0 gets all COCO result dicts (the others None)."""
     dets = predict_dataset(model, loader, category_map, device, topk, amp, progress)
     gathered = distributed.gather_objects(dets)
     if not distributed.current().is_main:
         return None
-    all_dets = [d for part in gathered for d in part]
+    return [d for part in gathered for d in part]
+
+
+def score_detections(split: Split, detections: list[dict]) -> dict[str, float]:
     score = lvis_metrics if split.is_lvis else coco_metrics
-    return score(split.dataset.coco, all_dets)
+    return score(split.dataset.coco, detections)
+
+
+def evaluate(model: nn.Module, split: Split, loader, category_map: CategoryMap, device: torch.device, topk: int,
+             amp: str = "none", progress: bool | None = None) -> dict[str, float] | None:
+    """Metrics on rank 0 (None on the other ranks); every rank runs its share of the images."""
+    dets = gather_detections(model, loader, category_map, device, topk, amp, progress)
+    return None if dets is None else score_detections(split, dets)

@@ -12,7 +12,7 @@ from ..config import Config
 from ..data.coco import CategoryMap, CocoDetection
 from ..data.layouts import DataSource, has_own_split, resolve_source
 from ..data.collate import collate
-from ..data.transforms import build_transforms
+from ..data.transforms import build_transforms, eval_transforms
 from ..errors import UserError
 from .distributed import DistInfo
 from .sampling import EpochBatches, SeededSamples, worker_init
@@ -64,7 +64,7 @@ def load_split(spec: str, split: str, cfg: Config, train: bool, category_map: Ca
         tf = build_transforms(True, scales=d.train_scales, max_size=d.max_size,
                               crop=crop_for_scales(d.train_scales) if d.crop else None)
     else:
-        tf = build_transforms(False, scales=[d.val_scale], max_size=d.max_size, crop=None, val_size=d.val_scale)
+        tf = eval_transforms(d.val_scale, d.max_size)
     annotations = source.annotations()
     try:
         ds = CocoDetection(source.images_dir, annotations, transforms=tf, category_map=category_map,

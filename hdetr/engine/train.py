@@ -33,6 +33,7 @@ from ..errors import BadImageError, DataError, Interrupted, UserError
 from ..hybrid import matching_plan
 from ..losses import SetCriterion
 from ..models import build_model
+from ..models.checkpointing import apply_activation_checkpointing
 from . import distributed
 from .ema import ModelEMA
 from .evaluate import COCO_METRIC_KEYS, LVIS_METRIC_KEYS
@@ -177,6 +178,8 @@ class Trainer:
         self.model = build_model(cfg).to(self.device)
         # train.init_from (new runs only) and train.freeze, before the optimizer and the EMA copy.
         self.init_report = prepare_model(self.model, cfg, self.cmap.names, init_source)
+        if t.checkpoint_activations:
+            apply_activation_checkpointing(self.model, t.checkpoint_activations)
         seed_everything(t.seed + self.info.rank)
         self.criterion = SetCriterion(cfg.model.num_classes, cfg.loss)
         self.optimizer = build_optimizer(self.model, t)
@@ -722,4 +725,10 @@ def _hms(seconds: float) -> str:
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str | None = None,
           progress: bool | None = None) -> TrainResult:
-    return Trainer(cfg, out_dir, resume=resume, device=device, progress=progress).run()
+    result = Trainer(cfg, out_dir, resume=resume, device=device, progress=progress).run()
+    if result.best_ap is not None and distributed.current().is_main:
+        from .report import report_for_model  # the evaluation report of the best model, next to it
+
+        report_for_model(result.model_dir, val_spec(cfg), "val", Path(out_dir) / "report",
+                         device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return result

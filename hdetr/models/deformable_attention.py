@@ -12,7 +12,9 @@ hand-written: the value gradient is the transposed gather (sort the corner rows,
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -225,8 +227,55 @@ def _per_sample_weight_grad(grad: Tensor, table: Tensor, rows: Tensor, k: int) -
     starts = list(range(0, bags, chunk))
     if len(starts) == 1:
         return run(0)
-    with ThreadPoolExecutor(len(starts)) as pool:
-        return torch.cat(list(pool.map(run, starts)))
+    return torch.cat(list(_worker_pool(len(starts)).map(run, starts)))
+
+
+# One pool of worker threads for the process, kept between calls. Each worker limits its own OpenMP
+# team to one thread: an ATen op in a fresh Python thread otherwise starts a team of
+# torch.get_num_threads() OpenMP threads of its own, so that 2 workers ran 4 compute threads
+# (plus the main team's spinning ones) on the cores meant for 2, and new threads (and teams) were
+# created at every backward call. On a machine that other processes also load, that
+# oversubscription is what multiplied the CPU time of a step.
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, size, pool)
+
+
+def _worker_pool(size: int) -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] < size:  # forked children need their own
+        _POOL = (os.getpid(), size, ThreadPoolExecutor(size, thread_name_prefix="hdetr-msda",
+                                                       initializer=_single_threaded_openmp))
+    return _POOL[2]
+
+
+def _single_threaded_openmp() -> None:
+    # omp_set_num_threads sets the calling thread's own count; torch.set_num_threads would also set
+    # MKL's process-wide count (the main thread's matrix products).
+    # ATen sets each thread's OpenMP count once, lazily, on its first parallel op (or
+    # get_num_threads): let it do so first, then override it for this thread.
+    torch.get_num_threads()
+    lib = _openmp_library()
+    if lib is not None:
+        lib.omp_set_num_threads(1)
+
+
+@functools.cache
+def _openmp_library():
+    """The OpenMP runtime torch is linked against (libgomp / libiomp5 / libomp), if found."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if line.rstrip().endswith(".so") or ".so." in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        name = os.path.basename(path)
+        if name.startswith(("libgomp", "libiomp5", "libomp")):
+            try:
+                return ctypes.CDLL(path)
+            except OSError:
+                return None
+    return None
 
 
 def _ms_deform_attn_xy(value: Tensor, spatial_shapes, locations_xy: Tensor, attention_weights: Tensor) -> Tensor:
