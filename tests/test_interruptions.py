@@ -2,8 +2,8 @@
 checkpoint write), SIGTERM and SIGINT, then --resume, end on the parameters of a run never interrupted.
 
 The training runs as a subprocess of ``hdetr train`` on the CPU (one thread, like the reference run).
-``HDETR_CHECKPOINT_WRITE_DELAY`` holds each checkpoint's temporary file for a while before its rename,
-so that a kill can land while ``.last.pt.*.tmp`` exists.
+For the kills inside a write, the subprocess's checkpoint writer is patched to hold each temporary file
+for a while before its rename, so that a kill can land while ``.last.pt.*.tmp`` exists.
 """
 
 from __future__ import annotations
@@ -33,18 +33,29 @@ SEED = 20261125
 EVENTS = ["kill_in_write", "kill", "term", "kill_in_write", "kill", "int", "kill_in_write"]
 
 
-def _cmd(data: Path, out: Path, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "hdetr.cli", "train", "synthetic_small", *TINY_MODEL, f"data.train={data}",
+# `hdetr` with hdetr.engine.checkpoints.write_checkpoint slowed down by argv[1] seconds.
+SLOW_WRITES = """
+import sys, time
+from hdetr.engine import checkpoints
+write, delay = checkpoints.write_checkpoint, float(sys.argv.pop(1))
+def slow(state, path):
+    write(state, path)
+    time.sleep(delay)
+checkpoints.write_checkpoint = slow
+from hdetr.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _cmd(data: Path, out: Path, resume: bool, write_delay: str | None = None) -> list[str]:
+    launch = ["-c", SLOW_WRITES, write_delay] if write_delay else ["-m", "hdetr.cli"]
+    cmd = [sys.executable, *launch, "train", "synthetic_small", *TINY_MODEL, f"data.train={data}",
            *COMMON, "--out", str(out), "--no-progress", "--device", "cpu"]
     return cmd + (["--resume"] if resume else [])
 
 
-def _env(write_delay: str | None = None) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env.pop("HDETR_CHECKPOINT_WRITE_DELAY", None)
-    if write_delay:
-        env["HDETR_CHECKPOINT_WRITE_DELAY"] = write_delay
-    return env
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
 def _has_checkpoint(out: Path) -> bool:
@@ -78,8 +89,9 @@ def test_killed_and_stopped_runs_resume_bit_exact(synth_data, tmp_path, referenc
         log = tmp_path / f"launch{n}.log"
         resume = _has_checkpoint(out)
         with open(log, "w") as f:
-            proc = subprocess.Popen(_cmd(synth_data, out, resume), env=_env(WRITE_DELAY if event == "kill_in_write"
-                                    else None), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+            delay = WRITE_DELAY if event == "kill_in_write" else None
+            proc = subprocess.Popen(_cmd(synth_data, out, resume, delay), env=_env(), cwd=ROOT, stdout=f,
+                                    stderr=subprocess.STDOUT)
         try:
             training = lambda: " iter " in log.read_text()  # noqa: E731
             if event == "kill_in_write":

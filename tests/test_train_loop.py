@@ -8,7 +8,8 @@ import torch
 from engine_helpers import assert_same_tensors, load_state, tiny_overrides
 from hdetr.config import load_config
 from hdetr.engine.optim import build_optimizer, build_scheduler
-from hdetr.engine.train import NonFiniteLossError, train
+from hdetr.engine.guards import NonFiniteLossError
+from hdetr.engine.train import train
 from hdetr.losses import SetCriterion
 from hdetr.models import build_model
 

@@ -11,7 +11,9 @@ import torch
 from engine_helpers import TINY_MODEL, load_state, tiny_overrides
 from hdetr.cli import main
 from hdetr.config import load_config
-from hdetr.engine.train import NonFiniteLossError, Trainer, grad_verdict, train
+from hdetr.engine.guards import NonFiniteLossError
+from hdetr.engine.step import grad_verdict
+from hdetr.engine.train import Trainer, train
 from hdetr.errors import DataError
 
 BASE = ["train.epochs=1", "train.eval_every=10", "train.save_every=1"]

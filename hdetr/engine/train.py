@@ -5,17 +5,16 @@ Checkpoints are only ever written between steps, so a checkpoint is (epoch, step
 plus every state that decides what happens next: weights, optimizer, scheduler, grad scaler, EMA and
 the random generators of every rank. The data order and augmentation depend on (seed, epoch, index)
 alone (see sampling.py), so a resumed run sees the very batches the uninterrupted run would have.
+
+The Trainer wires the parts together: one optimizer step (step.py), the optimizer and lr schedule
+(optim.py), the checkpoint files (checkpoints.py), what stops or skips a step (guards.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
-import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoint import MODEL_FORMAT, TRAIN_FORMAT, CheckpointError, atomic_write, safe_torch_load, save_model, temp_files
+from ..checkpoint import atomic_write, save_model
 from ..config import Config
 from ..data.coco import CategoryMap
 from ..data.validate import validate_source
@@ -34,36 +33,18 @@ from ..hybrid import matching_plan
 from ..losses import SetCriterion
 from ..models import build_model
 from ..models.checkpointing import apply_activation_checkpointing
-from . import distributed
+from . import checkpoints, distributed, guards
+from .checkpoints import BEST, CHECKPOINT_FORMAT, LAST, MODEL_DIR, MODEL_FORMAT, PATH_SWITCHES
 from .ema import ModelEMA
 from .evaluate import COCO_METRIC_KEYS, LVIS_METRIC_KEYS
-from .inference import autocast_context, evaluate
+from .inference import evaluate
 from .init_from import load_init_source, prepare_model, save_report
 from .init_from import summary as init_summary
 from .loaders import eval_loader, load_split, locate, train_loader, val_spec
 from .optim import build_optimizer, build_scheduler
 from .runlog import PREDICTION_IMAGES, RunLog
 from .sampling import rng_state, seed_everything, set_rng_state
-
-LAST = "last.pt"
-PREV = "prev.pt"  # the checkpoint before last.pt: resume falls back to it when last.pt is damaged
-BEST = "best.pt"
-MODEL_DIR = "model"
-CHECKPOINT_FORMAT = TRAIN_FORMAT
-# Settings that choose how a result is computed, not what: a run may resume under another value (the
-# fast and reference attention paths agree to rounding; tests/test_fast_paths.py).
-PATH_SWITCHES = {("model", "attention_impl")}
-# Test hook: seconds to wait between writing a checkpoint's temporary file and renaming it into place,
-# so that tests can kill the process in the middle of a checkpoint write.
-WRITE_DELAY_ENV = "HDETR_CHECKPOINT_WRITE_DELAY"
-# fp16: a non-finite gradient is an overflow for the grad scaler to handle (skip the step, lower the
-# scale) while the scale is at least this; below it the gradients are non-finite even unscaled: a fault.
-MIN_FP16_SCALE = 1.0
-
-
-class NonFiniteLossError(UserError):
-    pass
-
+from .step import TrainStep
 
 @dataclass
 class TrainResult:
@@ -79,21 +60,6 @@ class TrainResult:
     early_stop: dict | None = None  # set when train.patience ended the run (see Trainer.evaluate)
 
 
-def _float_outputs(obj):
-    """AMP outputs -> fp32, so the losses (focal, GIoU, matching costs) are computed in full precision."""
-    if isinstance(obj, torch.Tensor):
-        return obj.float()
-    if isinstance(obj, dict):
-        return {k: _float_outputs(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_float_outputs(v) for v in obj]
-    return obj
-
-
-def _to_device(targets: list[dict], device) -> list[dict]:
-    return [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-
-
 def _amp_mode(cfg: Config, device: torch.device) -> str:
     if cfg.train.amp == "none":
         return "none"
@@ -103,38 +69,6 @@ def _amp_mode(cfg: Config, device: torch.device) -> str:
     if cfg.train.amp == "bf16" and not torch.cuda.is_bf16_supported():
         raise UserError("train.amp=bf16: this GPU does not support bfloat16; use train.amp=fp16")
     return cfg.train.amp
-
-
-def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    if hasattr(torch.nn.utils, "get_total_norm"):  # what clip_grad_norm_ computes (torch >= 2.6)
-        return torch.nn.utils.get_total_norm(grads, 2.0)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-
-
-def _clip_with_norm(params: list, max_norm: float, total: torch.Tensor) -> None:
-    if hasattr(torch.nn.utils, "clip_grads_with_norm_"):
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-    else:
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
-
-
-def _worker_message(message: str) -> str:
-    """A DataLoader worker's exception arrives with the worker's traceback as its message; keep the
-    original message (its last line) so the user sees the file and the problem only."""
-    if "Original Traceback" not in message:
-        return message
-    last = message.rstrip().splitlines()[-1]
-    return last.split("Error: ", 1)[1] if "Error: " in last else last
-
-
-def grad_verdict(amp: str, finite: bool, scale: float | None) -> str:
-    """What a step's gradients mean: ``ok``; ``overflow`` (fp16 loss scaling overflowed: the grad scaler
-    skips the step and lowers its scale; not a fault); ``fault`` (non-finite gradients: stop or skip)."""
-    if finite:
-        return "ok"
-    if amp == "fp16" and scale is not None and scale >= MIN_FP16_SCALE:
-        return "overflow"
-    return "fault"
 
 
 def _model_meta(cmap: CategoryMap) -> dict:
@@ -192,6 +126,8 @@ class Trainer:
             self.ddp = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        self.step_fn = TrainStep(self.model, self.criterion, self.optimizer, t.clip_max_norm, net=self.ddp,
+                                 scaler=self.scaler, amp=self.amp, device=self.device, info=self.info)
         self.loader, self.sampler = train_loader(self.train_split.dataset, cfg, self.info)
         self.steps_per_epoch = len(self.sampler) // t.grad_accum
         self.val_loader = (
@@ -211,9 +147,10 @@ class Trainer:
         self.evals_since_best = 0  # early stopping (train.patience)
         self.early_stop: dict | None = None
         self.last_saved_step: int | None = None
+        self.signals = guards.StopSignals()  # SIGINT/SIGTERM stop the run at the end of a step
         if resume:
             self._resume()
-        elif (self.out / LAST).exists() or (self.out / PREV).exists():  # checked on every rank: a lone failing rank would hang the rest
+        elif checkpoints.has_run(self.out):  # checked on every rank: a lone failing rank would hang the rest
             raise UserError(f"{self.out} already holds a training run ({LAST}); pass --resume to continue "
                             f"it or choose another --out folder")
         distributed.barrier()
@@ -315,15 +252,7 @@ class Trainer:
         if self.is_main:
             state = self._state()
             state["rng"] = rngs
-            delay = float(os.environ.get(WRITE_DELAY_ENV) or 0)
-
-            def write(p):
-                torch.save(state, p)
-                if delay:
-                    time.sleep(delay)
-
-            # last.pt -> prev.pt, then the new file -> last.pt: two complete checkpoints at all times.
-            atomic_write(self.out / LAST, write, previous=self.out / PREV)
+            checkpoints.save_last(self.out, state)
         self.last_saved_step = self.step
         distributed.barrier()
 
@@ -342,7 +271,7 @@ class Trainer:
             "step": self.step,
             "metrics": self.metrics,
         }
-        atomic_write(self.out / BEST, lambda p: torch.save(state, p))
+        checkpoints.save_best(self.out, state)
         self.export_model()
 
     def export_model(self) -> Path | None:
@@ -351,33 +280,10 @@ class Trainer:
         return save_model(self.out / MODEL_DIR, self.cfg, self._eval_model().state_dict(),
                           class_names=self.cmap.names, extra_meta=_model_meta(self.cmap))
 
-    def _load_resume_checkpoint(self) -> tuple[Path, dict]:
-        """The newest complete checkpoint: last.pt, or prev.pt when last.pt is missing or damaged.
-        Temporary files of a write that was killed are removed, never read."""
-        if self.is_main:
-            for tmp in temp_files(self.out / LAST) + temp_files(self.out / PREV):
-                self.log(f"note: removing {tmp.name}, an unfinished checkpoint write of an interrupted run")
-                tmp.unlink(missing_ok=True)
-        problems = []
-        for path in (self.out / LAST, self.out / PREV):
-            if not path.exists():
-                continue
-            try:
-                ckpt = safe_torch_load(path)
-            except CheckpointError as e:
-                problems.append(str(e))
-                self.log(f"warning: {e}; trying the previous checkpoint")
-                continue
-            if ckpt.get("format") != CHECKPOINT_FORMAT:
-                problems.append(f"{path}: not an hdetr training checkpoint")
-                continue
-            return path, ckpt
-        if not problems:
-            raise UserError(f"--resume: no {LAST} in {self.out}")
-        raise UserError("--resume: no usable checkpoint in " + str(self.out) + ":\n  " + "\n  ".join(problems))
-
     def _resume(self) -> None:
-        path, ckpt = self._load_resume_checkpoint()
+        if self.is_main:
+            checkpoints.remove_unfinished_writes(self.out, self.log)
+        path, ckpt = checkpoints.load_latest(self.out, self.log)
         saved = ckpt["config"]
         now = self.cfg.to_dict()
         for section in ("model", "hybrid", "loss"):
@@ -427,104 +333,31 @@ class Trainer:
                  f"of the epoch, {self.step} steps done")
 
     # -- one optimizer step ------------------------------------------------------------------------
+    def _where(self) -> str:
+        return f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1} of the epoch (global step {self.step + 1})"
+
     def _nonfinite(self, what: str, terms: dict[str, float], image_ids: list[int]) -> None:
-        """Agree on a bad step across ranks; stop with a message naming it, or skip it."""
-        reports = distributed.gather_objects({"terms": terms, "images": image_ids})
-        bad_terms = {k: v for r in reports for k, v in r["terms"].items()}
-        images = sorted({i for r in reports for i in r["images"]})
-        where = f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1} of the epoch (global step {self.step + 1})"
-        if self.cfg.train.nonfinite == "skip":
+        """Stop with a message naming the bad step, or skip it (train.nonfinite)."""
+        skip = self.cfg.train.nonfinite == "skip"
+        if skip:
             self.skipped_steps += 1
-            self.log(f"warning: non-finite {what} at {where}: {bad_terms}; images {images}; step skipped "
-                     f"({self.skipped_steps} so far)")
-            return
-        last = (f"the last good checkpoint is {self.out / LAST} (step {self.last_saved_step})"
-                if self.last_saved_step is not None else "no checkpoint was written yet")
-        raise NonFiniteLossError(
-            f"non-finite {what} at {where}: {', '.join(f'{k}={v}' for k, v in bad_terms.items()) or 'on another rank'}; "
-            f"image ids {images}. Training stopped; {last}. Lower train.lr, keep gradient clipping "
-            f"(train.clip_max_norm) or set train.nonfinite=skip to skip such steps."
-        )
-
-    def _micro_batch_weights(self, batches) -> list[float]:
-        """Loss weights that make ``grad_accum`` micro-batches add up to one batch that many times larger.
-
-        The criterion divides each micro-batch's loss by its own (process-averaged) box count; the big
-        batch divides by the count over all of them. Re-weighting by count_i / sum(counts) turns the
-        first into the second (exactly, unless a micro-batch has under one box per process).
-        """
-        if len(batches) == 1:
-            return [1.0]
-        counts = torch.tensor([float(sum(len(t["labels"]) for t in b[2])) for b in batches], device=self.device)
-        if self.info.enabled:
-            torch.distributed.all_reduce(counts)
-            counts /= self.info.world_size
-        return (counts.clamp(min=1) / counts.sum().clamp(min=1)).tolist()
+        self.log(guards.nonfinite(what, terms, image_ids, skip=skip, skipped=self.skipped_steps, where=self._where(),
+                                  last=checkpoints.last_good(self.out, self.last_saved_step)))
 
     def train_step(self, batches, plan) -> dict[str, float] | None:
-        """Forward/backward over ``grad_accum`` batches, then one update. Returns the mean loss terms,
-        or None when the step was skipped."""
-        t = self.cfg.train
-        self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        image_ids: list[int] = []
-        weights = self._micro_batch_weights(batches)
-        for micro, (images, mask, targets) in enumerate(batches):
-            images = images.to(self.device, non_blocking=True)
-            mask = mask.to(self.device, non_blocking=True)
-            targets = _to_device(targets, self.device)
-            ids = [int(x["image_id"]) for x in targets]
-            image_ids += ids
-            # Gradients are all-reduced once per step, on the last micro-batch.
-            sync = self.info.enabled and micro < len(batches) - 1
-            with self.ddp.no_sync() if sync else contextlib.nullcontext():
-                with autocast_context(self.device, self.amp):
-                    outputs = self.ddp(images, mask)
-                with torch.autocast(device_type=self.device.type, enabled=False):
-                    losses = self.criterion(_float_outputs(outputs), targets, plan)
-                    loss = self.criterion.total(losses)
-                keys = list(losses)
-                values = torch.stack([losses[k].detach().float() for k in keys] + [loss.detach().float()]).cpu()
-                bad = not bool(torch.isfinite(values[-1]))
-                if distributed.any_true(bad, self.device):
-                    terms = {k: float(v) for k, v in zip(keys, values[:-1].tolist()) if not math.isfinite(v)}
-                    self._nonfinite("loss", terms, ids if bad else [])
-                    self.optimizer.zero_grad(set_to_none=True)
-                    return None
-                self.scaler.scale(loss * weights[micro]).backward()
-            for k, v in zip(keys + ["loss"], values.tolist()):
-                sums[k] = sums.get(k, 0.0) + v / len(batches)
-
-        self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        # The norm first, clipping only when it is finite: clipping by a NaN norm would turn every
-        # gradient into NaN and hide which parameters were non-finite.
-        total_norm = _total_norm([p.grad for p in params])
-        grad_norm = float(total_norm)
-        if t.clip_max_norm > 0 and math.isfinite(grad_norm):
-            _clip_with_norm(params, t.clip_max_norm, total_norm)
-        sums["grad_norm"] = grad_norm
-        finite = math.isfinite(grad_norm)
-        verdict = grad_verdict(self.amp, finite, None if finite or self.amp != "fp16" else self.scaler.get_scale())
-        # "overflow": fp16 loss scaling; scaler.step below skips the update and scaler.update lowers the
-        # scale. Not a fault, not counted in skipped_steps.
-        if verdict == "fault":
-            bad = [n for n, p in self.model.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
-            terms = {"grad_norm": grad_norm,
-                     "parameters": f"{len(bad)} with non-finite gradients, e.g. {', '.join(bad[:3])}",
-                     "loss": sums.get("loss")}  # finite: the loss check passed
-            self._nonfinite("gradient", terms, image_ids)
-            self.optimizer.zero_grad(set_to_none=True)
+        """One optimizer step over ``grad_accum`` batches (step.py). Returns the mean loss terms and the
+        gradient norm, or None when the step was skipped."""
+        result = self.step_fn(batches, plan)
+        if result.fault is not None:
+            self._nonfinite(*result.fault)
             return None
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.model)
-        return sums
+        return result.logs
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        with self._signals_to_checkpoint():
+        with self.signals:
             self._loop()
         model_dir = None
         if self.is_main:
@@ -556,7 +389,7 @@ class Trainer:
                        else not self.progress, dynamic_ncols=True, leave=False)
             while self.step_in_epoch < self.steps_per_epoch:
                 step_start, step_cpu = time.perf_counter(), time.process_time()
-                group, bad = self._next_group(batches)
+                group, bad = guards.next_group(batches, t.grad_accum, self.info, self.device)
                 logs = self._skip_bad_images(bad) if bad is not None else self.train_step(group, plan)
                 self.train_time += time.perf_counter() - step_start
                 self.train_cpu_time += time.process_time() - step_cpu
@@ -590,62 +423,17 @@ class Trainer:
         if self.last_saved_step != self.step:
             self.save_last()
 
-    # -- bad images met mid-epoch ---------------------------------------------------------------------
-    def _next_group(self, batches) -> tuple[list, BadImageError | None]:
-        """The step's ``grad_accum`` batches. All of them are drawn even when one fails to load, so the
-        data position stays (epoch, step) exactly, as resume assumes."""
-        group, bad = [], None
-        for _ in range(self.cfg.train.grad_accum):
-            try:
-                group.append(next(batches))
-            except BadImageError as e:  # DataLoader workers re-raise it in this process
-                bad = bad or BadImageError(_worker_message(str(e)), getattr(e, "path", None),
-                                           getattr(e, "image_id", None))
-        if self.info.enabled and distributed.any_true(bad is not None, self.device):
-            messages = [m for m in distributed.gather_objects(str(bad) if bad is not None else None) if m]
-            bad = bad or BadImageError(f"on another process: {messages[0]}")
-        return group, bad
-
     def _skip_bad_images(self, bad: BadImageError) -> None:
-        where = f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1} of the epoch (global step {self.step + 1})"
-        if self.cfg.data.skip_bad_images:
+        """Skip the step whose images could not be loaded (data.skip_bad_images), or stop."""
+        skip = self.cfg.data.skip_bad_images
+        if skip:
             self.bad_image_steps += 1
-            self.log(f"warning: {bad}; step at {where} skipped (data.skip_bad_images; "
-                     f"{self.bad_image_steps} so far)")
-            return None
-        last = (f"the last good checkpoint is {self.out / LAST} (step {self.last_saved_step})"
-                if self.last_saved_step is not None else "no checkpoint was written yet")
-        raise DataError(f"{bad}\n(met at {where}). Training stopped; {last}. Fix or remove the image and "
-                        f"resume with --resume, or set data.skip_bad_images=true to skip such steps.")
-
-    # -- SIGINT / SIGTERM -----------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _signals_to_checkpoint(self):
-        """While training, SIGINT and SIGTERM only set a flag; the loop saves last.pt at the end of the
-        current step and raises ``Interrupted``. A second signal interrupts at once (KeyboardInterrupt);
-        the checkpoint files stay consistent either way (atomic writes)."""
-        self._signal: int | None = None
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            # No printing here: a handler that writes to stdout can interrupt another write to it.
-            if self._signal is not None:
-                raise KeyboardInterrupt
-            self._signal = signum
-
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+        self.log(guards.bad_image(bad, skip=skip, skipped=self.bad_image_steps, where=self._where(),
+                                  last=checkpoints.last_good(self.out, self.last_saved_step)))
 
     def _stop_if_signalled(self) -> None:
-        got = self._signal
-        if self.info.enabled and distributed.any_true(got is not None, self.device):
-            got = next(f for f in distributed.gather_objects(got) if f is not None)
+        """After a SIGINT/SIGTERM (on any rank): save last.pt and raise ``Interrupted``."""
+        got = self.signals.agreed(self.info, self.device)
         if got is None:
             return
         name = signal.Signals(got).name
