@@ -365,8 +365,8 @@ def validate(cfg: Config) -> None:
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
     need(m.hidden_dim % m.nheads == 0, f"model.hidden_dim ({m.hidden_dim}) must be divisible by model.nheads ({m.nheads})")
     need(m.hidden_dim % 32 == 0, f"model.hidden_dim must be a multiple of 32 (GroupNorm with 32 groups), got {m.hidden_dim}")
-    need(not m.two_stage or m.hidden_dim == 256,
-         f"model.hidden_dim must be 256 when model.two_stage is true (the proposal embedding is 4 x 128 = 2 x 256 wide), got {m.hidden_dim}")
+    # No two-stage rule on hidden_dim: the proposal embedding takes hidden_dim / 2 sine features per box
+    # coordinate (the official fixed 128 at 256), and a multiple of 32 always divides.
     need(not m.look_forward_twice or m.with_box_refine, "model.look_forward_twice needs model.with_box_refine: true")
     need(not m.mixed_selection or m.two_stage, "model.mixed_selection needs model.two_stage: true")
     _validate_backbone(m, need)

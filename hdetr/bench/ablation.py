@@ -1,7 +1,9 @@
 """Ablation of the hybrid matching schemes: the paper's one-to-one baseline against branch, epoch and layer.
 
-Every scheme trains the same small model (``tiny`` backbone, two-stage Deformable-DETR with box
-refinement) on the same synthetic shapes dataset with the same schedule, for several seeds:
+Every scheme trains the same small model (two-stage Deformable-DETR with box refinement) on the same
+synthetic dataset with the same schedule, for several seeds. The budget is a regime of
+``hdetr.bench.regimes``: ``paper`` (default: ImageNet EfficientNet-Lite0, COCO-like scenes) or ``toy``
+(``tiny`` backbone from scratch on flat shapes, the ``DEFAULT`` budget below):
 
 - ``baseline``: one-to-one matching, N queries;
 - ``baseline_more_queries``: one-to-one matching with N + M queries (as many as the hybrid total);
@@ -40,7 +42,9 @@ SCHEMES = ("baseline", "baseline_more_queries", "branch", "epoch", "layer")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 RUN_SECONDS = {"wall": "train_time", "cpu": "train_cpu_time"}  # the engine's record of each clock
 PRESET = "synthetic_small"  # the base config; every setting that matters is overridden below
-NUM_CLASSES = 4  # the synthetic shapes
+NUM_CLASSES = {"shapes": 4, "coco_like": 6}  # classes of each synthetic dataset style
+LATER_FIELDS = ("dataset", "backbone", "backbone_weights", "lr_backbone_ratio", "hidden_dim", "data", "num_classes",
+                "max_size", "num_workers")
 
 
 @dataclass(frozen=True)
@@ -72,11 +76,27 @@ class Budget:
     lambda_one2many: float
     epoch_ratio: float  # rho
     one2many_layers: int  # L1
+    # Added with the paper regime (hdetr.bench.regimes); their defaults are the toy budget's settings.
+    dataset: str = "shapes"  # write_synthetic_dataset style: shapes | coco_like
+    backbone: str = "tiny"
+    backbone_weights: str = ""  # model.backbone_weights (ImageNet weights also freeze the stem)
+    lr_backbone_ratio: float = 1.0  # train.lr_backbone = lr x this (official with ImageNet weights: 0.1)
+    hidden_dim: int = 256
+    # A real dataset instead of the synthetic one (any data.train spec hdetr train takes, e.g. a COCO
+    # folder), for the paper-size run on a GPU; then num_classes, max_size and num_workers matter too.
+    data: str = ""
+    num_classes: int = 0  # 0: the synthetic dataset's classes
+    max_size: int = 0  # data.max_size; 0: twice the largest training scale
+    num_workers: int = 0
 
     def key(self) -> str:
-        """Short hash of the settings that decide a run (seeds excluded: more seeds reuse the old ones)."""
+        """Short hash of the settings that decide a run (seeds excluded: more seeds reuse the old ones).
+        Settings added later count only when they differ from their default, so older runs keep their key."""
         d = dataclasses.asdict(self)
         d.pop("seeds")
+        for f in dataclasses.fields(self):
+            if f.name in LATER_FIELDS and d[f.name] == f.default:
+                d.pop(f.name)
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -143,20 +163,21 @@ def scheme_overrides(scheme: str, b: Budget) -> list[str]:
 
 def common_overrides(b: Budget, data_dir: Path, seed: int) -> list[str]:
     scales = ",".join(str(s) for s in b.train_scales)
+    classes = b.num_classes or NUM_CLASSES[b.dataset]
     return [
-        "model.backbone=tiny", "model.pretrained_backbone=false", f"model.num_classes={NUM_CLASSES}",
-        "model.hidden_dim=256", f"model.nheads={b.nheads}", f"model.enc_layers={b.enc_layers}",
+        f"model.backbone={b.backbone}", "model.pretrained_backbone=false", f"model.backbone_weights={b.backbone_weights}",
+        f"model.num_classes={classes}", f"model.hidden_dim={b.hidden_dim}", f"model.nheads={b.nheads}", f"model.enc_layers={b.enc_layers}",
         f"model.dec_layers={b.dec_layers}", f"model.dim_feedforward={b.dim_feedforward}",
         "model.num_feature_levels=4", "model.two_stage=true", "model.with_box_refine=true",
         "model.mixed_selection=true", "model.look_forward_twice=true", "model.dropout=0.0",
-        f"model.topk={min(100, b.num_queries * NUM_CLASSES)}",
+        f"model.topk={min(100, b.num_queries * classes)}",
         f"train.epochs={b.epochs}", f"train.lr_drop={b.lr_drop}", f"train.lr={b.lr}",
-        f"train.lr_backbone={b.lr}",  # the tiny backbone starts from random weights
-        f"train.batch_size={b.batch_size}", "train.grad_accum=1", "train.num_workers=0", f"train.seed={seed}",
+        f"train.lr_backbone={b.lr * b.lr_backbone_ratio}",  # toy: the tiny backbone starts from random weights
+        f"train.batch_size={b.batch_size}", "train.grad_accum=1", f"train.num_workers={b.num_workers}", f"train.seed={seed}",
         "train.eval_every=1", "train.log_every=10", "train.max_iters=0", "train.save_every=0",
         "train.amp=none", "train.ema=false",
         f"data.train={data_dir}", "data.val=", f"data.train_scales=[{scales}]",
-        f"data.max_size={2 * max(b.train_scales)}", f"data.val_scale={b.image_size}", f"data.crop={str(b.crop).lower()}",
+        f"data.max_size={b.max_size or 2 * max(b.train_scales)}", f"data.val_scale={b.image_size}", f"data.crop={str(b.crop).lower()}",
     ]
 
 
@@ -611,15 +632,18 @@ def plot(results: dict[str, list[dict]], path: Path, title: str, clock: str,
 
 # -- the command ---------------------------------------------------------------------------------------
 def add_arguments(p) -> None:
+    from .regimes import REGIMES, regime_help
+
+    p.add_argument("--regime", choices=sorted(REGIMES), default="paper", help=regime_help())
     p.add_argument("--quick", action="store_true",
-                   help="a few-minute end-to-end check (24 images, 3 epochs, 1 seed): too short to rank schemes")
+                   help="an end-to-end check of the regime in minutes (few images and epochs, 1 seed): too short to rank schemes")
     p.add_argument("--seeds", type=int, default=None, help="seeds per scheme (default: 3, 1 with --quick)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                    help="where ablation.json and ablation.png go (default: benchmarks/results)")
     p.add_argument("--work", type=Path, default=Path("runs/bench/ablation"),
                    help="run folders (checkpoints, logs, per-run results) and the dataset (default: runs/bench/ablation)")
     p.add_argument("--name", default=None,
-                   help="output file stem (default: ablation, ablation_quick with --quick)")
+                   help="output file stem (default: ablation_paper / ablation for the toy regime; _quick appended with --quick)")
     p.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma-separated subset of {', '.join(SCHEMES)}")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="change a budget setting, e.g. --set k=4 --set epochs=24 (repeatable); "
@@ -636,6 +660,12 @@ def add_arguments(p) -> None:
                    help="timed rounds of the side-by-side training-step and inference timings (default: 3, 1 with --quick)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per run on CPU (default: CPU cores / jobs)")
+
+
+def regime_output_name(regime: str, quick: bool) -> str:
+    # The toy regime keeps its historical file names (benchmarks/results/ablation.json).
+    stem = "ablation" if regime == "toy" else f"ablation_{regime}"
+    return stem + ("_quick" if quick else "")
 
 
 def _apply_settings(b: Budget, settings: list[str]) -> Budget:
@@ -679,10 +709,14 @@ def eval_fraction(raw: str) -> float:
 def _ensure_dataset(work: Path, b: Budget) -> Path:
     from ..data.synthetic import write_synthetic_dataset
 
-    data_dir = work / f"data-{b.image_size}px-{b.train_images}-{b.val_images}-seed{b.data_seed}"
+    if b.data:
+        return Path(b.data)
+    style = "" if b.dataset == "shapes" else f"{b.dataset}-"
+    data_dir = work / f"data-{style}{b.image_size}px-{b.train_images}-{b.val_images}-seed{b.data_seed}"
     stamp = data_dir / "complete.json"
     if not stamp.exists():
-        summary = write_synthetic_dataset(data_dir, b.train_images, b.val_images, b.image_size, b.data_seed)
+        summary = write_synthetic_dataset(data_dir, b.train_images, b.val_images, b.image_size, b.data_seed,
+                                          style=b.dataset)
         stamp.write_text(json.dumps(summary, indent=1) + "\n")
     return data_dir
 
@@ -794,7 +828,9 @@ def run_ablation(args) -> int:
     from ..checkpoint import atomic_write
     from ..errors import UserError
 
-    budget = QUICK if args.quick else DEFAULT
+    from .regimes import regime_budget
+
+    budget = regime_budget(args.regime, args.quick)
     budget = _apply_settings(budget, args.settings)
     if args.seeds is not None:
         if args.seeds < 1:
@@ -816,7 +852,7 @@ def run_ablation(args) -> int:
     clock = args.clock or ("wall" if on_cuda else "cpu")
     if clock == "cpu" and on_cuda:
         raise UserError("--clock cpu measures CPU seconds: use --clock wall with CUDA")
-    name = args.name or ("ablation_quick" if args.quick else "ablation")
+    name = args.name or regime_output_name(args.regime, args.quick)
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -873,7 +909,7 @@ def run_ablation(args) -> int:
     del models
 
     config = {
-        "command": "hdetr bench ablation" + (" --quick" if args.quick else "")
+        "command": f"hdetr bench ablation --regime {args.regime}" + (" --quick" if args.quick else "")
                    + (f" --seeds {args.seeds}" if args.seeds is not None else "")
                    + "".join(f" --set {s}" for s in args.settings)
                    + (f" --schemes {','.join(schemes)}" if len(schemes) < len(SCHEMES) else ""),
@@ -884,8 +920,11 @@ def run_ablation(args) -> int:
         "overrides": {s: scheme_overrides(s, budget) for s in schemes},
         "common_overrides": [o for o in common_overrides(budget, Path("DATA"), 0) if not o.startswith("train.seed")],
         "base_preset": PRESET,
-        "dataset": f"write_synthetic_dataset(train={budget.train_images}, val={budget.val_images}, "
-                   f"size={budget.image_size}, seed={budget.data_seed})",
+        "regime": args.regime,
+        "dataset": budget.data or f"write_synthetic_dataset(train={budget.train_images}, val={budget.val_images}, "
+                   f"size={budget.image_size}, seed={budget.data_seed}, style={budget.dataset!r})",
+        "dataset_summary": (json.loads((data_dir / "complete.json").read_text())
+                            if (data_dir / "complete.json").exists() else None),
         "clock": clock,
         "clock_note": "cpu: CPU seconds of the single-threaded training process (what one dedicated core "
                       "takes; steady when other jobs share the CPU); wall: elapsed seconds",
