@@ -28,11 +28,17 @@ def run(args) -> int:
     from ..data.synthetic import write_synthetic_dataset
     from ..errors import UserError
 
+    for name, low, high in (("train", 1, None), ("val", 0, None), ("size", 32, 4096), ("seed", 0, 2**32 - 1)):
+        value = getattr(args, name)
+        if value < low or (high is not None and value > high):
+            raise UserError(f"--{name} must be in [{low}, {high if high is not None else 'inf'}], got {value}")
     try:
         summary = write_synthetic_dataset(args.out, args.train, args.val, args.size, args.seed, palette=args.palette,
                                           style=args.style)
-    except (ValueError, OSError) as e:
+    except ValueError as e:
         raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"{e.filename or args.out}: cannot write the dataset ({e.strerror or e})") from None
     for split in ("train", "valid"):
         s = summary[split]
         print(f"{split}: {s['num_images']} images, {s['num_annotations']} boxes "
