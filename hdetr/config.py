@@ -262,8 +262,15 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, raw = item.split("=", 1)
         node = out
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: {key.strip()!r} is not a key (expected section.key=value)")
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"override {item!r}: {where} is given both a value and sub-keys")
+        if isinstance(node.get(parts[-1]), dict):
+            raise ConfigError(f"override {item!r}: {key.strip()} is given both a value and sub-keys")
         node[parts[-1]] = _safe_yaml(raw, f"override {item!r}") if raw != "" else ""
     return out
 
@@ -357,8 +364,8 @@ def validate(cfg: Config) -> None:
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
     need(m.hidden_dim % m.nheads == 0, f"model.hidden_dim ({m.hidden_dim}) must be divisible by model.nheads ({m.nheads})")
     need(m.hidden_dim % 32 == 0, f"model.hidden_dim must be a multiple of 32 (GroupNorm with 32 groups), got {m.hidden_dim}")
-    need(not m.two_stage or m.hidden_dim == 256,
-         f"model.hidden_dim must be 256 when model.two_stage is true (the proposal embedding is 4 x 128 = 2 x 256 wide), got {m.hidden_dim}")
+    # No two-stage rule on hidden_dim: the proposal embedding takes hidden_dim / 2 sine features per box
+    # coordinate (the official fixed 128 at 256), and a multiple of 32 always divides.
     need(not m.look_forward_twice or m.with_box_refine, "model.look_forward_twice needs model.with_box_refine: true")
     need(not m.mixed_selection or m.two_stage, "model.mixed_selection needs model.two_stage: true")
     _validate_backbone(m, need)
@@ -406,6 +413,35 @@ def validate(cfg: Config) -> None:
     need(not bad, f"train.trackers: unknown tracker(s) {bad}; available: {', '.join(TRACKERS)} "
                   "(TensorBoard is always on when installed)")
     need(t.clip_max_norm >= 0, f"train.clip_max_norm must be >= 0 (0 disables clipping), got {t.clip_max_norm}")
+    # Negative rates and decays are refused, not clamped: a sign typo must not train something else.
+    need(t.lr_backbone >= 0, f"train.lr_backbone must be >= 0 (0 freezes the backbone), got {t.lr_backbone}")
+    need(t.lr_linear_proj_mult >= 0, f"train.lr_linear_proj_mult must be >= 0, got {t.lr_linear_proj_mult}")
+    need(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    need(t.lr_drop >= 0, f"train.lr_drop must be >= 0 (epochs before the x0.1 drop), got {t.lr_drop}")
+    # The augmentation generators take the low 32 bits of the seed: larger seeds would repeat smaller ones.
+    need(0 <= t.seed < 2**32, f"train.seed must be in [0, 2^32 - 1], got {t.seed}")
+    for key in ("cls", "bbox", "giou", "cost_class", "cost_bbox", "cost_giou"):
+        need(getattr(cfg.loss, key) >= 0, f"loss.{key} must be >= 0, got {getattr(cfg.loss, key)}")
+    need(0.0 <= cfg.loss.focal_alpha <= 1.0, f"loss.focal_alpha must be in [0, 1], got {cfg.loss.focal_alpha}")
+    _validate_scales(cfg.data, need)
+
+
+# The smallest image side the network takes: the deepest feature level has stride 32.
+MIN_SCALE = 32
+
+
+def _validate_scales(d: DataConfig, need) -> None:
+    need(d.max_size >= MIN_SCALE, f"data.max_size must be >= {MIN_SCALE}, got {d.max_size}")
+    need(len(d.train_scales) >= 1, "data.train_scales must list at least one shorter-side size, e.g. [480, 512]")
+    need(min(d.train_scales) >= MIN_SCALE, f"data.train_scales must all be >= {MIN_SCALE}, got {d.train_scales}")
+    need(d.val_scale >= MIN_SCALE, f"data.val_scale must be >= {MIN_SCALE}, got {d.val_scale}")
+    # The longer side is capped at max_size, so a shorter side above it could never be reached.
+    need(max(d.train_scales) <= d.max_size,
+         f"data.train_scales ({max(d.train_scales)}) exceed data.max_size ({d.max_size}): images are capped at "
+         "max_size on their longer side, so these sizes would never take effect; raise data.max_size")
+    need(d.val_scale <= d.max_size,
+         f"data.val_scale ({d.val_scale}) exceeds data.max_size ({d.max_size}): images are capped at max_size on "
+         "their longer side, so it would never take effect; raise data.max_size")
 
 
 def _validate_backbone(m: ModelConfig, need) -> None:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import UserError
+
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
@@ -24,6 +26,8 @@ def session_options(threads: int | None = None, optimization: str = "all", inter
 
     if optimization not in OPTIMIZATION_LEVELS:
         raise ValueError(f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {optimization!r}")
+    if hasattr(ort, "disable_telemetry_events"):  # no telemetry from a user's machine
+        ort.disable_telemetry_events()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -50,7 +54,12 @@ class OnnxBackend:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such ONNX file")
-        self.metadata = read_metadata(self.path)
+        try:
+            self.metadata = read_metadata(self.path)
+        except Exception as e:  # noqa: BLE001 - onnx raises protobuf's DecodeError and others
+            raise UserError(f"{self.path}: not an ONNX file ({type(e).__name__}: {e})") from None
+        if self.metadata["hdetr_version"] is None and self.metadata["config"] is None:
+            raise UserError(f"{self.path}: an ONNX graph not written by hdetr export (no hdetr metadata)")
         self.postprocessed = self.metadata["outputs"] == "postprocessed"
         self.session = ort.InferenceSession(
             str(self.path), sess_options=session_options(threads, optimization),

@@ -22,7 +22,7 @@ SCHEME_KEYS = {"AP", "AP50", "AP75", "curve", "train_s_per_iter", "peak_mem_mb",
 
 def _args(tmp_path, *extra):
     return build_parser().parse_args([
-        "bench", "ablation", "--seeds", "1", "--schemes", "baseline,branch", "--jobs", "0", "--threads", "1",
+        "bench", "ablation", "--regime", "toy", "--seeds", "1", "--schemes", "baseline,branch", "--jobs", "0", "--threads", "1",
         "--device", "cpu", "--timing-rounds", "1", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--name", "micro",
         *MICRO, *extra,
     ])

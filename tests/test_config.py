@@ -12,7 +12,7 @@ from hdetr.config import ConfigError, build_config, load_config
     ("hybrid.scheme=sometimes", "hybrid.scheme"),
     ("model.num_queries=abc", "model.num_queries"),
     ("model.two_stage=maybe", "model.two_stage"),
-    ("model.hidden_dim=128", "model.hidden_dim"),
+    ("model.hidden_dim=130", "model.hidden_dim"),
     ("train.amp=fp8", "train.amp"),
 ])
 def test_bad_values_name_the_key(override, names):
@@ -94,3 +94,11 @@ def test_registering_a_backbone_makes_its_name_valid(monkeypatch):
     backbones.register_backbone("mine", lambda m: backbones.TinyBackbone(), pretrained_weights=False)
     cfg = build_config({}, ["model.backbone=mine", "model.num_feature_levels=3"])
     assert isinstance(build_model(cfg).backbone, backbones.TinyBackbone)
+
+
+
+def test_two_stage_accepts_narrower_models():
+    # The proposal embedding has hidden_dim / 2 sine features per box coordinate (official: 128 at 256),
+    # so two-stage is no longer tied to 256.
+    cfg = build_config({}, ["model.hidden_dim=128"])
+    assert cfg.model.two_stage and cfg.model.hidden_dim == 128

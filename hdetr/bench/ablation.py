@@ -1,7 +1,9 @@
 """Ablation of the hybrid matching schemes: the paper's one-to-one baseline against branch, epoch and layer.
 
-Every scheme trains the same small model (``tiny`` backbone, two-stage Deformable-DETR with box
-refinement) on the same synthetic shapes dataset with the same schedule, for several seeds:
+Every scheme trains the same small model (two-stage Deformable-DETR with box refinement) on the same
+synthetic dataset with the same schedule, for several seeds. The budget is a regime of
+``hdetr.bench.regimes``: ``paper`` (default: ImageNet EfficientNet-Lite0, COCO-like scenes) or ``toy``
+(``tiny`` backbone from scratch on flat shapes, ``ablation_setup.DEFAULT``):
 
 - ``baseline``: one-to-one matching, N queries (the config's ``hybrid.scheme=none``);
 - ``baseline_more_queries``: one-to-one matching with N + M queries (as many as the hybrid total, ``none``);
@@ -30,22 +32,25 @@ import statistics
 import time
 from pathlib import Path
 
-from .ablation_setup import Budget, CLOCKS, DEFAULT, PRESET, QUICK, SCHEMES, check_budget, common_overrides, run_overrides, scheme_overrides, scheme_queries
+from .ablation_setup import Budget, CLOCKS, DEFAULT, PRESET, QUICK, SCHEMES, check_budget, common_overrides, run_overrides, scheme_overrides, scheme_queries, tokens
 from .ablation_runs import read_result, run_pending, run_s_per_iter
 from .ablation_measure import load_trained, format_nms_table, inference_flops, inference_speed, nms_diagnostic, train_step_speed
 from .ablation_report import aggregate, format_table, machine_description, plot, plot_marks
 
 # -- the command ---------------------------------------------------------------------------------------
 def add_arguments(p) -> None:
+    from .regimes import REGIMES, regime_help
+
+    p.add_argument("--regime", choices=sorted(REGIMES), default="paper", help=regime_help())
     p.add_argument("--quick", action="store_true",
-                   help="a few-minute end-to-end check (24 images, 3 epochs, 1 seed): too short to rank schemes")
+                   help="an end-to-end check of the regime in minutes (few images and epochs, 1 seed): too short to rank schemes")
     p.add_argument("--seeds", type=int, default=None, help="seeds per scheme (default: 3, 1 with --quick)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                    help="where ablation.json and ablation.png go (default: benchmarks/results)")
     p.add_argument("--work", type=Path, default=Path("runs/bench/ablation"),
                    help="run folders (checkpoints, logs, per-run results) and the dataset (default: runs/bench/ablation)")
     p.add_argument("--name", default=None,
-                   help="output file stem (default: ablation, ablation_quick with --quick)")
+                   help="output file stem (default: ablation_paper / ablation for the toy regime; _quick appended with --quick)")
     p.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma-separated subset of {', '.join(SCHEMES)}")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="change a budget setting, e.g. --set k=4 --set epochs=24 (repeatable); "
@@ -62,6 +67,12 @@ def add_arguments(p) -> None:
                    help="timed rounds of the side-by-side training-step and inference timings (default: 3, 1 with --quick)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per run on CPU (default: CPU cores / jobs)")
+
+
+def regime_output_name(regime: str, quick: bool) -> str:
+    # The toy regime keeps its historical file names (benchmarks/results/ablation.json).
+    stem = "ablation" if regime == "toy" else f"ablation_{regime}"
+    return stem + ("_quick" if quick else "")
 
 
 def _apply_settings(b: Budget, settings: list[str]) -> Budget:
@@ -96,10 +107,14 @@ def _apply_settings(b: Budget, settings: list[str]) -> Budget:
 def _ensure_dataset(work: Path, b: Budget) -> Path:
     from ..data.synthetic import write_synthetic_dataset
 
-    data_dir = work / f"data-{b.image_size}px-{b.train_images}-{b.val_images}-seed{b.data_seed}"
+    if b.data:
+        return Path(b.data)
+    style = "" if b.dataset == "shapes" else f"{b.dataset}-"
+    data_dir = work / f"data-{style}{b.image_size}px-{b.train_images}-{b.val_images}-seed{b.data_seed}"
     stamp = data_dir / "complete.json"
     if not stamp.exists():
-        summary = write_synthetic_dataset(data_dir, b.train_images, b.val_images, b.image_size, b.data_seed)
+        summary = write_synthetic_dataset(data_dir, b.train_images, b.val_images, b.image_size, b.data_seed,
+                                          style=b.dataset)
         stamp.write_text(json.dumps(summary, indent=1) + "\n")
     return data_dir
 
@@ -110,7 +125,9 @@ def run_ablation(args) -> int:
     from .report import write_report
     from ..errors import UserError
 
-    budget = QUICK if args.quick else DEFAULT
+    from .regimes import regime_budget
+
+    budget = regime_budget(args.regime, args.quick)
     budget = _apply_settings(budget, args.settings)
     if args.seeds is not None:
         if args.seeds < 1:
@@ -132,7 +149,7 @@ def run_ablation(args) -> int:
     clock = args.clock or ("wall" if on_cuda else "cpu")
     if clock == "cpu" and on_cuda:
         raise UserError("--clock cpu measures CPU seconds: use --clock wall with CUDA")
-    name = args.name or ("ablation_quick" if args.quick else "ablation")
+    name = args.name or regime_output_name(args.regime, args.quick)
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -189,7 +206,7 @@ def run_ablation(args) -> int:
     del models
 
     config = {
-        "command": "hdetr bench ablation" + (" --quick" if args.quick else "")
+        "command": f"hdetr bench ablation --regime {args.regime}" + (" --quick" if args.quick else "")
                    + (f" --seeds {args.seeds}" if args.seeds is not None else "")
                    + "".join(f" --set {s}" for s in args.settings)
                    + (f" --schemes {','.join(schemes)}" if len(schemes) < len(SCHEMES) else ""),
@@ -200,8 +217,11 @@ def run_ablation(args) -> int:
         "overrides": {s: scheme_overrides(s, budget) for s in schemes},
         "common_overrides": [o for o in common_overrides(budget, Path("DATA"), 0) if not o.startswith("train.seed")],
         "base_preset": PRESET,
-        "dataset": f"write_synthetic_dataset(train={budget.train_images}, val={budget.val_images}, "
-                   f"size={budget.image_size}, seed={budget.data_seed})",
+        "regime": args.regime,
+        "dataset": budget.data or f"write_synthetic_dataset(train={budget.train_images}, val={budget.val_images}, "
+                   f"size={budget.image_size}, seed={budget.data_seed}, style={budget.dataset!r})",
+        "dataset_summary": (json.loads((data_dir / "complete.json").read_text())
+                            if (data_dir / "complete.json").exists() else None),
         "clock": clock,
         "clock_note": "cpu: CPU seconds of the single-threaded training process (what one dedicated core "
                       "takes; steady when other jobs share the CPU); wall: elapsed seconds",

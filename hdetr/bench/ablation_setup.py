@@ -16,7 +16,9 @@ from pathlib import Path
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 RUN_SECONDS = {"wall": "train_time", "cpu": "train_cpu_time"}  # the engine's record of each clock
 PRESET = "synthetic_small"  # the base config; every setting that matters is overridden below
-NUM_CLASSES = 4  # the synthetic shapes
+NUM_CLASSES = {"shapes": 4, "coco_like": 6}  # classes of each synthetic dataset style
+LATER_FIELDS = ("dataset", "backbone", "backbone_weights", "lr_backbone_ratio", "hidden_dim", "data", "num_classes",
+                "max_size", "num_workers")
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,27 @@ class Budget:
     lambda_one2many: float
     epoch_ratio: float  # rho
     one2many_layers: int  # L1
+    # Added with the paper regime (hdetr.bench.regimes); their defaults are the toy budget's settings.
+    dataset: str = "shapes"  # write_synthetic_dataset style: shapes | coco_like
+    backbone: str = "tiny"
+    backbone_weights: str = ""  # model.backbone_weights (ImageNet weights also freeze the stem)
+    lr_backbone_ratio: float = 1.0  # train.lr_backbone = lr x this (official with ImageNet weights: 0.1)
+    hidden_dim: int = 256
+    # A real dataset instead of the synthetic one (any data.train spec hdetr train takes, e.g. a COCO
+    # folder), for the paper-size run on a GPU; then num_classes, max_size and num_workers matter too.
+    data: str = ""
+    num_classes: int = 0  # 0: the synthetic dataset's classes
+    max_size: int = 0  # data.max_size; 0: twice the largest training scale
+    num_workers: int = 0
 
     def key(self) -> str:
-        """Short hash of the settings that decide a run (seeds excluded: more seeds reuse the old ones)."""
+        """Short hash of the settings that decide a run (seeds excluded: more seeds reuse the old ones).
+        Settings added later count only when they differ from their default, so older runs keep their key."""
         d = dataclasses.asdict(self)
         d.pop("seeds")
+        for f in dataclasses.fields(self):
+            if f.name in LATER_FIELDS and d[f.name] == f.default:
+                d.pop(f.name)
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -131,20 +149,23 @@ def scheme_queries(scheme: str, b: Budget) -> tuple[int, int]:
 
 def common_overrides(b: Budget, data_dir: Path, seed: int) -> list[str]:
     scales = ",".join(str(s) for s in b.train_scales)
+    classes = b.num_classes or NUM_CLASSES[b.dataset]
     return [
-        "model.backbone=tiny", "model.pretrained_backbone=false", f"model.num_classes={NUM_CLASSES}",
-        "model.hidden_dim=256", f"model.nheads={b.nheads}", f"model.enc_layers={b.enc_layers}",
+        f"model.backbone={b.backbone}", "model.pretrained_backbone=false", f"model.backbone_weights={b.backbone_weights}",
+        f"model.num_classes={classes}", f"model.hidden_dim={b.hidden_dim}", f"model.nheads={b.nheads}",
+        f"model.enc_layers={b.enc_layers}",
         f"model.dec_layers={b.dec_layers}", f"model.dim_feedforward={b.dim_feedforward}",
         "model.num_feature_levels=4", "model.two_stage=true", "model.with_box_refine=true",
         "model.mixed_selection=true", "model.look_forward_twice=true", "model.dropout=0.0",
-        f"model.topk={min(100, b.num_queries * NUM_CLASSES)}",
+        f"model.topk={min(100, b.num_queries * classes)}",
         f"train.epochs={b.epochs}", f"train.lr_drop={b.lr_drop}", f"train.lr={b.lr}",
-        f"train.lr_backbone={b.lr}",  # the tiny backbone starts from random weights
-        f"train.batch_size={b.batch_size}", "train.grad_accum=1", "train.num_workers=0", f"train.seed={seed}",
+        f"train.lr_backbone={b.lr * b.lr_backbone_ratio}",  # toy: the tiny backbone starts from random weights
+        f"train.batch_size={b.batch_size}", "train.grad_accum=1", f"train.num_workers={b.num_workers}",
+        f"train.seed={seed}",
         "train.eval_every=1", "train.log_every=10", "train.max_iters=0", "train.save_every=0",
         "train.amp=none", "train.ema=false",
         f"data.train={data_dir}", "data.val=", f"data.train_scales=[{scales}]",
-        f"data.max_size={2 * max(b.train_scales)}", f"data.val_scale={b.image_size}", f"data.crop={str(b.crop).lower()}",
+        f"data.max_size={b.max_size or 2 * max(b.train_scales)}", f"data.val_scale={b.image_size}", f"data.crop={str(b.crop).lower()}",
     ]
 
 

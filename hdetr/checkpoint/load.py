@@ -47,9 +47,12 @@ class LoadedWeights:
 def _cmap(d) -> CategoryMap | None:
     if not d:
         return None
-    if isinstance(d, str):
-        d = json.loads(d)
-    return CategoryMap.from_dict(d)
+    try:
+        if isinstance(d, str):
+            d = json.loads(d)
+        return CategoryMap.from_dict(d)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise UserError(f"the model's category map is damaged ({type(e).__name__}: {e})") from None
 
 
 def coco_class_names(num_classes: int) -> list[str]:

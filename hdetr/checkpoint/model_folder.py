@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from ..config import Config, build_config
+from ..config import Config, ConfigError, build_config
 from .files import CheckpointError, atomic_write
 
 MODEL_FILE = "model.safetensors"
@@ -50,9 +50,21 @@ def load_model_files(path: str | Path) -> tuple[Config, dict[str, torch.Tensor],
         raise CheckpointError(f"{weights}: not a valid safetensors file ({e})") from None
     try:
         data = yaml.safe_load(cfg_file.read_text()) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg_file}: not valid YAML ({e})") from None
-    cfg = build_config(data)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{cfg_file}: expected a mapping of config sections, got {type(data).__name__}")
+    try:
+        cfg = build_config(data)
+    except ConfigError as e:
+        raise CheckpointError(f"{cfg_file}: {e}") from None
     meta = dict(meta)
-    meta["class_names"] = json.loads(meta.get("class_names", "[]") or "[]")
+    try:
+        meta["class_names"] = json.loads(meta.get("class_names", "[]") or "[]")
+        if meta.get("category_map"):
+            json.loads(meta["category_map"])  # checked here, parsed by its users
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{weights}: damaged metadata ({e})") from None
+    if not isinstance(meta["class_names"], list) or not all(isinstance(n, str) for n in meta["class_names"]):
+        raise CheckpointError(f"{weights}: the metadata's class_names must be a list of names")
     return cfg, state, meta

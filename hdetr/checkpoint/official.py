@@ -7,7 +7,7 @@ import re
 
 import torch
 
-from ..config import Config, build_config
+from ..config import Config, ConfigError, build_config
 from .files import CheckpointError, safe_torch_load
 
 
@@ -138,7 +138,14 @@ def load_official_checkpoint(path: str | Path) -> tuple[Config, dict[str, torch.
         raise CheckpointError(f"{path}: no 'model' entry; keys are {sorted(ckpt)[:10]}")
     state = ckpt["model"]
     args = ckpt.get("args")
+    if not isinstance(state, dict) or not (args is None or isinstance(args, (argparse.Namespace, dict))):
+        raise CheckpointError(f"{path}: 'model' must be a state dict and 'args' the training arguments, got "
+                              f"{type(state).__name__} and {type(args).__name__}")
     args = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-    return official_args_to_config(args, state), convert_official_state_dict(state)
+    try:
+        cfg = official_args_to_config(args, state)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its 'args' do not describe a model hdetr can build: {e}") from None
+    return cfg, convert_official_state_dict(state)
 
 

@@ -34,7 +34,9 @@ def add_arguments(p):
 def run(args) -> int:
     from ..config import ConfigError, load_config
     from ..data.layouts import resolve_source
+    from ..cli import terminal_safe
     from ..data.validate import DEFAULT_MAX_EXAMPLES, validate_source
+    from ..outputs import check_output_file, json_with, refuse_input_path
 
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
@@ -43,11 +45,14 @@ def run(args) -> int:
     except ConfigError as e:
         raise UserError(str(e)) from None
     source = resolve_source(args.data, args.split)
+    if args.json:
+        check_output_file(args.json, "--json", json_with("num_images"))
+        refuse_input_path(args.json, [source.ann_file, source.images_dir], "--json")
     report = validate_source(
         source, check_images=not args.no_images, workers=args.workers,
         max_examples=None if args.fix_report else DEFAULT_MAX_EXAMPLES, num_queries=cfg.model.num_queries,
     )
-    print(report.format())
+    print(terminal_safe(report.format()))
     if args.json:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -25,9 +25,9 @@ def run(args) -> int:
     from ..errors import UserError
     from ..models import WeightsMismatchError, build_model_with_weights
 
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise UserError(f"{args.out}: exists and is not an empty folder; convert writes a new model folder")
     loaded = load_weights(args.official)
-    if args.out.resolve() == Path(loaded.source).resolve():
-        raise UserError(f"{args.out}: is the checkpoint being converted; choose another output folder")
     try:
         cfg = build_config({**loaded.cfg.to_dict()}, args.overrides) if args.overrides else loaded.cfg
         model = build_model_with_weights(cfg, loaded.state, args.official)

@@ -46,6 +46,11 @@ def pick_threads() -> int:
     return max(1, min(cores, round(cores - busy)))
 
 
+# What a demo run folder holds (hdetr train's outputs): the only folder contents the demo deletes.
+RUN_FILES = {"config.yaml", "last.pt", "prev.pt", "best.pt", "metrics.jsonl", "curves.png", "model", "best_model",
+             ".hdetr.lock", "train.log", "init_report.json"}
+
+
 def ensure_dataset(root: Path) -> Path:
     from ..data.synthetic import ANNOTATION_FILE, write_synthetic_dataset
 
@@ -83,15 +88,19 @@ def run(args) -> int:
         threads = args.threads or pick_threads()
         torch.set_num_threads(threads)
         print(f"CPU training with {threads} thread(s) ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
+    run_dir = out / "run"
+    if run_dir.exists():
+        # Start over in a run folder the demo wrote; never delete what someone else put there.
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES)
+        if foreign:
+            raise UserError(f"--out {out}: {run_dir} holds files the demo did not write ({', '.join(foreign[:3])}); "
+                            "choose another --out")
+        shutil.rmtree(run_dir)
     data = ensure_dataset(out / "data")
     try:
         cfg = load_config(PRESET, [f"data.train={data}", *args.overrides])
     except ConfigError as e:
         raise UserError(str(e)) from None
-    run_dir = out / "run"
-    if (run_dir / "last.pt").exists():
-        # The demo owns this folder: start over rather than refuse.
-        shutil.rmtree(run_dir)
     result = train(cfg, run_dir, device=args.device, progress=False if args.no_progress else None)
     train_s = time.perf_counter() - start
 

@@ -68,7 +68,9 @@ def run(args) -> int:
     from ..engine.loaders import eval_loader, load_split
     from ..checkpoint import build_detector_model, load_weights
     from ..engine.report import write_report
+    from ..data.categories import same_categories
     from ..errors import UserError
+    from ..outputs import check_output_file, json_with, refuse_input_path
 
     apply_threads(args.threads)
     options = tile_options(args)
@@ -77,17 +79,27 @@ def run(args) -> int:
     report_dir = args.out if args.out is not None and args.out.suffix.lower() != ".json" else None
     if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
         raise UserError(f"--out {report_dir}: exists and is not a folder (give a .json file or a folder)")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    if args.out is not None and report_dir is None:
+        check_output_file(args.out, "--out", json_with("AP"))
     loaded = load_weights(args.checkpoint)
     info, device = distributed.init_distributed(args.device)
     progress = False if args.no_progress else None
     try:
         split = load_split(args.data, args.split, eval_config(loaded.cfg, options["imgsz"]), train=False)
         cmap = loaded.category_map or split.dataset.category_map
+        if loaded.category_map is not None:
+            same_categories(loaded.category_map, split.dataset.category_map, str(args.checkpoint), str(split.ann_file))
         if cmap.num_classes != loaded.cfg.model.num_classes:
             raise UserError(
                 f"{args.checkpoint} predicts {loaded.cfg.model.num_classes} classes but {split.ann_file} "
                 f"has {cmap.num_classes}: this model was not trained on these categories"
             )
+        if args.out:
+            refuse_input_path(args.out, [split.ann_file, split.images_dir])
         if "tile" in options:
             if info.world_size > 1:
                 raise UserError("--tile evaluates in one process; run it without torchrun")

@@ -36,8 +36,19 @@ def run(args) -> int:
     from ..config import ConfigError
     from ..export import DEFAULT_OPSET, ExportError, export_checkpoint
 
+    from onnx.defs import onnx_opset_version
+
+    if args.opset is not None and args.opset > onnx_opset_version():
+        raise UserError(f"--opset {args.opset}: the installed onnx knows opsets up to {onnx_opset_version()}")
     if args.out.suffix != ".onnx":
         raise UserError(f"{args.out}: the output file should end in .onnx")
+    if not args.checkpoint.exists():
+        raise UserError(f"{args.checkpoint}: no such model folder or file")
+    from ..export import read_metadata
+    from ..outputs import check_output_file
+
+    # Before the export (minutes), not after it: a folder, or an .onnx file hdetr did not write.
+    check_output_file(args.out, "out", lambda p: read_metadata(p)["hdetr_version"] is not None)
     try:
         result = export_checkpoint(args.checkpoint, args.out, format=args.format, postprocess=args.postprocess,
                                    opset=DEFAULT_OPSET if args.opset is None else args.opset, mask_dtype=args.mask_dtype, verify=not args.no_verify)

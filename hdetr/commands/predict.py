@@ -161,6 +161,11 @@ def run(args) -> int:
     detector = load_detector(args)
     if args.out.is_dir() and any(p.parent.resolve() == args.out.resolve() for p in images):
         raise UserError(f"--out {args.out} holds input images: their drawings would overwrite them")
+    from ..outputs import check_output_file, json_with
+
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} is a file; give a folder")
+    check_output_file(args.out / "detections.json", "--out", json_with())
     args.out.mkdir(parents=True, exist_ok=True)
     progress = False if args.no_progress else None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from ..errors import BadImageError, DataError
-from .sanitize import BOX_KEPT, BOX_MALFORMED, confine_path, image_relpath, sanitize_box
+from .sanitize import BOX_KEPT, BOX_MALFORMED, confine_path, image_relpath, not_a_regular_file, sanitize_box
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, DetrTransforms
 
 # The 80 COCO 2017 detection categories (id -> name). Ids are sparse up to 90;
@@ -170,6 +171,9 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Decode fully (a truncated file fails here, not later), apply the EXIF orientation, convert to RGB."""
+    not_regular = not_a_regular_file(path)
+    if not_regular:
+        raise (FileNotFoundError if not_regular == "file not found" else OSError)(not_regular)
     with Image.open(path) as im:
         im.load()
         im = ImageOps.exif_transpose(im)
@@ -201,7 +205,8 @@ class CocoDetection(torch.utils.data.Dataset):
         self.images_dir = Path(images_dir)
         # name: what messages call an in-memory document (the YOLO data.yaml, the VOC Annotations folder)
         self.ann_file = name or ("<dict>" if isinstance(ann_file, dict) else str(ann_file))
-        self.coco = COCO(ann_file if isinstance(ann_file, dict) else str(ann_file))
+        # Read as the checker reads it (a UTF-8 byte-order mark allowed), not by the COCO API's json.load.
+        self.coco = COCO(ann_file if isinstance(ann_file, dict) else json.loads(Path(ann_file).read_bytes().decode("utf-8-sig")))
         skip = set(skip_image_ids)
         self.ids = sorted(i for i in self.coco.imgs.keys() if i not in skip)
         self.category_map = category_map if category_map is not None else CategoryMap.from_coco(self.coco)

@@ -24,6 +24,23 @@ BOX_MALFORMED = "malformed"  # not a list of 4 numbers: a schema error, never re
 BOX_KEPT = (BOX_OK, BOX_CLIPPED)
 
 
+def not_a_regular_file(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a file, or None. Opening a FIFO or a device would block or never end;
+    the checker and training both refuse them with this message."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as e:
+        return f"cannot read ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    what = "a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "not a regular file"
+    return f"{what}, not an image or annotation file"
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 

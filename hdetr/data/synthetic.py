@@ -56,6 +56,9 @@ COLOURS = (
 # demo uses it: a backbone trained from scratch for a few minutes then separates the classes.
 CLASS_COLOURS = ((220, 40, 40), (40, 170, 60), (50, 80, 220), (230, 200, 40))
 PALETTES = ("random", "by_class")
+# style="shapes": the scenes of this module; "coco_like": hdetr.data.coco_like (COCO's object counts and
+# sizes, textured objects on cluttered backgrounds, six classes).
+STYLES = ("shapes", "coco_like")
 SPLITS = (("train", 0), ("valid", 1))
 ANNOTATION_FILE = "_annotations.coco.json"
 
@@ -159,23 +162,34 @@ def write_synthetic_dataset(
     image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE,
     seed: int = DEFAULT_SEED,
     palette: str = "random",
+    style: str = "shapes",
 ) -> dict:
     """Write ``out_dir/{train,valid}/`` (JPEGs + ``_annotations.coco.json``).
 
     ``image_size`` is an int (square) or ``(width, height)``. The same arguments
     always produce byte-identical files. ``palette`` is ``random`` (classes differ by shape only) or
-    ``by_class`` (each class also has its own colour). Returns a summary dict with per-split
+    ``by_class`` (each class also has its own colour); ``style`` is ``shapes`` or ``coco_like`` (see
+    ``hdetr.data.coco_like``; the palette does not apply to it). Returns a summary dict with per-split
     ``images_dir``, ``ann_file``, ``num_images`` and ``num_annotations``.
     """
     import numpy as np
 
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+    if style == "coco_like":
+        from . import coco_like
+
+        categories, render, description = coco_like.CATEGORIES, coco_like.render, "hdetr synthetic COCO-like scenes"
+    else:
+        categories, description = CATEGORIES, "hdetr synthetic shapes"
+        render = lambda rng, w, h: _render(rng, w, h, palette)  # noqa: E731
     if palette not in PALETTES:
         raise ValueError(f"palette must be one of {', '.join(PALETTES)}, got {palette!r}")
     w, h = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
     if min(w, h) < 32:
         raise ValueError(f"image_size must be at least 32 px, got {(w, h)}")
     out = Path(out_dir)
-    summary: dict = {"root": str(out), "categories": [dict(c) for c in CATEGORIES], "seed": seed}
+    summary: dict = {"root": str(out), "categories": [dict(c) for c in categories], "seed": seed, "style": style}
     counts = {"train": num_train, "valid": num_val}
     for split, split_idx in SPLITS:
         split_dir = out / split
@@ -184,7 +198,7 @@ def write_synthetic_dataset(
         for i in range(counts[split]):
             # A generator per image keeps files stable when counts change.
             rng = np.random.default_rng([seed, split_idx, i])
-            img, objects = _render(rng, w, h, palette)
+            img, objects = render(rng, w, h)
             image_id = i + 1
             file_name = f"{split}_{i:06d}.jpg"
             (split_dir / file_name).write_bytes(_encode_jpeg(img))
@@ -200,9 +214,9 @@ def write_synthetic_dataset(
                     "iscrowd": 0,
                 })
         doc = {
-            "info": {"description": "hdetr synthetic shapes", "version": "1", "seed": seed},
+            "info": {"description": description, "version": "1", "seed": seed},
             "licenses": [],
-            "categories": [dict(c) for c in CATEGORIES],
+            "categories": [dict(c) for c in categories],
             "images": images,
             "annotations": annotations,
         }
@@ -213,5 +227,8 @@ def write_synthetic_dataset(
             "ann_file": str(ann_file),
             "num_images": len(images),
             "num_annotations": len(annotations),
+            "objects_per_image": len(annotations) / max(len(images), 1),
+            "images_with_20_or_more": sum(n >= 20 for n in np.bincount(
+                [a["image_id"] for a in annotations], minlength=len(images) + 1)[1:].tolist()),
         }
     return summary

@@ -41,7 +41,8 @@ def resized_hw(h: int, w: int, size: int, max_size: int | None = None) -> tuple[
     if max_size is not None:
         short, long = float(min(h, w)), float(max(h, w))
         if long / short * size > max_size:
-            size = int(round(max_size * short / long))
+            # At least 1 px: an extreme aspect ratio (20000 x 20) would otherwise resize to 0 rows.
+            size = max(1, int(round(max_size * short / long)))
     if (w <= h and w == size) or (h <= w and h == size):
         return h, w
     if w < h:

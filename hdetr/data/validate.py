@@ -35,6 +35,7 @@ from ..errors import DataError
 from .coco import EXIF_ORIENTATION_TAG, EXIF_SWAPS_SIZE
 from .readers import SOURCE_KEY
 from .sanitize import (
+    not_a_regular_file,
     BOX_CLIPPED,
     BOX_DEGENERATE,
     BOX_KEPT,
@@ -56,6 +57,8 @@ KINDS: dict[str, tuple[str, str]] = {
     "wrong_type": (ERROR, "a value has the wrong type"),
     "no_images": (ERROR, "the annotation file lists no images"),
     "no_categories": (ERROR, "the annotation file lists no categories"),
+    "no_boxes": (ERROR, "no usable box in the split: training would learn nothing"),
+    "normalised_boxes": (WARNING, "every box fits in [0, 1] x [0, 1]: boxes look normalised (YOLO habit), COCO wants pixels"),
     "duplicate_image_id": (ERROR, "two images share an id"),
     "duplicate_annotation_id": (ERROR, "two annotations share an id"),
     "duplicate_category_id": (ERROR, "two categories share an id"),
@@ -263,7 +266,8 @@ class DataReport:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    # Ids become int64 tensors in training: a larger integer is as wrong as a string.
+    return isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**63
 
 
 def _entry_id(report: DataReport, af: str, section: str, i: int, entry: Any) -> int | None:
@@ -286,6 +290,9 @@ def _size_value(v: Any) -> bool:
 
 def _inspect_image(path: Path) -> tuple[str, Any]:
     """("ok", (mode, stored_size, shown_size, rotated)) | ("missing", msg) | ("corrupt", msg)."""
+    not_regular = not_a_regular_file(path)
+    if not_regular:
+        return ("missing", not_regular) if not_regular == "file not found" else ("corrupt", not_regular)
     try:
         with Image.open(path) as im:
             mode, stored = im.mode, im.size
@@ -303,6 +310,10 @@ def _inspect_image(path: Path) -> tuple[str, Any]:
 
 
 def _load_json(report: DataReport, ann_file: Path) -> Any:
+    not_regular = not_a_regular_file(ann_file)
+    if not_regular:
+        report.add("ann_unreadable", f"cannot read ({not_regular})", file=str(ann_file))
+        return None
     try:
         raw = ann_file.read_bytes()
     except OSError as e:
@@ -501,6 +512,7 @@ def validate_dataset(
     per_class: Counter = Counter()
     no_size_reported: set = set()
     dropped = 0
+    tiny_boxes = 0  # kept boxes whose corners are all <= 1 px: normalised coordinates
     for i, ann in enumerate(anns):
         if not isinstance(ann, dict):
             report.add("wrong_type", f"annotations[{i}] must be an object, got {type(ann).__name__}", file=af)
@@ -535,6 +547,10 @@ def validate_dataset(
                        f"category id {cid} is not in 'categories' (known ids: {sorted(report.category_names)})",
                        file=af, image_id=iid, ann_id=aid)
             continue
+        if ann.get("iscrowd", 0) not in (0, 1):  # "0" as a string would count as crowd
+            report.add("wrong_type", f"'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}", file=af, image_id=iid,
+                       ann_id=aid)
+            continue
         if ann.get("iscrowd", 0):
             report.num_crowd += 1
             continue
@@ -555,7 +571,15 @@ def validate_dataset(
             continue
         boxes_per_image[iid] += 1
         per_class[cid] += 1
+        if max(box[2], box[3]) <= 1.0 and size and min(size) > 32:
+            tiny_boxes += 1
     report.num_boxes = sum(per_class.values())
+    if images and report.num_boxes == 0:
+        report.add("no_boxes", f"{report.num_annotations} annotation(s), {report.num_crowd} crowd: none is a box "
+                   "training can use", file=af)
+    elif report.num_boxes and tiny_boxes == report.num_boxes:
+        report.add("normalised_boxes", f"all {report.num_boxes} boxes lie within [0, 1] on images larger than 32 px: "
+                   "convert them to pixels [x, y, w, h]", file=af)
     report.boxes_per_class = {c: per_class.get(c, 0) for c in report.category_names}
     usable = [i for i in images if i not in report.bad_image_ids]
     report.images_without_boxes = sum(1 for i in usable if boxes_per_image.get(i, 0) == 0)

@@ -26,6 +26,10 @@ CHECKPOINT_FORMAT = TRAIN_FORMAT
 PATH_SWITCHES = {("model", "attention_impl")}
 
 
+
+# What --resume needs from a checkpoint besides its counters (each a state dict or a mapping).
+RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "config")
+
 def write_checkpoint(state: dict, path) -> None:
     torch.save(state, path)
 
@@ -64,6 +68,11 @@ def load_latest(out: Path, log) -> tuple[Path, dict]:
             continue
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             problems.append(f"{path}: not an hdetr training checkpoint")
+            continue
+        missing = [k for k in RESUME_KEYS if not isinstance(ckpt.get(k), dict)]
+        if missing:
+            problems.append(f"{path}: incomplete checkpoint, no {', '.join(missing)}")
+            log(f"warning: {problems[-1]}; trying the previous checkpoint")
             continue
         return path, ckpt
     if not problems:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from ..checkpoint import atomic_write
@@ -111,6 +112,9 @@ def plot_curves(out_dir: Path) -> Path | None:
     evals = [r for r in records if "eval" in r]
     if not train and not evals:
         return None
+    # matplotlib keeps a font cache under $HOME; with a read-only home it goes under the run folder.
+    if "MPLCONFIGDIR" not in os.environ and not os.access(Path.home(), os.W_OK):
+        os.environ["MPLCONFIGDIR"] = str(Path(out_dir) / ".cache" / "matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

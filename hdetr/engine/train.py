@@ -28,7 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..checkpoint import atomic_write, save_model
-from ..config import Config
+from ..config import Config, ConfigError, validate
+from ..data.categories import same_categories
 from ..data.coco import CategoryMap
 from ..data.validate import validate_source
 from ..errors import BadImageError, DataError, Interrupted, UserError
@@ -45,6 +46,7 @@ from .init_from import load_init_source, prepare_model, save_report
 from .init_from import summary as init_summary
 from .loaders import eval_loader, load_split, locate, train_loader, val_spec
 from .optim import build_optimizer, build_scheduler
+from .runlock import RunLock
 from .runlog import PREDICTION_IMAGES, RunLog
 from .sampling import rng_state, seed_everything, set_rng_state
 from .step import TrainStep
@@ -103,12 +105,25 @@ class Trainer:
                      f"({self.cmap.mode} categories of {self.train_split.ann_file})")
             # A derived copy: the caller's config stays as it was loaded.
             cfg = self.cfg = replace(cfg, model=replace(cfg.model, num_classes=self.cmap.num_classes))
+            # Settings valid for the preset's class count may not be for the data's (model.topk): refuse
+            # now, not after a training whose model eval and predict would then refuse.
+            try:
+                validate(cfg)
+            except ConfigError as e:
+                raise UserError(f"{e} (model.num_classes was set to {self.cmap.num_classes} from the data)") from None
         self.val_split = (load_split(vspec, "val", cfg, train=False, skip_image_ids=skip_ids["val"])
                           if vspec else None)
+        if self.val_split is not None:
+            same_categories(self.cmap, self.val_split.dataset.category_map,
+                            str(self.train_split.ann_file), str(self.val_split.ann_file))
+        else:
+            self.log(f"warning: no validation split found next to {cfg.data.train} (set data.val): "
+                     "this run will never be evaluated and best.pt will not be written")
         metric_keys = LVIS_METRIC_KEYS if self.val_split is not None and self.val_split.is_lvis else COCO_METRIC_KEYS
         if t.best_metric not in metric_keys:
             raise UserError(f"train.best_metric={t.best_metric} is not a metric of this validation set "
                             f"({', '.join(metric_keys)})")
+        self._lock = RunLock(self.out).acquire() if self.is_main else None
 
         # The same initial weights on every rank (DDP would broadcast rank 0's anyway), then
         # rank-specific streams for everything random that follows.
@@ -289,6 +304,9 @@ class Trainer:
             checkpoints.remove_unfinished_writes(self.out, self.log)
         path, ckpt = checkpoints.load_latest(self.out, self.log)
         saved = ckpt["config"]
+        if ckpt.get("category_map"):
+            same_categories(CategoryMap.from_dict(ckpt["category_map"]), self.cmap, str(path),
+                            str(self.train_split.ann_file))
         now = self.cfg.to_dict()
         for section in ("model", "hybrid", "loss"):
             diff = {k: (saved[section].get(k), v) for k, v in now[section].items()
@@ -517,7 +535,12 @@ def _hms(seconds: float) -> str:
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str | None = None,
           progress: bool | None = None) -> TrainResult:
-    result = Trainer(cfg, out_dir, resume=resume, device=device, progress=progress).run()
+    trainer = Trainer(cfg, out_dir, resume=resume, device=device, progress=progress)
+    try:
+        result = trainer.run()
+    finally:
+        if trainer._lock is not None:
+            trainer._lock.release()
     if result.best_ap is not None and distributed.current().is_main:
         from .report import report_for_model  # the evaluation report of the best model, next to it
 

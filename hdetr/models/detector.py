@@ -198,9 +198,24 @@ class WeightsMismatchError(ValueError):
 def build_model_with_weights(cfg, state: dict, source) -> HDETR:
     """The model of ``cfg`` holding ``state``, which must fit it exactly. The backbone is never
     downloaded: its weights come from ``state``. Raises WeightsMismatchError naming ``source``."""
+    # Damaged weights are refused, not run: NaN gives no detections, integer tensors truncated values.
+    for key, t in state.items():
+        if not torch.is_tensor(t):
+            raise WeightsMismatchError(f"{source}: {key} is not a tensor ({type(t).__name__})")
+        if t.is_floating_point():
+            if not torch.isfinite(t).all():
+                raise WeightsMismatchError(f"{source}: {key} holds NaN or infinite values: the weights are damaged")
+        elif not key.endswith("num_batches_tracked"):
+            raise WeightsMismatchError(f"{source}: {key} has dtype {t.dtype}; model weights are floating point")
     # A derived config: the caller's stays as loaded.
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained_backbone=False, backbone_weights=""))
     model = build_model(cfg)
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (the model wants {tuple(own[k].shape)})" for k, v in state.items()
+             if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise WeightsMismatchError(f"{source}: {len(wrong)} weight(s) of the wrong shape for the model its config "
+                                   f"describes, e.g. {'; '.join(wrong[:2])}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise WeightsMismatchError(

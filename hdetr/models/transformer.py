@@ -145,9 +145,9 @@ class DeformableTransformer(nn.Module):
         attention_impl: str = "fast",
     ):
         super().__init__()
-        if two_stage and d_model != 256:
-            # The proposal embedding has 128 sine features per coordinate (4 * 128 = 2 * d_model).
-            raise ValueError(f"two_stage needs hidden_dim 256 (the proposal embedding is 2 x 256 wide), got {d_model}")
+        if two_stage and d_model % 4:
+            # The proposal embedding has d_model / 2 sine features (pairs of sin, cos) per coordinate.
+            raise ValueError(f"two_stage needs hidden_dim divisible by 4 (the proposal embedding is 2 x hidden_dim wide), got {d_model}")
         self.d_model = d_model
         self.two_stage = two_stage
         self.mixed_selection = mixed_selection
@@ -260,7 +260,7 @@ class DeformableTransformer(nn.Module):
             topk = torch.topk(enc_logits[..., 0], num_queries, dim=1)[1]
             topk_coords = torch.gather(enc_coords, 1, topk.unsqueeze(-1).expand(-1, -1, 4)).detach()
             reference_points = topk_coords.sigmoid()
-            pos_trans = self.query_pos_norm(self.query_pos_proj(proposal_position_embedding(topk_coords)))
+            pos_trans = self.query_pos_norm(self.query_pos_proj(proposal_position_embedding(topk_coords, self.d_model // 2)))
             query_pos, tgt = torch.split(pos_trans, c, dim=2)
             if self.mixed_selection:
                 # Positions from the proposals, content from learned embeddings.

@@ -1,0 +1,58 @@
+"""Outputs never destroy inputs: the checks every verb runs on its output paths before writing.
+
+hdetr writes only new files or files it wrote itself; an output path that is an input, holds inputs
+under the names it would write, or is a file of someone else's is refused with a message saying
+what to do instead.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .errors import UserError
+
+
+def refuse_inputs_in_folder(out: Path, inputs: Iterable[Path], flag: str = "--out") -> None:
+    """``out`` is a folder that will get files named like ``inputs``: refuse if any input lives there."""
+    target = out.resolve()
+    for p in inputs:
+        if p.resolve().parent == target:
+            raise UserError(f"{flag} {out} holds the input {p.name}, which the output would overwrite; "
+                            "choose another output folder")
+
+
+def refuse_input_path(out: Path, inputs: Iterable[Path], flag: str = "--out") -> None:
+    """``out`` must not be, or lie inside, any of ``inputs`` (files or folders)."""
+    target = out.resolve()
+    for p in inputs:
+        r = Path(p).resolve()
+        if target == r or r in target.parents:
+            raise UserError(f"{flag} {out} is {'inside ' if target != r else ''}the input {p}; choose another path")
+
+
+def check_output_file(path: Path, flag: str, ours: Callable[[Path], bool]) -> None:
+    """A file hdetr is about to write: not a folder, and if it exists, one hdetr wrote (``ours``)."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
+    if path.exists() or path.is_symlink():
+        try:
+            mine = path.is_file() and ours(path)
+        except Exception:  # noqa: BLE001 - anything unreadable as our output is not ours
+            mine = False
+        if not mine:
+            raise UserError(f"{flag} {path} exists and was not written by hdetr; choose another name or delete it")
+
+
+def json_with(*keys: str) -> Callable[[Path], bool]:
+    """``ours`` for JSON outputs: an object holding ``keys``, or (no keys) a list of detections."""
+    def check(path: Path) -> bool:
+        data = json.loads(path.read_text())
+        if not keys:
+            return isinstance(data, list) and all(isinstance(d, dict) and "score" in d for d in data)
+        return isinstance(data, dict) and all(k in data for k in keys)
+    return check
