@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean bench-quick
+.PHONY: install test test-fast demo clean bench-quick
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,8 +13,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The whole suite (what CI runs), with the default per-test timeout of pyproject.toml.
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The edit loop: everything but the slow and the process-level tests (tests/support/kinds.py).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not process"
 
 demo: $(STAMP)
 	$(VENV)/bin/hdetr demo --out runs/demo

@@ -231,7 +231,7 @@ class Detector:
 
     def coco_results(self, found: Detections, image_id: int) -> list[dict]:
         """COCO result dicts (with ``category_name``) of one image's detections."""
-        from .engine.evaluate import detections_to_coco
+        from .postprocess import detections_to_coco
 
         res = {"boxes": found.boxes, "scores": found.scores, "labels": found.labels}
         return detections_to_coco([res], [image_id], self.category_map, self.class_names)

@@ -29,26 +29,26 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
-from .models.deformable_attention import MultiScaleDeformableAttention
+from .graph_metadata import (  # noqa: F401  (read_metadata and MIN_SIDE are also part of this module's API)
+    META_CATEGORY_MAP,
+    META_CLASS_NAMES,
+    META_CONFIG,
+    META_MIN_SIDE,
+    META_OUTPUTS,
+    META_TOPK,
+    META_VERSION,
+    MIN_SIDE,
+    read_metadata,
+)
 from .postprocess import topk_detections
 
 DEFAULT_OPSET = 18  # GridSample needs >= 16; 18 is well supported by onnxruntime >= 1.14
 MIN_OPSET = 16
-# The coarsest level (stride 64) must be at least 2 cells wide: torch.export proves the graph for
-# sides >= 65 only (a 1-cell map takes other code paths in the reshapes).
-MIN_SIDE = 65
 MAX_SIDE = 8192
 MAX_BATCH = 1024
 # Export example: distinct sizes (no 0/1 or equal dims that the tracer could merge), padding on one image.
 EXAMPLE_SHAPE = (2, 352, 416)
 
-META_CLASS_NAMES = "class_names"
-META_VERSION = "hdetr_version"
-META_CONFIG = "config"
-META_OUTPUTS = "hdetr_outputs"  # "raw" | "postprocessed"
-META_TOPK = "topk"
-META_MIN_SIDE = "min_side"
-META_CATEGORY_MAP = "category_map"  # JSON of CategoryMap.to_dict(), when the model has one
 
 
 class ExportError(RuntimeError):
@@ -139,10 +139,8 @@ def export_onnx(
     model.eval()
     # The graph is traced from the grid_sample reference path (an ONNX GridSample op); the fast path is
     # a custom autograd kernel with data-dependent index arithmetic that exporters cannot follow.
-    attention = [m for m in model.modules() if isinstance(m, MultiScaleDeformableAttention)]
-    impls = [m.impl for m in attention]
-    for m in attention:
-        m.impl = "reference"
+    impl = model.attention_impl
+    model.set_attention_impl("reference")
     wrapper = (WithPostprocess(model, topk) if postprocess else RawOutputs(model)).eval()
     inputs = example_inputs(mask_dtype=mask_dtype, postprocess=postprocess)
 
@@ -178,8 +176,7 @@ def export_onnx(
         raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
     finally:
         model.train(was_training)
-        for m, impl in zip(attention, impls):
-            m.impl = impl
+        model.set_attention_impl(impl)
 
     meta = {
         META_CLASS_NAMES: json.dumps(list(class_names or [])),
@@ -283,25 +280,6 @@ def verify_onnx(path, model: nn.Module, *, postprocess: bool = False, topk: int 
         "max_abs_box_diff": worst_box,
         "atol": atol,
         "ok": worst_score <= atol and worst_box <= atol,
-    }
-
-
-def read_metadata(path: str | Path) -> dict:
-    """Metadata of an exported model: class_names (list), config (dict or None), version, outputs, topk."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    return {
-        "class_names": json.loads(props.get(META_CLASS_NAMES, "[]") or "[]"),
-        "config": json.loads(props[META_CONFIG]) if META_CONFIG in props else None,
-        "hdetr_version": props.get(META_VERSION),
-        "outputs": props.get(META_OUTPUTS, "raw"),
-        "topk": int(props[META_TOPK]) if META_TOPK in props else None,
-        "category_map": json.loads(props[META_CATEGORY_MAP]) if META_CATEGORY_MAP in props else None,
-        "min_side": int(props.get(META_MIN_SIDE, MIN_SIDE)),
-        "onnxscript_optimized": props.get("onnxscript_optimized") == "true",
-        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
     }
 
 

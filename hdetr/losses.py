@@ -15,7 +15,7 @@ from torch import Tensor
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
 from .config import LossConfig
-from .hybrid import MatchingPlan
+from .hybrid import MatchingPlan, layer_outputs
 from .matcher import HungarianMatcher
 
 LOSS_WEIGHT_KEYS = {"loss_ce": "cls", "loss_bbox": "bbox", "loss_giou": "giou"}
@@ -111,12 +111,12 @@ class SetCriterion(torch.nn.Module):
 
     def forward(self, outputs: dict, targets: list[dict], plan: MatchingPlan, matches: dict | None = None):
         """Loss dict for one batch. Pass a dict as ``matches`` to receive the assignments."""
-        main = outputs["aux_outputs"] + [{"pred_logits": outputs["pred_logits"], "pred_boxes": outputs["pred_boxes"]}]
+        main = layer_outputs(outputs, "one2one")
         if len(plan.layer_repeats) != len(main):
             raise ValueError(f"matching plan has {len(plan.layer_repeats)} layers, model output {len(main)}")
         losses = self._group(main, targets, plan.layer_repeats, "one2one", matches)
         if "enc_outputs" in outputs:
-            enc_targets = repeat_targets(binary_targets(targets), plan.enc_repeats)
+            enc_targets = binary_targets(targets)  # encoder proposals: one-to-one under every scheme
             num_boxes = average_num_boxes(enc_targets, outputs["pred_logits"].device)
             indices = self.matcher(outputs["enc_outputs"], enc_targets)
             if matches is not None:
@@ -124,9 +124,7 @@ class SetCriterion(torch.nn.Module):
             for key, v in self._losses(outputs["enc_outputs"], enc_targets, indices, num_boxes, log=False).items():
                 losses[key + "_enc"] = v
         if plan.branch_repeats and outputs["pred_logits_one2many"].shape[1] > 0:
-            extra = outputs["aux_outputs_one2many"] + [
-                {"pred_logits": outputs["pred_logits_one2many"], "pred_boxes": outputs["pred_boxes_one2many"]}
-            ]
+            extra = layer_outputs(outputs, "one2many")
             branch = self._group(extra, targets, (plan.branch_repeats,) * len(extra), "one2many", matches)
             for key, v in branch.items():
                 losses[key + "_one2many"] = v * plan.branch_weight

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchvision.ops import box_convert
@@ -36,3 +39,37 @@ def postprocess(outputs: dict, target_sizes: Tensor, topk: int = 100) -> list[di
         {"scores": s, "labels": l, "boxes": b, "query_index": q}
         for s, l, b, q in zip(scores, labels, xyxy, query)
     ]
+
+
+def detections_to_coco(
+    results: Sequence[dict[str, Any]],
+    image_ids: Sequence[int],
+    category_map,
+    class_names: Sequence[str] | None = None,
+) -> list[dict]:
+    """Post-processed model outputs -> COCO result dicts (the one conversion, for eval and predict).
+
+    ``results[i]`` holds ``scores`` (k,), ``labels`` (k,) model class indices and
+    ``boxes`` (k,4) absolute XYXY in original-image pixels for ``image_ids[i]``.
+    Labels with no dataset category (the ``N/A`` holes of coco mode) are dropped. ``category_map``
+    None (a converted official checkpoint) means class index = COCO category id. With ``class_names``
+    every dict also gets ``category_name``.
+    """
+    if len(results) != len(image_ids):
+        raise ValueError(f"{len(results)} results for {len(image_ids)} image ids")
+    to_cat = category_map.index_to_cat_id if category_map is not None else None
+    out: list[dict] = []
+    for res, image_id in zip(results, image_ids):
+        boxes = torch.as_tensor(res["boxes"]).detach().to("cpu", torch.float64).reshape(-1, 4)
+        scores = torch.as_tensor(res["scores"]).detach().to("cpu", torch.float64).reshape(-1)
+        labels = torch.as_tensor(res["labels"]).detach().to("cpu", torch.int64).reshape(-1)
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+        for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist()):
+            cat_id = to_cat.get(label) if to_cat is not None else label
+            if cat_id is None:
+                continue
+            d = {"image_id": int(image_id), "category_id": int(cat_id), "bbox": box, "score": score}
+            if class_names is not None:
+                d["category_name"] = class_names[label] if label < len(class_names) else str(label)
+            out.append(d)
+    return out

@@ -1,7 +1,7 @@
 """onnxruntime session wrapper for graphs written by ``hdetr export``.
 
 ``OnnxBackend(path)`` is only the network: ``forward(images, mask) -> {"pred_logits", "pred_boxes"}``
-on a padded, normalised batch (raw-output graphs), plus ``metadata`` (``hdetr.export.read_metadata``:
+on a padded, normalised batch (raw-output graphs), plus ``metadata`` (``hdetr.graph_metadata.read_metadata``:
 class names, config, outputs kind, min side, ...). Preprocessing, post-processing and thresholding
 live in one place, ``hdetr.api.Detector``; ``Detector.from_onnx(path)`` puts this backend behind it.
 """
@@ -49,7 +49,7 @@ class OnnxBackend:
                  providers: Sequence[str] | None = None):
         import onnxruntime as ort
 
-        from .export import read_metadata
+        from .graph_metadata import read_metadata
 
         self.path = Path(path)
         if not self.path.is_file():

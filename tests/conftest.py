@@ -1,11 +1,21 @@
-import sys
+"""Shared fixtures, and the markers of support/kinds.py put on the tests it names.
+
+``tests/`` is on the import path through pytest's ``pythonpath`` setting (pyproject.toml): test modules
+import ``support`` and the helper modules beside them directly.
+"""
+
 from pathlib import Path
 
-# Helpers shared by tests (conformance runner) live beside them.
-sys.path.insert(0, str(Path(__file__).parent))
+import pytest
+
+from support.kinds import kinds_of
 
 
-import pytest  # noqa: E402
+def pytest_collection_modifyitems(items):
+    for item in items:
+        name = getattr(item, "originalname", None) or item.name.split("[")[0]
+        for kind in kinds_of(Path(str(item.fspath)).stem, name):
+            item.add_marker(getattr(pytest.mark, kind))
 
 
 @pytest.fixture(scope="session")

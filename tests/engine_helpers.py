@@ -6,26 +6,9 @@ from pathlib import Path
 
 import torch
 
-# A model small enough that a training step takes well under a second on one CPU core.
-TINY_MODEL = [
-    "model.backbone=tiny",
-    "model.enc_layers=1",
-    "model.dec_layers=2",
-    "model.dim_feedforward=64",
-    "model.nheads=4",
-    "model.num_queries=10",
-    "model.topk=20",
-    "hybrid.scheme=branch",
-    "hybrid.num_queries_one2many=20",
-    "hybrid.k=2",
-    "train.lr_backbone=2e-4",
-    "train.batch_size=2",
-    "train.num_workers=0",
-    "train.log_every=1",
-    "data.train_scales=[48,56,64]",
-    "data.max_size=80",
-    "data.val_scale=64",
-]
+from support.tiny import TRAINING
+
+TINY_MODEL = TRAINING  # the tiny model trained on images (support.tiny)
 
 
 def tiny_overrides(data: Path, *extra: str) -> list[str]:

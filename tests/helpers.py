@@ -5,12 +5,9 @@ from __future__ import annotations
 import torch
 
 from hdetr.config import build_config
+from support.tiny import FEATURES
 
-TINY = [
-    "model.backbone=precomputed", "model.backbone_channels=[32,64,128]", "model.num_classes=5",
-    "model.enc_layers=1", "model.dec_layers=3", "model.dim_feedforward=64", "model.nheads=4",
-    "model.num_queries=12", "model.topk=20", "hybrid.num_queries_one2many=24", "hybrid.k=3",
-]
+TINY = FEATURES  # the tiny model fed with precomputed features (support.tiny)
 
 
 def tiny_config(*overrides: str):

@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from hdetr.bench import ablation
+from hdetr.bench import ablation, ablation_report, ablation_runs, ablation_setup
 from hdetr.cli import build_parser
+from hdetr.hybrid import query_groups
 
 MICRO = [
     "--set", "train_images=8", "--set", "val_images=4", "--set", "image_size=64", "--set", "train_scales=64",
@@ -67,23 +68,23 @@ def test_micro_ablation_writes_real_numbers_and_resumes(tmp_path, capsys):
 def test_scheme_configs_follow_the_paper():
     b = ablation.DEFAULT
     assert b.seeds >= 3 and b.epochs > b.lr_drop >= b.epochs - 2
-    assert ablation.tokens(min(b.train_scales)) >= b.num_queries + b.num_queries_one2many
+    assert ablation_setup.tokens(min(b.train_scales)) >= b.num_queries + b.num_queries_one2many
     from hdetr.config import load_config
     from hdetr.hybrid import matching_plan
 
     cfgs = {s: load_config(ablation.PRESET, ablation.run_overrides(s, 0, b, "DATA")) for s in ablation.SCHEMES}
     total = b.num_queries + b.num_queries_one2many
-    assert cfgs["baseline"].model.num_queries == b.num_queries and cfgs["baseline"].num_queries_one2many == 0
+    assert cfgs["baseline"].model.num_queries == b.num_queries and query_groups(cfgs["baseline"]).one2many == 0
     assert cfgs["baseline_more_queries"].model.num_queries == total
-    assert cfgs["branch"].model.num_queries == b.num_queries and cfgs["branch"].num_queries_one2many == b.num_queries_one2many
+    assert cfgs["branch"].model.num_queries == b.num_queries and query_groups(cfgs["branch"]).one2many == b.num_queries_one2many
     for s in ("epoch", "layer"):
-        assert cfgs[s].model.num_queries == total and cfgs[s].num_queries_one2many == 0
+        assert cfgs[s].model.num_queries == total and query_groups(cfgs[s]).one2many == 0
     # Everything but the scheme settings is shared.
     strip = lambda c: {k: v for k, v in c.to_dict().items() if k not in ("hybrid",)} | {  # noqa: E731
         "model": {k: v for k, v in c.model.__dict__.items() if k != "num_queries"}}
     assert all(strip(c) == strip(cfgs["baseline"]) for c in cfgs.values())
     e = cfgs["epoch"]
-    one2many_epochs = [ep for ep in range(b.epochs) if matching_plan(e, ep).uses_one2many]
+    one2many_epochs = [ep for ep in range(b.epochs) if max(matching_plan(e, ep).layer_repeats) > 1]
     assert one2many_epochs == list(range(round(b.epoch_ratio * b.epochs)))
     plan = matching_plan(cfgs["layer"], 0)
     assert plan.layer_repeats == (b.k,) * b.one2many_layers + (1,) * (b.dec_layers - b.one2many_layers)
@@ -95,11 +96,11 @@ def test_curve_helpers():
                           for it, sec, ap in points]}
 
     runs = [run((10, 1.0, 0.1), (20, 2.0, 0.3)), run((10, 3.0, 0.3), (20, 4.0, 0.5))]
-    assert ablation.mean_curve(runs, "cpu") == [[10, 2.0, pytest.approx(0.2)], [20, 3.0, pytest.approx(0.4)]]
-    assert ablation.mean_curve(runs, "wall")[0][1] == 20.0
-    curve = ablation.mean_curve(runs, "cpu")
-    assert ablation.interpolate(curve, 2.5) == pytest.approx(0.3)
-    assert math.isnan(ablation.interpolate(curve, 5.0))
+    assert ablation_report.mean_curve(runs, "cpu") == [[10, 2.0, pytest.approx(0.2)], [20, 3.0, pytest.approx(0.4)]]
+    assert ablation_report.mean_curve(runs, "wall")[0][1] == 20.0
+    curve = ablation_report.mean_curve(runs, "cpu")
+    assert ablation_report.interpolate(curve, 2.5) == pytest.approx(0.3)
+    assert math.isnan(ablation_report.interpolate(curve, 5.0))
 
 
 def test_budget_settings_are_checked():
@@ -121,18 +122,18 @@ def test_run_folder_lock_is_exclusive_across_processes(tmp_path):
 
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
-        "print('locked', flush=True); time.sleep(60)"), str(tmp_path / ablation.LOCK_FILE)],
+        "print('locked', flush=True); time.sleep(60)"), str(tmp_path / ablation_runs.LOCK_FILE)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert ablation._try_lock(tmp_path) is None
+        assert ablation_runs._try_lock(tmp_path) is None
     finally:
         holder.kill()
         holder.wait()
     deadline = time.monotonic() + 10
-    lock = ablation._try_lock(tmp_path)
+    lock = ablation_runs._try_lock(tmp_path)
     while lock is None and time.monotonic() < deadline:
         time.sleep(0.1)
-        lock = ablation._try_lock(tmp_path)
+        lock = ablation_runs._try_lock(tmp_path)
     assert lock is not None
     lock.close()

@@ -274,6 +274,7 @@ def test_set_attention_impl_switches_every_module():
     assert all(m.impl == "fast" for m in model.modules() if isinstance(m, MultiScaleDeformableAttention))
     with pytest.raises(ValueError):
         model.set_attention_impl("cuda")
+    assert model.cfg.attention_impl == "reference" and cfg.model.attention_impl == "reference"  # configs stay as loaded
 
 
 def test_config_rejects_unknown_impl():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hdetr.hybrid import matching_plan, one2many_epoch_count
+from hdetr.hybrid import QueryGroups, matching_plan, one2many_epoch_count, query_groups
 from hdetr.losses import SetCriterion
 from hdetr.models import build_model
 from helpers import tiny_batch, tiny_config
@@ -116,3 +116,16 @@ def test_too_few_encoder_tokens_for_the_proposals_is_a_clear_error():
     feats, mask, _ = tiny_batch(sizes=((32, 32),), num_boxes=(1,))
     with pytest.raises(ValueError, match="encoder tokens"):
         model(None, mask, features=feats)
+
+
+@pytest.mark.parametrize("scheme,extra", [("branch", 24), ("none", 0), ("epoch", 0), ("layer", 0)])
+def test_query_groups_decided_by_hybrid_and_used_by_the_model(scheme, extra):
+    cfg = tiny_config(f"hybrid.scheme={scheme}", "hybrid.one2many_layers=2")
+    assert query_groups(cfg) == QueryGroups(12, extra)
+    model = build_model(cfg)
+    assert model.query_groups == query_groups(cfg)
+    feats, mask, _ = tiny_batch()
+    for training, expected in ((True, 12 + extra), (False, 12)):
+        out = model.train(training)(None, mask, features=feats)
+        assert out["pred_logits"].shape[1] == 12
+        assert out["pred_logits"].shape[1] + out["pred_logits_one2many"].shape[1] == expected

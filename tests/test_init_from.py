@@ -49,7 +49,8 @@ def _fresh(cfg):
 def test_class_rows_by_name_and_map_are_bit_identical_and_the_rest_start_fresh(source_run, target_data, tmp_path):
     src = load_weights(source_run).state
     cfg = _cfg(target_data, f"train.init_from={source_run}", "train.init_class_map={car: Circle}",
-               "model.num_queries=5", "hybrid.num_queries_one2many=40")
+               "model.num_queries=5", "hybrid.num_queries_one2many=40",
+               "model.topk=15")  # 5 queries x the target's 3 classes (validated once the data is read)
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     mine, fresh = trainer.model.state_dict(), _fresh(cfg)
     assert trainer.cmap.names == ["Person", "SQUARE", "car"]

@@ -128,3 +128,13 @@ def test_ema_weights_are_exported(synth_data, tmp_path):
     exported = load_file(str(tmp_path / "model" / "model.safetensors"))
     assert_same_tensors(exported, {k: v for k, v in last["ema"]["module"].items()})
     assert not all(torch.equal(last["model"][k], exported[k]) for k in exported)
+
+
+def test_training_does_not_change_the_callers_config(synth_data, tmp_path):
+    """The dataset decides the class count of the run (a derived config); the config given stays as loaded."""
+    cfg = load_config(None, tiny_overrides(synth_data, "model.num_classes=7", "train.max_iters=1", "train.epochs=1"))
+    before = cfg.to_dict()
+    train(cfg, tmp_path, progress=False)
+    assert cfg.to_dict() == before
+    saved = load_state(tmp_path / "last.pt")["config"]
+    assert saved["model"]["num_classes"] == 4  # the synthetic shapes

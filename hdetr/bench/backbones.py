@@ -11,12 +11,13 @@ the ratio to ``tiny``. Results go to the screen and to ``--out`` as JSON, with t
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from pathlib import Path
 
-from .speed import Timer, _schedule_pairs, machine_info
+from .machine import describe
+from .report import write_report
+from .speed import Timer, _schedule_pairs
 
 PRESET = "synthetic_small"
 BACKBONES = ("tiny", "efficientnet_lite0")
@@ -112,8 +113,7 @@ def run(args) -> int:
               f"{s['cpu_ratio_to_tiny']:>7.2f} {s['backbone_params']:>16,}")
     print(f"load average {os.getloadavg()[0]:.1f} (wall times stretch with the load; CPU seconds much less)")
     result = {"preset": PRESET, "batch": args.batch, "image_size": args.size, "repeats": repeats,
-              "threads": args.threads, "machine": machine_info(), "backbones": summary, "raw": times}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+              "threads": args.threads, "machine": describe(), "backbones": summary, "raw": times}
+    write_report(args.out, result)
     print(f"wrote {args.out}")
     return 0

@@ -246,7 +246,8 @@ def plot(table: dict, path: Path, title: str) -> None:
 def run(args) -> int:
     from ..data.synthetic import write_synthetic_dataset
     from ..data.synthetic_target import write_target_dataset
-    from .machine import cpu_model, usable_cpus
+    from .machine import describe, one_line
+    from .report import write_report
 
     b = QUICK if args.quick else FULL
     if args.seeds:
@@ -284,15 +285,14 @@ def run(args) -> int:
     results = [r for r in first if r["name"] != "source"] + _run_all(needs_source, args.jobs, log)
     table = aggregate(results, arms)
     cpu_s = source["train_cpu_time"] + sum(r["train_cpu_time"] for r in results)
-    machine = (f"{cpu_model()}, {usable_cpus()} usable cores, {args.threads} torch thread(s) per run, "
+    machine = (f"{one_line(describe())}, {args.threads} torch thread(s) per run, "
                f"{args.jobs} run(s) at a time, load average {os.getloadavg()[0]:.1f} at the end")
     doc = {"budget": dataclasses.asdict(b), "budget_key": key, "machine": machine,
            "source": {"AP": source["evals"][-1]["AP"], "steps": source["steps"],
                       "train_cpu_time": source["train_cpu_time"]},
            "arms": table, "runs": results, "train_cpu_minutes_total": cpu_s / 60,
            "this_invocation_cpu_s": time.process_time() - cpu0}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
+    write_report(out, doc)
     title = (f"target AP, mean ± std over seeds {list(b.seeds)}; source: {b.source_epochs * -(-b.source_train // b.batch_size)}"
              f" steps on hdetr synth\n{machine}")
     plot(table, out.with_suffix(".png"), title)

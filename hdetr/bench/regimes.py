@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .ablation import DEFAULT, QUICK
+from .ablation_setup import DEFAULT, QUICK
 
 PAPER = dataclasses.replace(
     DEFAULT,

@@ -11,7 +11,6 @@ keeps growing over the run would show as growth. Writes --out (default benchmark
 from __future__ import annotations
 
 import io
-import os
 import queue
 import re
 import subprocess
@@ -220,7 +219,7 @@ def run(args) -> int:
     import json
 
     from ..errors import UserError
-    from .speed import machine_info
+    from .machine import describe as machine_info
 
     if args.clients < 1 or args.requests < 1 or args.max_seconds <= 0:
         raise UserError("--clients and --requests must be >= 1 and --max-seconds > 0")

@@ -14,20 +14,20 @@ The backbone is replaced by precomputed stride-8/16/32 feature maps of one 800x1
 
 ``--impl both`` times the fast and the reference computation paths side by side in one process,
 interleaved, on the same weights. Results go to the screen and to ``--out`` as JSON, with the machine.
+
+Over 400 lines because the measurements of one model share its set-up, the timer and the interleaved
+schedule; ``--official`` adds the side-by-side run of the official code (hdetr/bench/official.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 from ..threads import add_threads_argument
-from .machine import cpu_model, usable_cpus
+from .report import write_report
 
 TARGETS = {  # fast path, full size (docs/performance.md)
     "hybrid.train_step": ("<=", 16.0, "s"),
@@ -68,26 +68,9 @@ def add_arguments(p) -> None:
 
 # -- machine --------------------------------------------------------------------------------------
 def machine_info() -> dict:
-    import torch
+    from .machine import describe
 
-    cpu, usable = cpu_model(), usable_cpus()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": usable,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cuda_available": torch.cuda.is_available(),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "git_commit": commit,
-    }
+    return describe()
 
 
 # -- setup ----------------------------------------------------------------------------------------
@@ -243,6 +226,7 @@ def measure_matcher(impls, inputs, args, results: dict, warmup: int) -> None:
     """All matcher calls of one hybrid training step, on fixed (detached) outputs."""
     import torch
 
+    from ..hybrid import layer_outputs
     from ..losses import binary_targets, repeat_targets
 
     image, mask, features, targets = inputs
@@ -250,14 +234,10 @@ def measure_matcher(impls, inputs, args, results: dict, warmup: int) -> None:
     model.to(args.device).train()
     with torch.no_grad():
         out = model(image, mask, features=features)
-    main = out["aux_outputs"] + [{"pred_logits": out["pred_logits"], "pred_boxes": out["pred_boxes"]}]
-    extra = out["aux_outputs_one2many"] + [
-        {"pred_logits": out["pred_logits_one2many"], "pred_boxes": out["pred_boxes_one2many"]}
-    ]
-    calls = [(o, repeat_targets(targets, k)) for o, k in zip(main, plan.layer_repeats)]
+    calls = [(o, repeat_targets(targets, k)) for o, k in zip(layer_outputs(out, "one2one"), plan.layer_repeats)]
     if "enc_outputs" in out:
-        calls.append((out["enc_outputs"], repeat_targets(binary_targets(targets), plan.enc_repeats)))
-    calls += [(o, repeat_targets(targets, plan.branch_repeats)) for o in extra]
+        calls.append((out["enc_outputs"], binary_targets(targets)))
+    calls += [(o, repeat_targets(targets, plan.branch_repeats)) for o in layer_outputs(out, "one2many")]
     for rep, impl in _schedule(impls, args.repeats, warmup):
         with Timer(args.sync) as t:
             for o, tg in calls:
@@ -532,8 +512,7 @@ def run_speed(args) -> int:
         "profiles": profiles,
         "elapsed_s": time.perf_counter() - started,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_report(args.out, report)
     print(f"\nwrote {args.out}")
     return 0
 
@@ -587,7 +566,6 @@ def run_side_by_side(args, inputs, image_size, warmup: int) -> int:
         "checks": checks,
         "elapsed_s": time.perf_counter() - started,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_report(args.out, report)
     print(f"\nwrote {args.out}")
     return 0

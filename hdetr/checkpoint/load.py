@@ -13,7 +13,7 @@ through ``load_weights``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -87,7 +87,8 @@ def _from_torch_file(path: Path) -> LoadedWeights:
         return LoadedWeights(cfg, state, cmap, names, path, kind, ema)
     if "model" in ckpt:
         cfg, state = load_official_checkpoint(path)
-        cfg.model.pretrained_backbone = False  # the backbone's weights are in the checkpoint
+        # The backbone's weights are in the checkpoint: a derived config that never downloads them.
+        cfg = replace(cfg, model=replace(cfg.model, pretrained_backbone=False))
         return LoadedWeights(cfg, state, None, coco_class_names(cfg.model.num_classes), path, "official checkpoint")
     raise UserError(f"{path}: not an hdetr model folder, run folder, hdetr checkpoint or official checkpoint "
                     f"(a dict with 'model'); its keys are {sorted(map(str, ckpt))[:8]}")

@@ -14,9 +14,9 @@ from faster_coco_eval import COCO
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
-from hdetr.data.sanitize import BOX_KEPT, BOX_MALFORMED, confine_path, image_relpath, not_a_regular_file, sanitize_box
-from hdetr.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetrTransforms
-from hdetr.errors import BadImageError, DataError
+from ..errors import BadImageError, DataError
+from .sanitize import BOX_KEPT, BOX_MALFORMED, confine_path, image_relpath, not_a_regular_file, sanitize_box
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, DetrTransforms
 
 # The 80 COCO 2017 detection categories (id -> name). Ids are sparse up to 90;
 # DETR keeps the sparse ids as class indices, hence 91 logits.

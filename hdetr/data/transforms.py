@@ -16,13 +16,16 @@ from torchvision.ops import box_convert
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..config import DataConfig
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Official COCO recipe (Deformable-DETR main.py / datasets/coco.py).
-DEFAULT_SCALES = tuple(range(480, 801, 32))
-DEFAULT_MAX_SIZE = 1333
-DEFAULT_VAL_SIZE = 800
+# Official COCO recipe (Deformable-DETR main.py / datasets/coco.py): the sizes are the data config's
+# defaults (hdetr.config.DataConfig, written once there); the crop branch lives here.
+DEFAULT_SCALES = tuple(DataConfig().train_scales)
+DEFAULT_MAX_SIZE = DataConfig().max_size
+DEFAULT_VAL_SIZE = DataConfig().val_scale
 # (short sides to pick from before cropping, crop min size, crop max size)
 DEFAULT_CROP = ((400, 500, 600), 384, 600)
 

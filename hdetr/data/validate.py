@@ -11,6 +11,9 @@ the image id and the annotation id:
   negative size, boxes fully outside and boxes with NaN/inf coordinates are dropped.
 * ``warnings``: worth reading, not blocking (many boxes dropped, images without a size, ...).
 
+Over 400 lines because ``validate_dataset`` walks one annotation document once, section by section
+(images, categories, annotations, files on disk), and its findings share one report.
+
 Images without any box are valid training images (counted, not an error); crowd annotations are
 counted and ignored for training, like the COCO evaluator ignores them. The table of kinds is ``KINDS``;
 docs/reliability.md describes each.

@@ -7,10 +7,10 @@ import inspect
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
 
-import torch
 from faster_coco_eval import COCO, COCOeval_faster
+
+from ..postprocess import detections_to_coco  # noqa: F401  (the conversion lives with the post-processing)
 
 logger = logging.getLogger(__name__)
 
@@ -155,40 +155,6 @@ def _lvis_package_metrics(lvis_gt, detections, image_ids, max_dets) -> dict[str,
     r = ev.get_results()
     out = {k: float(r[k]) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")}
     out["AR"] = float(r[f"AR@{max_dets}"])
-    return out
-
-
-def detections_to_coco(
-    results: Sequence[dict[str, Any]],
-    image_ids: Sequence[int],
-    category_map,
-    class_names: Sequence[str] | None = None,
-) -> list[dict]:
-    """Post-processed model outputs -> COCO result dicts (the one conversion, for eval and predict).
-
-    ``results[i]`` holds ``scores`` (k,), ``labels`` (k,) model class indices and
-    ``boxes`` (k,4) absolute XYXY in original-image pixels for ``image_ids[i]``.
-    Labels with no dataset category (the ``N/A`` holes of coco mode) are dropped. ``category_map``
-    None (a converted official checkpoint) means class index = COCO category id. With ``class_names``
-    every dict also gets ``category_name``.
-    """
-    if len(results) != len(image_ids):
-        raise ValueError(f"{len(results)} results for {len(image_ids)} image ids")
-    to_cat = category_map.index_to_cat_id if category_map is not None else None
-    out: list[dict] = []
-    for res, image_id in zip(results, image_ids):
-        boxes = torch.as_tensor(res["boxes"]).detach().to("cpu", torch.float64).reshape(-1, 4)
-        scores = torch.as_tensor(res["scores"]).detach().to("cpu", torch.float64).reshape(-1)
-        labels = torch.as_tensor(res["labels"]).detach().to("cpu", torch.int64).reshape(-1)
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
-        for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist()):
-            cat_id = to_cat.get(label) if to_cat is not None else label
-            if cat_id is None:
-                continue
-            d = {"image_id": int(image_id), "category_id": int(cat_id), "bbox": box, "score": score}
-            if class_names is not None:
-                d["category_name"] = class_names[label] if label < len(class_names) else str(label)
-            out.append(d)
     return out
 
 

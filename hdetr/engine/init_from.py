@@ -27,6 +27,7 @@ from ..checkpoint import LoadedWeights, atomic_write, load_weights
 from ..config import Config, parse_parts
 from ..data.coco import UNUSED_CLASS_NAME
 from ..errors import UserError
+from ..hybrid import query_groups
 from ..models.parts import CLASS_HEAD_PREFIX, QUERY_EMBEDDING, freeze, part_of
 
 REPORT_FILE = "init_report.json"
@@ -72,7 +73,7 @@ def _mismatch(source: Path, name: str, theirs, mine) -> UserError:
 
 def _query_rows(cfg: Config, src_cfg: Config, n_src: int, one2many: str) -> list[tuple[int, int]]:
     """(target row, source row) pairs of the query embedding (one-to-one group first, then one-to-many)."""
-    t_o2o, t_o2m = cfg.model.num_queries, cfg.num_queries_one2many
+    t_o2o, t_o2m = cfg.model.num_queries, query_groups(cfg).one2many
     s_o2o = min(src_cfg.model.num_queries, n_src)
     s_o2m = n_src - s_o2o
     pairs = [(r, r) for r in range(min(t_o2o, s_o2o))]

@@ -19,13 +19,11 @@ from .sampling import EpochBatches, SeededSamples, worker_init
 
 # The official crop branch (resize to 400/500/600, crop 384..600) is tuned for 480..800 scales; other
 # scale ranges get it scaled by the same factor.
-OFFICIAL_MAX_SCALE = 800
-OFFICIAL_CROP = ((400, 500, 600), 384, 600)
-
-
 def crop_for_scales(scales: list[int]) -> tuple[tuple[int, ...], int, int]:
-    f = max(scales) / OFFICIAL_MAX_SCALE
-    pre, lo, hi = OFFICIAL_CROP
+    from ..data.transforms import DEFAULT_CROP, DEFAULT_SCALES  # the official recipe, written there once
+
+    f = max(scales) / max(DEFAULT_SCALES)
+    pre, lo, hi = DEFAULT_CROP
     return tuple(max(8, round(s * f)) for s in pre), max(8, round(lo * f)), max(8, round(hi * f))
 
 

@@ -8,6 +8,9 @@ alone (see sampling.py), so a resumed run sees the very batches the uninterrupte
 
 The Trainer wires the parts together: one optimizer step (step.py), the optimizer and lr schedule
 (optim.py), the checkpoint files (checkpoints.py), what stops or skips a step (guards.py).
+Over 400 lines because the start-up (data check, splits, model, optimizer, AMP, EMA, DDP), the loop
+with its log windows and the evaluation / best-model saving share the run's state; the start-up is
+the next part to move out.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -100,7 +103,8 @@ class Trainer:
         if cfg.model.num_classes != self.cmap.num_classes:
             self.log(f"note: model.num_classes {cfg.model.num_classes} -> {self.cmap.num_classes} "
                      f"({self.cmap.mode} categories of {self.train_split.ann_file})")
-            cfg.model.num_classes = self.cmap.num_classes
+            # A derived copy: the caller's config stays as it was loaded.
+            cfg = self.cfg = replace(cfg, model=replace(cfg.model, num_classes=self.cmap.num_classes))
             # Settings valid for the preset's class count may not be for the data's (model.topk): refuse
             # now, not after a training whose model eval and predict would then refuse.
             try:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import ATTENTION_IMPLS
+
 
 def ms_deform_attn_reference(
     value: Tensor, spatial_shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
@@ -57,7 +59,6 @@ def shape_normalizer(spatial_shapes, dtype, device) -> Tensor:
     )
 
 
-ATTENTION_IMPLS = ("fast", "reference")
 
 
 # Each level is stored with a border of zeros: 1 row/column before, 2 after. Samples are clamped to

@@ -8,6 +8,7 @@ Both groups run in one decoder pass; a self-attention mask keeps them from seein
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import torch
@@ -18,6 +19,7 @@ from .backbone_weights import build_configured_backbone
 from .deformable_attention import ATTENTION_IMPLS, MultiScaleDeformableAttention
 from .position_encoding import SinePositionEncoding, downsample_mask
 from .transformer import DeformableTransformer
+from ..hybrid import QueryGroups, query_groups
 
 
 class MLP(nn.Module):
@@ -56,6 +58,7 @@ class HDETR(nn.Module):
     def __init__(self, cfg: ModelConfig, num_queries_one2many: int = 0, backbone: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
+        self.query_groups = QueryGroups(cfg.num_queries, num_queries_one2many)  # decided by hybrid.query_groups
         self.num_queries = cfg.num_queries
         self.num_queries_one2many = num_queries_one2many
         self.backbone = backbone if backbone is not None else build_configured_backbone(cfg)
@@ -68,6 +71,7 @@ class HDETR(nn.Module):
             projections.append(InputProjection(in_ch, d, kernel_size=3, stride=2))
             in_ch = d
         self.input_projections = nn.ModuleList(projections)
+        self._attention_impl = cfg.attention_impl  # the path in use; set_attention_impl switches it, cfg stays as loaded
         self.transformer = DeformableTransformer(
             d_model=d,
             heads=cfg.nheads,
@@ -84,7 +88,7 @@ class HDETR(nn.Module):
             with_box_refine=cfg.with_box_refine,
             attention_impl=cfg.attention_impl,
         )
-        total = self.num_queries + num_queries_one2many
+        total = self.query_groups.total
         if not cfg.two_stage:
             self.query_embedding = nn.Embedding(total, 2 * d)  # positional half, then content half
         elif cfg.mixed_selection:
@@ -110,20 +114,18 @@ class HDETR(nn.Module):
 
     @property
     def attention_impl(self) -> str:
-        return self.cfg.attention_impl
+        return self._attention_impl
 
     def set_attention_impl(self, impl: str) -> None:
-        """Switch every fast path (deformable attention, grouped self-attention) on or off in place."""
+        """The one way to switch the computation path: every fast path (deformable attention, grouped
+        self-attention) on or off in place, the model and all its modules together. ``self.cfg`` keeps
+        the value it was built with (configs are not changed after loading)."""
         if impl not in ATTENTION_IMPLS:
             raise ValueError(f"unknown attention_impl {impl!r}; choose one of {', '.join(ATTENTION_IMPLS)}")
-        self.cfg.attention_impl = impl
+        self._attention_impl = impl
         for m in self.modules():
             if isinstance(m, MultiScaleDeformableAttention):
                 m.impl = impl
-
-    def active_queries(self) -> tuple[int, int]:
-        """(one2one, one2many) queries of the next forward: the extra group exists only in training."""
-        return self.num_queries, (self.num_queries_one2many if self.training else 0)
 
     def forward(self, images: Tensor | None, mask: Tensor, features: list[Tensor] | None = None) -> dict:
         """images (B, 3, H, W) padded batch; mask (B, H, W) True on padding.
@@ -148,16 +150,16 @@ class HDETR(nn.Module):
             masks.append(m)
             pos.append(self.position_encoding(m).to(src.dtype))
 
-        n_o2o, n_o2m = self.active_queries()
-        total = n_o2o + n_o2m
+        groups = self.query_groups.active(self.training)
+        n_o2o, n_o2m, total = groups.one2one, groups.one2many, groups.total
         query_embed = None if self.query_embedding is None else self.query_embedding.weight[:total]
-        attn_mask = groups = None
+        attn_mask = sizes = None
         if n_o2m and self.attention_impl == "fast":
-            groups = (n_o2o, n_o2m)  # two separate self-attentions instead of one masked one
+            sizes = (n_o2o, n_o2m)  # two separate self-attentions instead of one masked one
         elif n_o2m:
             attn_mask = query_group_mask(n_o2o, total, mask.device)
         out = self.transformer(
-            srcs, masks, pos, query_embed, total, self.class_heads, self.box_heads, attn_mask, query_groups=groups
+            srcs, masks, pos, query_embed, total, self.class_heads, self.box_heads, attn_mask, query_groups=sizes
         )
 
         logits = torch.stack([self.class_heads[i](h) for i, h in enumerate(out.hidden_states)])
@@ -186,7 +188,7 @@ def assemble_outputs(logits: Tensor, boxes: Tensor, n_o2o: int, enc_logits=None,
 
 def build_model(cfg, backbone: nn.Module | None = None) -> HDETR:
     """The detector described by a full ``Config`` (the hybrid section decides the extra query group)."""
-    return HDETR(cfg.model, num_queries_one2many=cfg.num_queries_one2many, backbone=backbone)
+    return HDETR(cfg.model, num_queries_one2many=query_groups(cfg).one2many, backbone=backbone)
 
 
 class WeightsMismatchError(ValueError):
@@ -196,7 +198,6 @@ class WeightsMismatchError(ValueError):
 def build_model_with_weights(cfg, state: dict, source) -> HDETR:
     """The model of ``cfg`` holding ``state``, which must fit it exactly. The backbone is never
     downloaded: its weights come from ``state``. Raises WeightsMismatchError naming ``source``."""
-    cfg.model.pretrained_backbone = False
     # Damaged weights are refused, not run: NaN gives no detections, integer tensors truncated values.
     for key, t in state.items():
         if not torch.is_tensor(t):
@@ -206,7 +207,8 @@ def build_model_with_weights(cfg, state: dict, source) -> HDETR:
                 raise WeightsMismatchError(f"{source}: {key} holds NaN or infinite values: the weights are damaged")
         elif not key.endswith("num_batches_tracked"):
             raise WeightsMismatchError(f"{source}: {key} has dtype {t.dtype}; model weights are floating point")
-    cfg.model.backbone_weights = ""
+    # A derived config: the caller's stays as loaded.
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained_backbone=False, backbone_weights=""))
     model = build_model(cfg)
     own = model.state_dict()
     wrong = [f"{k} {tuple(v.shape)} (the model wants {tuple(own[k].shape)})" for k, v in state.items()
