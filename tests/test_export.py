@@ -51,7 +51,7 @@ def small_config():
         "model": {"backbone": "resnet18", "enc_layers": 1, "dec_layers": 6, "dim_feedforward": 64,
                   "num_queries": 30, "num_classes": len(CLASS_NAMES), "topk": 20},
         "hybrid": {"scheme": "branch", "num_queries_one2many": 20},
-        "data": {"val_scale": 320, "max_size": 512},
+        "data": {"train_scales": [288, 320], "val_scale": 320, "max_size": 512},
     })
 
 
