@@ -36,7 +36,7 @@ def test_official_r50_hybrid_initialises_a_3_class_model_with_100_plus_300_queri
     cfg = load_config("r50_hybrid_branch_12ep", [
         f"data.train={data}", f"train.init_from={official}", "model.num_queries=100",
         "hybrid.num_queries_one2many=300", "train.batch_size=1", "train.num_workers=0", "train.max_iters=1",
-        "train.eval_every=10", "data.train_scales=[256]", "data.max_size=256", "data.crop=false"])
+        "train.eval_every=10", "data.train_scales=[256]", "data.val_scale=256", "data.max_size=256", "data.crop=false"])
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     mine = {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
