@@ -139,7 +139,7 @@ def test_checkpointed_model_deepcopies_and_unknown_parts_fail():
 def test_trainer_applies_the_config(synth_data, tmp_path):
     from hdetr.config import load_config
     from hdetr.engine.train import Trainer
-    from tests.engine_helpers import tiny_overrides
+    from support.engine_helpers import tiny_overrides
 
     cfg = load_config("synthetic_small", tiny_overrides(synth_data, "train.checkpoint_activations=[decoder,backbone]"))
     trainer = Trainer(cfg, tmp_path / "run", device="cpu")

@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from engine_helpers import tiny_overrides
 from hdetr import Detections, Detector
 from hdetr.config import load_config
 from hdetr.engine.train import train
+from support.engine_helpers import tiny_overrides
 
 
 @pytest.fixture(scope="module")

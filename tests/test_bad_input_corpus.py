@@ -1,9 +1,9 @@
-"""The bad-input corpus (tests/bad_input_corpus.py) as a test: every case must end in a clear error or be
+"""The bad-input corpus (tests/support/bad_input_corpus.py) as a test: every case must end in a clear error or be
 handled: no traceback, no hang, nothing unsafe (an input changed), no silent acceptance outside
 ACCEPTED_BY_DESIGN. Cases known to fail are listed in LEFT with the reason and run as strict xfails.
 
 The table of kinds: HDETR_CORPUS_JSON=table.json pytest tests/test_bad_input_corpus.py (or run
-``python tests/bad_input_corpus.py --json table.json``).
+``python tests/support/bad_input_corpus.py --json table.json``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-import bad_input_corpus as corpus
+from support import bad_input_corpus as corpus
 
 CASES = corpus.all_cases()
 RESULTS: dict = {}

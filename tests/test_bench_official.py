@@ -1,4 +1,4 @@
-"""`hdetr bench speed --official PATH` on a fake official checkout (tests/fake_official.py): the runtime
+"""`hdetr bench speed --official PATH` on a fake official checkout (tests/support/fake_official.py): the runtime
 shims, the arguments read from the checkout, the checks and the report. The real checkout is not needed."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from hdetr.bench.official import _StubFinder
 from hdetr.cli import main
-from tests.fake_official import write_fake_official
+from support.fake_official import write_fake_official
 
 
 @pytest.fixture

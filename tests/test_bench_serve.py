@@ -10,7 +10,7 @@ pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'hdetr
 
 from hdetr.bench.serve import load, summarise  # noqa: E402
 from hdetr.cli import main as cli_main  # noqa: E402
-from serve_helpers import StubDetector, image_bytes, save_tiny_model  # noqa: E402
+from support.serve_helpers import StubDetector, image_bytes, save_tiny_model  # noqa: E402
 
 
 @pytest.mark.timeout(300)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine_helpers import load_state, tiny_overrides
 from hdetr.checkpoint import load_weights
 from hdetr.cli import main
 from hdetr.config import load_config
 from hdetr.engine.train import train
 from hdetr.errors import UserError
+from support.engine_helpers import load_state, tiny_overrides
 
 
 @pytest.fixture(scope="module")

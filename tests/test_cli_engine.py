@@ -7,9 +7,9 @@ import json
 import pytest
 from PIL import Image
 
-from engine_helpers import TINY_MODEL, load_state
 from hdetr.cli import main
 from hdetr.engine.evaluate import COCO_METRIC_KEYS
+from support.engine_helpers import TINY_MODEL, load_state
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Conformance with the official H-Deformable-DETR, for every single-step case folder (see tests/conformance.py).
+"""Conformance with the official H-Deformable-DETR, for every single-step case folder (see tests/support/conformance.py).
 
 Cases of the other kinds run in tests/test_conformance_<kind>.py. Set HDETR_CONFORMANCE_DIR to run
 other case folders of the same format. Every case runs with both
@@ -14,7 +14,7 @@ import torch
 import pytest
 from safetensors.torch import load_file
 
-from conformance import KINDS, case_dirs, case_kind, run_case
+from support.conformance import KINDS, case_dirs, case_kind, run_case
 
 CASES = case_dirs("step")
 IMPLS = [i for i in ("fast", "reference") if os.environ.get("HDETR_ATTENTION_IMPL", i) == i]

@@ -2,7 +2,7 @@
 
 Each case (tests/fixtures/conformance/*, or HDETR_CONFORMANCE_DIR: a folder of cases or one case
 folder) is run through hdetr's backbone construction and official-checkpoint key mapping
-(tests/conformance_backbone.py). ``model.attention_impl`` (fast | reference) selects the paths of the
+(tests/support/conformance_backbone.py). ``model.attention_impl`` (fast | reference) selects the paths of the
 deformable attention and of the decoder's self-attention only; the backbone has no such switch, so
 each case runs once.
 """
@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conformance import case_dirs
-from conformance_backbone import rebuilt_buffers, run_backbone_case
+from support.conformance import case_dirs
+from support.conformance_backbone import rebuilt_buffers, run_backbone_case
 
 CASES = case_dirs("backbone")
 

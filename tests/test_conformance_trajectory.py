@@ -1,4 +1,4 @@
-"""Training-trajectory conformance: every case of kind "trajectory" (tests/conformance_trajectory.py)
+"""Training-trajectory conformance: every case of kind "trajectory" (tests/support/conformance_trajectory.py)
 replayed through hdetr's training step, compared step by step with the official run.
 
 Cases come from the fixtures or HDETR_CONFORMANCE_DIR; each runs on both attention paths
@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conformance import case_dirs
-from conformance_trajectory import official_to_hdetr_name, run_trajectory
+from support.conformance import case_dirs
+from support.conformance_trajectory import official_to_hdetr_name, run_trajectory
 
 CASES = case_dirs("trajectory")
 IMPLS = [i for i in ("fast", "reference") if os.environ.get("HDETR_ATTENTION_IMPL", i) == i]

@@ -7,13 +7,13 @@ import socket
 import pytest
 import torch
 
-import layout_builders as lb
-from engine_helpers import TINY_MODEL
 from hdetr.cli import main
 from hdetr.config import ConfigError, build_config
 from hdetr.engine import trackers as trackers_mod
 from hdetr.engine.runlog import read_records
 from hdetr.errors import UserError
+from support import layout_builders as lb
+from support.engine_helpers import TINY_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch
 from hdetr.hybrid import QueryGroups, matching_plan, one2many_epoch_count, query_groups
 from hdetr.losses import SetCriterion
 from hdetr.models import build_model
-from helpers import tiny_batch, tiny_config
+from support.helpers import tiny_batch, tiny_config
 
 
 @pytest.mark.parametrize("epochs,rho", [(12, 0.5), (12, 2 / 3), (5, 0.5), (10, 0.0), (10, 1.0), (7, 0.3)])

@@ -9,8 +9,6 @@ import shutil
 import pytest
 import torch
 
-from engine_helpers import assert_same_tensors, load_state, tiny_overrides
-from finetune_helpers import relabelled_dataset
 from hdetr.checkpoint import load_weights
 from hdetr.config import ConfigError, load_config
 from hdetr.engine.init_from import REPORT_FILE, init_from
@@ -18,6 +16,8 @@ from hdetr.engine.sampling import seed_everything
 from hdetr.engine.train import Trainer, train
 from hdetr.errors import UserError
 from hdetr.models import build_model
+from support.engine_helpers import assert_same_tensors, load_state, tiny_overrides
+from support.finetune_helpers import relabelled_dataset
 
 NO_EVAL = ["train.eval_every=10"]
 PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)

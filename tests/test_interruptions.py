@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine_helpers import TINY_MODEL, assert_same_tensors, load_state
+from support.engine_helpers import TINY_MODEL, assert_same_tensors, load_state
 
 ROOT = Path(__file__).resolve().parent.parent
 ITERS = 8  # 2 epochs of 4 steps: the kills fall on both sides of an epoch end

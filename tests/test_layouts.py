@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from engine_helpers import TINY_MODEL
 from hdetr.cli import main
 from hdetr.config import build_config
 from hdetr.data.layouts import DatasetNotFound, resolve_source
@@ -17,7 +16,8 @@ from hdetr.data.validate import validate_source
 from hdetr.engine.loaders import load_split, val_spec
 from hdetr.engine.runlog import read_records
 from hdetr.errors import DataError
-import layout_builders as lb
+from support import layout_builders as lb
+from support.engine_helpers import TINY_MODEL
 
 
 @pytest.fixture(scope="module")

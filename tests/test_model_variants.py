@@ -9,7 +9,7 @@ from hdetr.hybrid import matching_plan
 from hdetr.losses import SetCriterion
 from hdetr.models import build_model
 from hdetr.postprocess import postprocess
-from helpers import tiny_batch, tiny_config
+from support.helpers import tiny_batch, tiny_config
 
 VARIANTS = {
     "headline": [],

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from engine_helpers import tiny_overrides
 from hdetr.api import Detector, as_uint8_image
 from hdetr.cli import main
 from hdetr.config import load_config
 from hdetr.engine.train import train
+from support.engine_helpers import tiny_overrides
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from hdetr import Detector  # noqa: E402
 from hdetr.api import Detections  # noqa: E402
 from hdetr.cli import main as cli_main  # noqa: E402
 from hdetr.serve import create_app  # noqa: E402
-from serve_helpers import (  # noqa: E402
+from support.serve_helpers import (  # noqa: E402
     CAT_IDS, CLASS_NAMES, StubDetector, UntiledStubDetector, flat_png, image_bytes, save_tiny_model,
 )
 

@@ -11,10 +11,10 @@ import pytest
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'hdetr[serve]'")
 pytest.importorskip("playwright", reason="needs playwright (pip install playwright; the browser is Debian's)")
 
-from serve_browser import (  # noqa: E402
+from support.serve_browser import (  # noqa: E402
     browser_page, chromium_path, open_page, set_slider, shown_count, upload_and_wait,
 )
-from serve_helpers import CLASS_NAMES, image_bytes, save_tiny_model  # noqa: E402
+from support.serve_helpers import CLASS_NAMES, image_bytes, save_tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="no chromium installed (apt-get install chromium)")
 

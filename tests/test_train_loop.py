@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine_helpers import assert_same_tensors, load_state, tiny_overrides
 from hdetr.config import load_config
 from hdetr.engine.optim import build_optimizer, build_scheduler
 from hdetr.engine.guards import NonFiniteLossError
 from hdetr.engine.train import train
 from hdetr.losses import SetCriterion
 from hdetr.models import build_model
+from support.engine_helpers import assert_same_tensors, load_state, tiny_overrides
 
 
 def test_official_parameter_groups():

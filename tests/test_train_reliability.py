@@ -8,13 +8,13 @@ import shutil
 import pytest
 import torch
 
-from engine_helpers import TINY_MODEL, load_state, tiny_overrides
 from hdetr.cli import main
 from hdetr.config import load_config
 from hdetr.engine.guards import NonFiniteLossError
 from hdetr.engine.step import grad_verdict
 from hdetr.engine.train import Trainer, train
 from hdetr.errors import DataError
+from support.engine_helpers import TINY_MODEL, load_state, tiny_overrides
 
 BASE = ["train.epochs=1", "train.eval_every=10", "train.save_every=1"]
 

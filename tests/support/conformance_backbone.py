@@ -97,7 +97,7 @@ def max_differences(case: Path) -> dict[str, float]:
             for name, feats in run.features.items() for level, f in enumerate(feats)}
 
 
-if __name__ == "__main__":  # python tests/conformance_backbone.py CASE_DIR
+if __name__ == "__main__":  # python tests/support/conformance_backbone.py CASE_DIR
     import sys
 
     torch.set_num_threads(2)

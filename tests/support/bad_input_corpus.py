@@ -5,7 +5,7 @@ Each case builds its inputs in its own folder, runs one ``hdetr`` command (in-pr
 classified as one of KINDS. The inputs (and the shared model folder) are hashed before and after:
 any change to a file hdetr did not create is ``unsafe``.
 
-    python tests/bad_input_corpus.py [--json table.json] [-k SUBSTRING]
+    python tests/support/bad_input_corpus.py [--json table.json] [-k SUBSTRING]
 
 prints one line per case and the table of kinds; tests/test_bad_input_corpus.py runs it under pytest.
 """
@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-ROOT = Path(__file__).resolve().parents[1]
+# Not support.paths: this file also runs as a script, with tests/support (not tests/) on sys.path.
+ROOT = Path(__file__).resolve().parents[2]
 
 # clear: refused with a message (exit status != 0, no traceback); handled: accepted and right to be
 # (valid input, or a warning said what hdetr did); silent: accepted where it should have been refused

@@ -1,6 +1,7 @@
 """Drive the hdetr serve page in Debian's chromium with Playwright (no browser download).
 
-Used by tests/test_serve_browser.py and by benchmarks/serve_screenshot.py (the screenshot in docs/serve.md).
+Used by tests/test_serve_browser.py and by benchmarks/serve_screenshot.py (the screenshot in
+docs/serve.md).
 """
 
 from __future__ import annotations

@@ -24,8 +24,9 @@ from hdetr.hybrid import matching_plan
 from hdetr.losses import SetCriterion
 from hdetr.models import build_model
 from hdetr.postprocess import postprocess
+from support import paths
 
-FIXTURES = Path(__file__).parent / "fixtures" / "conformance"
+FIXTURES = paths.FIXTURES / "conformance"
 # What a case checks (manifest "kind"): one training step + evaluation of the detector ("step"), several
 # optimizer steps ("trajectory"), or the backbone's multi-scale features and masks ("backbone").
 KINDS = ("step", "trajectory", "backbone")

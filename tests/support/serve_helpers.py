@@ -8,7 +8,7 @@ import json
 import torch
 from PIL import Image
 
-from engine_helpers import TINY_MODEL
+from support.engine_helpers import TINY_MODEL
 from hdetr.config import build_config
 
 CLASS_NAMES = ["circle", "square", "triangle"]
