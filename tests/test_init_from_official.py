@@ -19,7 +19,7 @@ from hdetr.engine.sampling import seed_everything
 from hdetr.engine.train import Trainer
 from hdetr.models import build_model
 from support.finetune_helpers import relabelled_dataset
-from test_official_checkpoints import KEYS, fake_official_checkpoint
+from support.official_checkpoints import KEYS, fake_official_checkpoint
 
 PRIOR_BIAS = torch.tensor(-math.log((1 - 0.01) / 0.01), dtype=torch.float32).item()  # as nn.init stores it
 
