@@ -1,31 +1,22 @@
-"""Conformance with the official H-Deformable-DETR, for every single-step case folder (see tests/support/conformance.py).
+"""Conformance with the official H-Deformable-DETR, for every single-step case folder (run by
+tests/support/conformance.py; which cases there are: tests/support/conformance_cases.py).
 
-Cases of the other kinds run in tests/test_conformance_<kind>.py. Set HDETR_CONFORMANCE_DIR to run
-other case folders of the same format. Every case runs with both
-computation paths (``model.attention_impl`` fast and reference); HDETR_ATTENTION_IMPL=fast or
-=reference restricts the run to one.
+Cases of the other kinds run in test_conformance_<kind>.py beside this file. Set HDETR_CONFORMANCE_DIR
+to run other case folders of the same format. Every case runs with both computation paths
+(``model.attention_impl`` fast and reference); HDETR_ATTENTION_IMPL=fast or =reference restricts the
+run to one.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import pytest
 from safetensors.torch import load_file
 
-from support.conformance import KINDS, case_dirs, case_kind, run_case
+from support.conformance import run_case
+from support.conformance_cases import IMPLS, KINDS, case_dirs, case_fixture, case_kind
 
-CASES = case_dirs("step")
-IMPLS = [i for i in ("fast", "reference") if os.environ.get("HDETR_ATTENTION_IMPL", i) == i]
-PARAMS = [(c, impl) for c in CASES for impl in IMPLS]
-
-
-@pytest.fixture(scope="module", params=PARAMS, ids=[f"{c.name}-{impl}" for c, impl in PARAMS])
-def case(request):
-    torch.set_num_threads(2)
-    path, impl = request.param
-    return path, run_case(path, attention_impl=impl)
+case = case_fixture("step", lambda path, impl: (path, run_case(path, attention_impl=impl)))
 
 
 def tol(manifest: dict, group: str) -> dict:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from support.conformance import case_dirs
+from support.conformance_cases import case_dirs
 from support.conformance_backbone import rebuilt_buffers, run_backbone_case
 
 CASES = case_dirs("backbone")

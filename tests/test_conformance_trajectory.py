@@ -15,19 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from support.conformance import case_dirs
+from support.conformance_cases import IMPLS, case_dirs, case_fixture
 from support.conformance_trajectory import official_to_hdetr_name, run_trajectory
 
-CASES = case_dirs("trajectory")
-IMPLS = [i for i in ("fast", "reference") if os.environ.get("HDETR_ATTENTION_IMPL", i) == i]
-PARAMS = [(c, impl) for c in CASES for impl in IMPLS]
-
-
-@pytest.fixture(scope="module", params=PARAMS, ids=[f"{c.name}-{impl}" for c, impl in PARAMS])
-def case(request):
-    torch.set_num_threads(2)
-    path, impl = request.param
-    return run_trajectory(path, attention_impl=impl), load_file(str(path / "expected.safetensors"))
+case = case_fixture("trajectory", lambda path, impl: (run_trajectory(path, attention_impl=impl),
+                                                      load_file(str(path / "expected.safetensors"))))
 
 
 def tol(manifest: dict, group: str) -> dict | None:
@@ -56,7 +48,7 @@ def num_steps(expected: dict) -> int:
 def test_the_fixtures_hold_a_trajectory_case():
     if "HDETR_CONFORMANCE_DIR" in os.environ:
         pytest.skip("HDETR_CONFORMANCE_DIR may hold cases of other kinds only")
-    assert CASES, "no trajectory conformance case under tests/fixtures/conformance"
+    assert case_dirs("trajectory"), "no trajectory conformance case under tests/fixtures/conformance"
     assert IMPLS, "HDETR_ATTENTION_IMPL must be fast or reference"
 
 

@@ -1,13 +1,12 @@
 """Runs one conformance case (a folder made by the official H-Deformable-DETR) through hdetr.
 
 Everything about a case comes from its manifest.json and files; nothing is hard-coded here.
-Shared by tests/test_conformance.py and `hdetr bench` style scripts.
+Which cases there are: support/conformance_cases.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,26 +23,6 @@ from hdetr.hybrid import matching_plan
 from hdetr.losses import SetCriterion
 from hdetr.models import build_model
 from hdetr.postprocess import postprocess
-from support import paths
-
-FIXTURES = paths.FIXTURES / "conformance"
-# What a case checks (manifest "kind"): one training step + evaluation of the detector ("step"), several
-# optimizer steps ("trajectory"), or the backbone's multi-scale features and masks ("backbone").
-KINDS = ("step", "trajectory", "backbone")
-
-
-def case_kind(path: Path) -> str:
-    return json.loads((Path(path) / "manifest.json").read_text()).get("kind", "step")
-
-
-def case_dirs(kind: str | None = None) -> list[Path]:
-    """Case folders under HDETR_CONFORMANCE_DIR (a folder of cases or one case folder), of ``kind`` if given."""
-    root = Path(os.environ.get("HDETR_CONFORMANCE_DIR", FIXTURES))
-    if (root / "manifest.json").exists():
-        dirs = [root]
-    else:
-        dirs = sorted(p.parent for p in root.glob("*/manifest.json"))
-    return [d for d in dirs if kind is None or case_kind(d) == kind]
 
 
 @dataclass
