@@ -7,7 +7,7 @@ any change to a file hdetr did not create is ``unsafe``.
 
     python tests/support/bad_input_corpus.py [--json table.json] [-k SUBSTRING]
 
-prints one line per case and the table of kinds; tests/test_bad_input_corpus.py runs it under pytest.
+prints one line per case and the table of kinds; tests/integration/test_bad_input_corpus.py runs it under pytest.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Drive the hdetr serve page in Debian's chromium with Playwright (no browser download).
 
-Used by tests/test_serve_browser.py and by benchmarks/serve_screenshot.py (the screenshot in
+Used by tests/integration/test_serve_browser.py and by benchmarks/serve_screenshot.py (the screenshot in
 docs/serve.md).
 """
 

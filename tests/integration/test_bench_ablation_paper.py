@@ -4,12 +4,12 @@ every scheme end to end (tiny sizes here) and resumes, and the toy regime keeps 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from hdetr.bench import ablation, regimes
 from hdetr.cli import build_parser
+from support.paths import REPO
 
 TINY = [
     "--set", "train_images=8", "--set", "val_images=4", "--set", "image_size=64", "--set", "train_scales=64",
@@ -82,7 +82,7 @@ def test_paper_regime_follows_the_paper():
 
 def test_toy_regime_keeps_the_published_runs():
     # Its budget key (the run folders) is the one of the committed results, and so are its file names.
-    published = json.loads((Path(__file__).parent.parent / "benchmarks/results/ablation.json").read_text())
+    published = json.loads((REPO / "benchmarks/results/ablation.json").read_text())
     assert regimes.regime_budget("toy") == ablation.DEFAULT
     assert ablation.DEFAULT.key() == published["config"]["budget_key"]
     assert ablation.regime_output_name("toy", False) == "ablation"

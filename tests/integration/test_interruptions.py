@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from support.engine_helpers import TINY_MODEL, assert_same_tensors, load_state
+from support.paths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
 ITERS = 8  # 2 epochs of 4 steps: the kills fall on both sides of an epoch end
 COMMON = ["train.epochs=3", f"train.max_iters={ITERS}", "train.save_every=1", "train.eval_every=10",
           "train.lr_drop=1", "model.dropout=0.1"]
@@ -55,7 +55,7 @@ def _cmd(data: Path, out: Path, resume: bool, write_delay: str | None = None) ->
 
 
 def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
 def _has_checkpoint(out: Path) -> bool:
@@ -77,7 +77,7 @@ def _wait_for(cond, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
 @pytest.fixture(scope="module")
 def reference(synth_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
-    subprocess.run(_cmd(synth_data, out, False), env=_env(), cwd=ROOT, check=True, capture_output=True, timeout=300)
+    subprocess.run(_cmd(synth_data, out, False), env=_env(), cwd=REPO, check=True, capture_output=True, timeout=300)
     return load_state(out / "last.pt")
 
 
@@ -90,7 +90,7 @@ def test_killed_and_stopped_runs_resume_bit_exact(synth_data, tmp_path, referenc
         resume = _has_checkpoint(out)
         with open(log, "w") as f:
             delay = WRITE_DELAY if event == "kill_in_write" else None
-            proc = subprocess.Popen(_cmd(synth_data, out, resume, delay), env=_env(), cwd=ROOT, stdout=f,
+            proc = subprocess.Popen(_cmd(synth_data, out, resume, delay), env=_env(), cwd=REPO, stdout=f,
                                     stderr=subprocess.STDOUT)
         try:
             training = lambda: " iter " in log.read_text()  # noqa: E731

@@ -1,4 +1,7 @@
-"""hdetr's Swin: timm's Swin configured as the official detection Swin (numerics: tests/test_conformance_backbone.py)."""
+"""hdetr's Swin: timm's Swin configured as the official detection Swin.
+
+The numerics against the official backbone: tests/conformance/test_conformance_backbone.py.
+"""
 
 from __future__ import annotations
 

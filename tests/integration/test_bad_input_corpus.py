@@ -2,7 +2,7 @@
 handled: no traceback, no hang, nothing unsafe (an input changed), no silent acceptance outside
 ACCEPTED_BY_DESIGN. Cases known to fail are listed in LEFT with the reason and run as strict xfails.
 
-The table of kinds: HDETR_CORPUS_JSON=table.json pytest tests/test_bad_input_corpus.py (or run
+The table of kinds: HDETR_CORPUS_JSON=table.json pytest tests/integration/test_bad_input_corpus.py (or run
 ``python tests/support/bad_input_corpus.py --json table.json``).
 """
 

@@ -6,13 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from hdetr.cli import VERBS, main
+from support.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "numpy", "scipy", "PIL", "matplotlib")
 
 # Runs hdetr's main() on argv in a fresh interpreter, then reports its exit status and which heavy
@@ -29,7 +28,7 @@ print(json.dumps({"rc": rc, "heavy": [m for m in %r if m in sys.modules]}))
 
 
 def probe(argv: list[str]) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv)], capture_output=True, text=True,
                           env=env, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -47,7 +46,7 @@ def test_every_verb_help_is_torch_free():
     # One interpreter for all verbs: building the whole parser (every command module) must stay light.
     code = ("import sys; from hdetr.cli import build_parser; build_parser(); "
             "print([m for m in %r if m in sys.modules])" % (HEAVY,))
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

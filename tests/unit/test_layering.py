@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1] / "hdetr"
+from support.paths import REPO
+
+ROOT = REPO / "hdetr"
 
 # Lowest first. A module belongs to the longest prefix listed ("hdetr" alone is the package's __init__).
 LAYERS = [
@@ -99,7 +101,7 @@ def violations() -> list[str]:
             continue  # the facade
         own = layer_of(module)
         if own is None:
-            bad.append(f"{module}: not in the layer table of tests/test_layering.py (add it to its layer)")
+            bad.append(f"{module}: not in the layer table of tests/unit/test_layering.py (add it to its layer)")
             continue
         for line, target in imports(path):
             other = layer_of(target)

@@ -16,8 +16,9 @@ import torch
 
 from hdetr.checkpoint import CheckpointError, load_model_files, safe_torch_load, save_model
 from hdetr.config import ConfigError, build_config, load_config, load_yaml, parse_overrides
+from support.paths import REPO
 
-SOURCES = Path(__file__).resolve().parent.parent / "hdetr"
+SOURCES = REPO / "hdetr"
 
 
 def _dotted(node: ast.AST) -> str:
