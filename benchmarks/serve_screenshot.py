@@ -17,7 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from serve_browser import browser_page, chromium_path, open_page, set_slider, shown_count, upload_and_wait  # noqa: E402
+from support.serve_browser import (  # noqa: E402
+    browser_page, chromium_path, open_page, set_slider, shown_count, upload_and_wait,
+)
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """Shared fixtures, and the markers of support/kinds.py put on the tests it names.
 
-``tests/`` is on the import path through pytest's ``pythonpath`` setting (pyproject.toml): test modules
-import ``support`` and the helper modules beside them directly.
+``tests/`` is on the import path through pytest's ``pythonpath`` setting (pyproject.toml): tests import
+their helpers from the ``support`` package (tests/support), never from a sibling module.
 """
 
 from pathlib import Path

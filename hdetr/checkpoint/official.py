@@ -43,7 +43,7 @@ OFFICIAL_KEY_RULES: list[tuple[str, str]] = [
 ]
 _RULES = [(re.compile(p), r) for p, r in OFFICIAL_KEY_RULES]
 # Buffers that official Swin checkpoints carry but that timm rebuilds itself (the same values:
-# tests/test_conformance_backbone.py compares them).
+# tests/conformance/test_conformance_backbone.py compares them).
 _DROP_SUFFIXES = ("relative_position_index", "attn_mask")
 
 

@@ -22,7 +22,7 @@ BEST = "best.pt"
 MODEL_DIR = "model"
 CHECKPOINT_FORMAT = TRAIN_FORMAT
 # Settings that choose how a result is computed, not what: a run may resume under another value (the
-# fast and reference attention paths agree to rounding; tests/test_fast_paths.py).
+# fast and reference attention paths agree to rounding; tests/unit/test_fast_paths.py).
 PATH_SWITCHES = {("model", "attention_impl")}
 
 

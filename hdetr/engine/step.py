@@ -1,5 +1,5 @@
 """One optimizer step of the official recipe, as `hdetr train` runs it and the trajectory conformance
-test replays it (tests/test_conformance_trajectory.py): forward, the MatchingPlan's losses, their
+test replays it (tests/conformance/test_conformance_trajectory.py): forward, the MatchingPlan's losses, their
 weighted sum, backward, the non-finite checks, gradient clipping over ``model.parameters()`` and the
 optimizer update.
 

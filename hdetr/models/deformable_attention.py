@@ -2,7 +2,7 @@
 
 ``ms_deform_attn_reference`` is the readable reference: one ``grid_sample`` per feature level,
 bilinear, zero padding, ``align_corners=False`` -- what the official CUDA kernel computes.
-``ms_deform_attn_fast`` computes the same thing (see tests/test_fast_paths.py) as one weighted gather:
+``ms_deform_attn_fast`` computes the same thing (see tests/unit/test_fast_paths.py) as one weighted gather:
 every sample becomes its 4 bilinear corners, all levels at once, and ``F.embedding_bag`` sums the
 corner rows of the value table weighted by (bilinear weight x attention weight). Its backward is
 hand-written: the value gradient is the transposed gather (sort the corner rows, then one more

@@ -1,7 +1,7 @@
-"""Support package of the tests: the small models they share (``support.tiny``) and the table of test
-kinds (``support.kinds``). ``tests/`` is on the import path through pytest's ``pythonpath`` setting
-(pyproject.toml), so ``import support`` works in every test and script there.
+"""What the tests share: the tiny models (``tiny``), the table of test kinds (``kinds``), where things are
+(``paths``), model and dataset helpers (``helpers``, ``engine_helpers``, ...), the conformance case
+runners and the bad-input corpus.
 
-The older helper modules (``helpers``, ``engine_helpers``, ...) stay importable and take their
-configs from here.
+``tests/`` is on the import path through pytest's ``pythonpath`` setting (pyproject.toml), so tests in
+every folder under tests/ import these as ``from support.helpers import ...``.
 """

@@ -2,7 +2,9 @@
 
 ``process``: the test starts Python child processes or servers (the real CLI in a subprocess, a worker
 pool, DDP ranks, a browser). ``slow``: more than ~20 s on a loaded 2-core machine. ``make test-fast``
-deselects both; ``make test`` runs everything. A key is a test module, or ``module::test`` for one test.
+deselects both; ``make test`` runs everything. A key is a test module's file name without .py (test
+module names are unique across tests/unit, tests/integration and tests/conformance), or ``module::test``
+for one test.
 """
 
 PROCESS = {

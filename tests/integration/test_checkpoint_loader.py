@@ -1,0 +1,63 @@
+"""One loader for everything a user can point at; every verb accepts the same things (export included)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hdetr.checkpoint import load_weights
+from hdetr.cli import main
+from hdetr.config import load_config
+from hdetr.engine.train import train
+from hdetr.errors import UserError
+from support.engine_helpers import load_state, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def run_dir(synth_data, tmp_path_factory):
+    """One epoch (4 steps) with EMA and an evaluation: last.pt, best.pt and model/ all exist."""
+    out = tmp_path_factory.mktemp("run")
+    train(load_config(None, tiny_overrides(synth_data, "train.epochs=1", "train.ema=true")), out, progress=False)
+    return out
+
+
+def test_every_form_of_a_run_gives_its_evaluated_weights(run_dir):
+    ema = load_state(run_dir / "last.pt")["ema"]["module"]
+    for path, kind in [(run_dir, "model folder"), (run_dir / "model", "model folder"),
+                       (run_dir / "model" / "model.safetensors", "model folder"), (run_dir / "best.pt", "best.pt"),
+                       (run_dir / "last.pt", "training checkpoint")]:
+        loaded = load_weights(path)
+        assert loaded.kind == kind, path
+        assert loaded.class_names == ["circle", "square", "triangle", "cross"], path
+        assert loaded.category_map is not None and loaded.category_map.num_classes == 4
+        assert loaded.state.keys() == ema.keys()
+        for k in ema:  # the EMA weights: what training evaluated and exported, not the raw ones
+            assert torch.equal(loaded.state[k], ema[k]), (path, k)
+    assert load_weights(run_dir / "last.pt").ema
+
+
+def test_a_run_folder_without_model_folder_falls_back_to_its_checkpoints(run_dir, tmp_path):
+    import shutil
+
+    shutil.copy(run_dir / "last.pt", tmp_path / "last.pt")
+    assert load_weights(tmp_path).kind == "training checkpoint"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="neither a model folder"):
+        load_weights(empty)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["best.pt", "run folder"])
+def test_export_from_best_pt_and_from_a_run_folder(run_dir, tmp_path, what, capsys):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    from hdetr.export import read_metadata
+
+    src = run_dir / "best.pt" if what == "best.pt" else run_dir
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(src), str(out), "--no-verify"]) == 0
+    meta = read_metadata(out)
+    assert meta["class_names"] == ["circle", "square", "triangle", "cross"]
+    assert meta["category_map"]["names"] == meta["class_names"]
+    assert meta["config"]["model"]["num_classes"] == 4

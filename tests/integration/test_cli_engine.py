@@ -1,0 +1,160 @@
+"""End to end through the command line: synth -> train -> resume -> eval -> predict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from hdetr.cli import main
+from hdetr.engine.evaluate import COCO_METRIC_KEYS
+from support.engine_helpers import TINY_MODEL, load_state
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    assert main(["synth", str(root / "data"), "--train", "8", "--val", "4", "--size", "64"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(workspace):
+    """One full epoch (4 steps, evaluated at its end), then resumed for 2 more steps."""
+    run = workspace / "run"
+    base = ["train", "synthetic_small", *TINY_MODEL, f"data.train={workspace / 'data'}", "train.epochs=2",
+            "--out", str(run), "--no-progress"]
+    assert main([*base, "train.max_iters=4"]) == 0
+    after_first = load_state(run / "last.pt")
+    assert main([*base, "train.max_iters=6", "--resume"]) == 0
+    return run, after_first
+
+
+def test_synth_writes_roboflow_layout(workspace):
+    for split, n in (("train", 8), ("valid", 4)):
+        doc = json.loads((workspace / "data" / split / "_annotations.coco.json").read_text())
+        assert len(doc["images"]) == n
+        assert all((workspace / "data" / split / im["file_name"]).exists() for im in doc["images"])
+
+
+def test_run_folder(trained):
+    run, after_first = trained
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "model/model.safetensors",
+                 "model/config.yaml", "report/report.md", "report/pr_curves.png", "report/confusion_matrix.png"):
+        assert (run / name).exists(), name
+    assert after_first["step"] == 4 and after_first["epoch"] == 1  # the epoch finished
+    last = load_state(run / "last.pt")
+    assert (last["step"], last["epoch"], last["step_in_epoch"]) == (6, 1, 2)
+    assert last["category_map"]["names"] == ["circle", "square", "triangle", "cross"]
+    assert last["class_names"] == ["circle", "square", "triangle", "cross"]
+    best = load_state(run / "best.pt")
+    assert set(COCO_METRIC_KEYS) <= set(best["metrics"])
+
+
+def test_metrics_jsonl_records(trained):
+    run, _ = trained
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [r for r in records if "losses" in r]
+    eval_recs = [r for r in records if "eval" in r]
+    assert [r["step"] for r in train_recs] == [1, 2, 3, 4, 5, 6]
+    for r in train_recs:
+        assert {"epoch", "iter", "step", "lr", "losses", "time"} <= set(r)
+        # The full loss dict: every decoder layer, the encoder proposals and the one-to-many group.
+        assert {"loss", "loss_ce", "loss_bbox", "loss_giou", "loss_ce_0", "loss_ce_enc", "loss_ce_one2many"} <= set(r["losses"])
+    assert len(eval_recs) == 1 and eval_recs[0]["epoch"] == 0
+    assert set(COCO_METRIC_KEYS) <= set(eval_recs[0]["eval"])
+
+
+def test_eval_verb_writes_metrics_json(trained, workspace, capsys):
+    run, _ = trained
+    out = workspace / "metrics.json"
+    for checkpoint in (run / "model", run / "last.pt", run / "best.pt"):
+        assert main(["eval", str(checkpoint), str(workspace / "data"), "--out", str(out), "--workers", "0",
+                     "--no-progress"]) == 0
+        metrics = json.loads(out.read_text())
+        assert list(metrics) == list(COCO_METRIC_KEYS)
+        assert all(-1 <= v <= 1 for v in metrics.values())
+    printed = capsys.readouterr().out
+    assert "AP50" in printed and "IoU=0.50:0.95" in printed
+
+
+def test_eval_out_folder_writes_the_report(trained, workspace, capsys):
+    run, _ = trained
+    out = workspace / "eval_report"
+    assert main(["eval", str(run / "model"), str(workspace / "data"), "--out", str(out), "--workers", "0",
+                 "--no-progress", "--conf", "0.0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"] == metrics and list(metrics) == list(COCO_METRIC_KEYS)
+    assert [r["name"] for r in report["per_class"]] == ["circle", "square", "triangle", "cross"]
+    # Every ground-truth object lands in one row of the confusion matrix.
+    gt = json.loads((workspace / "data" / "valid" / "_annotations.coco.json").read_text())
+    assert sum(map(sum, report["confusion_matrix"]["counts"][:4])) == len(gt["annotations"])
+    for name in ("per_class.csv", "pr_curves.png", "confusion_matrix.png", "gallery_false.png", "report.md"):
+        assert (out / name).exists(), name
+    assert "report.md" in capsys.readouterr().out
+    # The end of training wrote the same report for its best model.
+    assert json.loads((run / "report" / "report.json").read_text())["metrics"] == pytest.approx(
+        load_state(run / "best.pt")["metrics"])
+
+
+def test_eval_tiled(trained, workspace):
+    """Tiles as large as the image and no whole-image pass: the plain evaluation's numbers."""
+    run, _ = trained
+    plain, tiled = workspace / "plain.json", workspace / "tiled.json"
+    common = ["eval", str(run / "model"), str(workspace / "data"), "--workers", "0", "--no-progress"]
+    assert main([*common, "--out", str(plain)]) == 0
+    assert main([*common, "--out", str(tiled), "--tile", "64", "--no-full-image"]) == 0
+    assert json.loads(tiled.read_text()) == pytest.approx(json.loads(plain.read_text()), abs=1e-6)
+    assert main([*common, "--out", str(workspace / "tiled32.json"), "--tile", "32"]) == 0
+    assert json.loads((workspace / "tiled32.json").read_text()) != json.loads(plain.read_text())
+
+
+def test_eval_of_best_pt_reproduces_training_metrics(trained, workspace):
+    run, _ = trained
+    out = workspace / "best_metrics.json"
+    assert main(["eval", str(run / "best.pt"), str(workspace / "data"), "--out", str(out), "--workers", "0",
+                 "--no-progress"]) == 0
+    best = load_state(run / "best.pt")
+    assert json.loads(out.read_text()) == pytest.approx(best["metrics"])
+
+
+def test_predict_verb_outputs(trained, workspace):
+    run, _ = trained
+    out = workspace / "pred"
+    images = sorted((workspace / "data" / "valid").glob("*.jpg"))
+    # A file and a folder holding it again: both are processed, drawings do not overwrite each other.
+    assert main(["predict", str(run / "model"), str(images[0]), str(workspace / "data" / "valid"),
+                 "--threshold", "0.0", "--out", str(out)]) == 0
+    dets = json.loads((out / "detections.json").read_text())
+    assert {d["image_id"] for d in dets} == set(range(1, len(images) + 2))
+    for d in dets:
+        assert set(d) == {"image_id", "file_name", "category_id", "category_name", "bbox", "score"}
+        assert d["category_id"] in (1, 2, 3, 4)
+        assert d["category_name"] in ("circle", "square", "triangle", "cross")
+        x, y, w, h = d["bbox"]
+        assert 0 <= x and 0 <= y and w >= 0 and h >= 0 and x + w <= 64.001 and y + h <= 64.001
+        assert 0 <= d["score"] <= 1
+    drawn = sorted(p.name for p in out.glob("*.jpg"))
+    assert len(drawn) == len(images) + 1
+    with Image.open(out / images[1].name) as im, Image.open(images[1]) as orig:
+        # Small images are drawn enlarged by a whole factor, so that labels stay readable.
+        assert im.size == (orig.size[0] * 8, orig.size[1] * 8)
+
+
+def test_predict_threshold_filters(trained, workspace):
+    run, _ = trained
+    image = sorted((workspace / "data" / "valid").glob("*.jpg"))[0]
+    main(["predict", str(run / "model"), str(image), "--threshold", "0.0", "--out", str(workspace / "p0")])
+    main(["predict", str(run / "model"), str(image), "--threshold", "1.0", "--out", str(workspace / "p1")])
+    all_dets = json.loads((workspace / "p0" / "detections.json").read_text())
+    none = json.loads((workspace / "p1" / "detections.json").read_text())
+    assert len(all_dets) == 20 and none == []  # topk 20 at threshold 0; nothing scores 1.0
+
+
+def test_user_errors_exit_2(workspace, capsys):
+    assert main(["eval", str(workspace / "missing"), str(workspace / "data")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+    assert main(["train", "synthetic_small", "train.nonsense=1", "--out", str(workspace / "x")]) == 2
+    assert "unknown config key" in capsys.readouterr().err

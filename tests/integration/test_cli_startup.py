@@ -1,0 +1,153 @@
+"""The CLI answers --help and argument errors without importing torch; --threads sets torch's pool."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hdetr.cli import VERBS, main
+from support.paths import REPO
+
+HEAVY = ("torch", "torchvision", "numpy", "scipy", "PIL", "matplotlib")
+
+# Runs hdetr's main() on argv in a fresh interpreter, then reports its exit status and which heavy
+# modules ended up imported.
+PROBE = """
+import json, sys
+from hdetr.cli import main
+try:
+    rc = main(json.loads(sys.argv[1]))
+except SystemExit as e:
+    rc = e.code
+print(json.dumps({"rc": rc, "heavy": [m for m in %r if m in sys.modules]}))
+""" % (HEAVY,)
+
+
+def probe(argv: list[str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "stderr": done.stderr}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["bench", "speed", "--help"]])
+def test_help_does_not_import_torch(argv):
+    result = probe(argv)
+    assert result["rc"] == 0
+    assert result["heavy"] == []
+
+
+def test_every_verb_help_is_torch_free():
+    # One interpreter for all verbs: building the whole parser (every command module) must stay light.
+    code = ("import sys; from hdetr.cli import build_parser; build_parser(); "
+            "print([m for m in %r if m in sys.modules])" % (HEAVY,))
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert set(VERBS) >= {"train", "eval", "predict", "bench", "convert", "demo"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train"], "the following arguments are required: config"),
+    (["train", "synthetic_small", "--threads", "0"], "--threads: must be >= 1, got 0"),
+    (["eval", "m", "d", "--threads", "two"], "--threads: expected a whole number, got 'two'"),
+    (["predict", "m", "img.jpg", "--threads", "-1"], "--threads: must be >= 1, got -1"),
+])
+def test_argument_errors_answer_without_torch(argv, message):
+    result = probe(argv)
+    assert result["rc"] == 2
+    assert message in result["stderr"]
+    assert result["heavy"] == []
+
+
+@pytest.fixture
+def restore_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_train_threads_sets_torch_intra_op_threads(monkeypatch, tmp_path, restore_threads):
+    import torch
+
+    import hdetr.engine.train as engine_train
+
+    seen = []
+
+    class Stop(BaseException):  # the CLI turns any Exception into one line (exit 70)
+        pass
+
+    def fake_train(cfg, out, **kw):
+        seen.append(torch.get_num_threads())
+        raise Stop
+
+    monkeypatch.setattr(engine_train, "train", fake_train)
+    torch.set_num_threads(1)
+    with pytest.raises(Stop):
+        main(["train", "synthetic_small", "--out", str(tmp_path / "run"), "--threads", "3"])
+    # Without --threads torch's own setting is left alone.
+    with pytest.raises(Stop):
+        main(["train", "synthetic_small", "--out", str(tmp_path / "run")])
+    assert seen == [3, 3]
+
+
+def test_eval_threads_sets_torch_intra_op_threads(monkeypatch, tmp_path, restore_threads):
+    import torch
+
+    import hdetr.checkpoint as weights  # where `hdetr eval` takes load_weights from
+
+    seen = {}
+
+    class Stop(BaseException):  # the CLI turns any Exception into one line (exit 70)
+        pass
+
+    def fake_load(path):
+        seen["threads"] = torch.get_num_threads()
+        raise Stop
+
+    monkeypatch.setattr(weights, "load_weights", fake_load)
+    torch.set_num_threads(1)
+    with pytest.raises(Stop):
+        main(["eval", str(tmp_path), str(tmp_path), "--threads", "2"])
+    assert seen["threads"] == 2
+
+
+def test_predict_threads_sets_torch_intra_op_threads(monkeypatch, tmp_path, restore_threads):
+    import torch
+
+    import hdetr.api as api
+
+    seen = {}
+
+    class Stop(BaseException):  # the CLI turns any Exception into one line (exit 70)
+        pass
+
+    def fake_from_checkpoint(path, device="cpu"):
+        seen["threads"] = torch.get_num_threads()
+        raise Stop
+
+    monkeypatch.setattr(api.Detector, "from_checkpoint", staticmethod(fake_from_checkpoint))
+    (tmp_path / "a.jpg").write_bytes(b"")
+    torch.set_num_threads(1)
+    with pytest.raises(Stop):
+        main(["predict", str(tmp_path / "model"), str(tmp_path / "a.jpg"), "--threads", "2"])
+    assert seen["threads"] == 2
+
+
+def test_export_opset_help_names_the_exporters_default():
+    # The export verb states the default without importing the exporter (which imports torch).
+    from hdetr.cli import build_parser
+    from hdetr.export import DEFAULT_OPSET
+
+    parser = build_parser()
+    export = parser._subparsers._group_actions[0].choices["export"]
+    opset = next(a for a in export._actions if "--opset" in a.option_strings)
+    assert f"default: {DEFAULT_OPSET}," in opset.help
