@@ -20,7 +20,7 @@ PAPER = dataclasses.replace(
     DEFAULT,
     dataset="coco_like", backbone="efficientnet_lite0", backbone_weights="efficientnet_lite0_imagenet",
     lr_backbone_ratio=0.1, hidden_dim=128,
-    train_images=240, val_images=100, image_size=128, train_scales=(120, 128, 136), crop=False, data_seed=0,
+    train_images=160, val_images=100, image_size=128, train_scales=(120, 128, 136), crop=False, data_seed=0,
     epochs=12, lr_drop=11, batch_size=8, lr=2e-4, seeds=3,
     enc_layers=2, dec_layers=6, dim_feedforward=512, nheads=8, num_queries=50,
     num_queries_one2many=250, k=6, lambda_one2many=1.0, epoch_ratio=2 / 3, one2many_layers=4,
