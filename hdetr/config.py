@@ -3,12 +3,17 @@
 Every value is checked at load time; a bad key or value fails with a message that names the key and
 what is allowed, before any model is built or any data is read.
 
+Every config dataclass is frozen: a loaded config is what every part of a run reads, so none may change
+it under the others. A variant is a derived copy, ``dataclasses.replace(cfg, model=replace(cfg.model,
+...))``, or ``build_config(cfg.to_dict(), overrides)`` when it should be validated again.
+
 Over 400 lines because the settings, their coercion and their validation belong together: a new
 setting is one field plus its check, in one file.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -25,7 +30,7 @@ class ConfigError(ValueError):
     pass
 
 
-@dataclass
+@dataclass(frozen=True)
 class SwinConfig:
     # A Swin given by its dimensions (model.backbone 'swin'); the named Swin backbones (swin_tiny,
     # swin_small, swin_large, swin_large_window12) fix these four, which must then stay unset.
@@ -40,7 +45,7 @@ class SwinConfig:
 SWIN_DIMS = ("embed_dim", "depths", "num_heads", "window_size")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     # A name of the backbone registry (hdetr/models/backbone.py): resnet50 | resnet18 | tiny | swin_tiny |
     # swin_small | swin_large | swin_large_window12 | swin (dimensions in model.swin) | efficientnet_lite0 |
@@ -75,7 +80,7 @@ class ModelConfig:
     attention_impl: str = "fast"
 
 
-@dataclass
+@dataclass(frozen=True)
 class HybridConfig:
     scheme: str = "branch"  # none | branch | epoch | layer
     num_queries_one2many: int = 1500  # branch: the extra training-only query group
@@ -85,7 +90,7 @@ class HybridConfig:
     one2many_layers: int = 4  # layer: first L1 decoder layers one-to-many, the last L2 one-to-one
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossConfig:
     cls: float = 2.0
     bbox: float = 5.0
@@ -96,7 +101,7 @@ class LossConfig:
     cost_giou: float = 2.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 12
     lr: float = 2e-4
@@ -134,7 +139,7 @@ class TrainConfig:
     checkpoint_activations: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     train: str = ""  # dataset folder, or images_dir:annotations.json
     val: str = ""
@@ -147,7 +152,7 @@ class DataConfig:
     skip_bad_images: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     hybrid: HybridConfig = field(default_factory=HybridConfig)
@@ -237,20 +242,25 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {typ}")
 
 
-def _apply(obj: Any, data: dict, prefix: str = "") -> None:
-    hints = get_type_hints(type(obj))
-    names = {f.name for f in fields(obj)}
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    """An instance of the config dataclass ``cls`` from ``data``, each value checked and coerced; keys
+    left out keep their defaults. Values are collected first and the object made in one call: configs
+    are frozen, so nothing is set on a finished one."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    values: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key not in names:
             raise ConfigError(f"unknown config key {path!r}; allowed keys here: {', '.join(sorted(names))}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: expected a section (mapping), got {value!r}")
-            _apply(current, value, path + ".")
+            values[key] = _build(typ, value, path + ".")
         else:
-            setattr(obj, key, _coerce(value, hints[key], path))
+            values[key] = _coerce(value, typ, path)
+    return cls(**values)
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -338,10 +348,11 @@ def resolve_preset(name_or_path: str) -> Path:
 
 
 def build_config(data: dict | None = None, overrides: list[str] | None = None) -> Config:
-    cfg = Config()
-    data = dict(data or {})
+    if not isinstance(data or {}, dict):
+        raise ConfigError(f"expected a mapping of config sections (model, train, ...), got {type(data).__name__}")
+    data = copy.deepcopy(data or {})  # the caller's dict (a checkpoint's, a loaded YAML's) is left as it was
     _deep_update(data, parse_overrides(overrides or []))
-    _apply(cfg, data)
+    cfg = _build(Config, data)
     validate(cfg)
     return cfg
 

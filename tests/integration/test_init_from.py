@@ -91,8 +91,7 @@ def test_one2many_group_from_the_one2one_embeddings(source_run, target_data, tmp
 
 def test_every_tensor_is_accounted_for_when_parts_are_left_out(source_run, target_data, tmp_path):
     loaded = load_weights(source_run)
-    cfg = _cfg(target_data, "train.init_parts=backbone", "model.enc_layers=2")
-    cfg.model.num_classes = 3
+    cfg = _cfg(target_data, "train.init_parts=backbone", "model.enc_layers=2", "model.num_classes=3")
     model = build_model(cfg)
     report = init_from(model, cfg, ["Person", "SQUARE", "car"], loaded)
     names = list(model.state_dict())

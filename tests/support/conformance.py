@@ -7,7 +7,7 @@ Which cases there are: support/conformance_cases.py.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -69,18 +69,20 @@ def load_inputs(case: Path):
 
 
 def run_case(case: Path, attention_impl: str | None = None) -> CaseRun:
-    """Run a case; ``attention_impl`` (fast | reference) overrides ``model.attention_impl``."""
+    """Run a case; ``attention_impl`` (fast | reference) switches the model's computation path (the
+    config keeps its ``model.attention_impl``)."""
     manifest = json.loads((case / "manifest.json").read_text())
     args = manifest["config"]["args"]
     official_state = {k: v.float() for k, v in safe_torch_load(case / "checkpoint.pth")["model"].items()}
     cfg = official_args_to_config(args, official_state)
     derived = manifest.get("derived", {})
-    cfg.model.backbone = "precomputed"
-    cfg.model.backbone_channels = list(derived["backbone_num_channels"])
-    if attention_impl is not None:
-        cfg.model.attention_impl = attention_impl
+    # The case stores the backbone's features: a derived config that takes them instead of a backbone.
+    cfg = replace(cfg, model=replace(cfg.model, backbone="precomputed",
+                                     backbone_channels=list(derived["backbone_num_channels"])))
     torch.manual_seed(0)
     model = build_model(cfg)
+    if attention_impl is not None:
+        model.set_attention_impl(attention_impl)
     state = convert_official_state_dict(official_state)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -11,7 +11,7 @@ mask and targets from inputs.safetensors. What runs is hdetr's: ``build_optimize
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -90,14 +90,15 @@ def run_trajectory(case: Path, attention_impl: str | None = None) -> TrajectoryR
         raise AssertionError(f"{case.name}: hdetr's schedule is StepLR; the case uses lr_drop_epochs")
     official_state = {k: v.float() for k, v in safe_torch_load(case / "checkpoint.pth")["model"].items()}
     cfg = official_args_to_config(args, official_state)
-    cfg.model.backbone = "precomputed"
-    cfg.model.backbone_channels = list(manifest["derived"]["backbone_num_channels"])
-    if attention_impl is not None:
-        cfg.model.attention_impl = attention_impl
+    # The case stores the backbone's features: a derived config that takes them instead of a backbone.
+    cfg = replace(cfg, model=replace(cfg.model, backbone="precomputed",
+                                     backbone_channels=list(manifest["derived"]["backbone_num_channels"])))
 
     torch.manual_seed(0)
     backbone = StoredFeatures(cfg.model.backbone_channels)
     model = build_model(cfg, backbone=backbone)
+    if attention_impl is not None:
+        model.set_attention_impl(attention_impl)
     missing, unexpected = model.load_state_dict(convert_official_state_dict(official_state), strict=False)
     if missing or unexpected:
         raise AssertionError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import yaml
 
 from hdetr.config import ConfigError, build_config, load_config
 
@@ -102,3 +105,64 @@ def test_two_stage_accepts_narrower_models():
     # so two-stage is no longer tied to 256.
     cfg = build_config({}, ["model.hidden_dim=128"])
     assert cfg.model.two_stage and cfg.model.hidden_dim == 128
+
+
+# A loaded config is read-only; a variant is a derived copy (docs/architecture.md).
+RICH = ["model.backbone=swin", "model.swin.embed_dim=32", "model.swin.depths=[2,2,2,2]", "model.swin.num_heads=[1,2,4,8]",
+        "model.swin.window_size=7", "train.trackers=[mlflow]", "train.checkpoint_activations=[encoder]",
+        "train.init_class_map={car: automobile}", "data.train_scales=[480,512]"]
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("model", "num_classes", 3), ("model.swin", "embed_dim", 64), ("hybrid", "scheme", "none"),
+    ("loss", "giou", 1.0), ("train", "lr", 1e-3), ("data", "val_scale", 640), ("", "model", None),
+])
+def test_a_loaded_config_cannot_be_assigned_to(section, key, value):
+    cfg = load_config("synthetic_small")
+    target = cfg
+    for part in filter(None, section.split(".")):
+        target = getattr(target, part)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(target, key, value)
+    assert cfg == load_config("synthetic_small")
+
+
+def test_every_config_class_is_frozen():
+    cfg = build_config({}, RICH)
+    stack = [cfg]
+    while stack:
+        obj = stack.pop()
+        assert obj.__dataclass_params__.frozen, type(obj).__name__
+        stack += [getattr(obj, f.name) for f in dataclasses.fields(obj) if dataclasses.is_dataclass(getattr(obj, f.name))]
+
+
+def test_a_variant_is_derived_with_dataclasses_replace():
+    cfg = load_config("synthetic_small")
+    before = cfg.to_dict()
+    variant = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=7, attention_impl="reference"))
+    assert (variant.model.num_classes, variant.model.attention_impl) == (7, "reference")
+    assert variant.train == cfg.train and variant.model.backbone == cfg.model.backbone
+    assert cfg.to_dict() == before and cfg.model.num_classes == 4 and cfg.model.attention_impl == "fast"
+
+
+def test_a_variant_is_derived_with_overrides_on_the_dict():
+    cfg = load_config("synthetic_small")
+    data = cfg.to_dict()
+    variant = build_config(data, ["train.lr=1e-3", "model.swin.drop_path_rate=0.3"])
+    assert (variant.train.lr, variant.model.swin.drop_path_rate) == (1e-3, 0.3)
+    assert data == cfg.to_dict()  # the dict given is not changed either
+    with pytest.raises(ConfigError, match=r"model\.topk"):  # a variant built this way is validated
+        build_config(data, ["model.num_classes=1", "model.topk=1000"])
+
+
+def test_the_yaml_written_into_a_run_folder_reads_back_equal():
+    cfg = build_config({}, RICH)
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)  # as config.yaml in a run or model folder
+    again = build_config(yaml.safe_load(text))
+    assert again == cfg and again.to_dict() == cfg.to_dict()
+    assert again.model.swin.depths == [2, 2, 2, 2] and again.train.init_class_map == {"car": "automobile"}
+
+
+def test_a_config_that_is_not_a_mapping_is_refused():
+    with pytest.raises(ConfigError, match="expected a mapping of config sections"):
+        build_config(["model", "train"])
