@@ -103,6 +103,9 @@ def measure_side_by_side(args, inputs, image_size, results: dict, checks: dict, 
             if rep is not None:
                 for name, t in (("forward_and_loss", t_fwd), ("backward", t_bwd), ("train_step", step)):
                     _record(results, impl, f"{tag}.{name}", t)
+            # A full-size official step takes tens of seconds: say what was measured as it goes.
+            print(f"  {'warm-up' if rep is None else f'repetition {rep + 1}/{args.repeats}'}: {tag} {impl} "
+                  f"{step.wall:.1f} s / {step.cpu:.1f} CPU-s", flush=True)
         if f"{trained[0]}.loss_terms" not in checks:  # the first step of each pair (the warm-up if any)
             for tag in trained:
                 _compare(tag, done[(tag, "official")], done[(tag, "fast")], built[tag][1], checks)
@@ -118,6 +121,8 @@ def measure_side_by_side(args, inputs, image_size, results: dict, checks: dict, 
                     outs[impl] = net(samples) if impl == "official" else model(None, mask, features=features)
                 if rep is not None:
                     _record(results, impl, "eval.forward", t)
+                print(f"  {'warm-up' if rep is None else f'repetition {rep + 1}/{args.repeats}'}: eval {impl} "
+                      f"{t.wall:.1f} s / {t.cpu:.1f} CPU-s", flush=True)
         a, b = outs["official"], outs["fast"]
         checks["eval.pred_logits_shape"] = {"official": list(a["pred_logits"].shape), "hdetr": list(b["pred_logits"].shape)}
         checks["eval.pred_logits_max_abs_diff"] = float((a["pred_logits"] - b["pred_logits"]).abs().max())
