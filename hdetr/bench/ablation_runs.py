@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -133,16 +134,16 @@ def _try_lock(run_dir: Path):
     return f
 
 
-def run_pending(pending: list[dict], jobs: int, log) -> list[dict]:
+def run_pending(pending: list[dict], jobs: int, log, target=None) -> list[dict]:
     """Run the specs, ``jobs`` child processes at a time (0: in this process). Returns the results in
     the order the runs finished; raises UserError naming the log of a failed run.
 
     A child killed by a signal (say, by someone else's ``pkill``) is started again and resumes from the
     run's last checkpoint, up to RETRIES times; a run whose folder is locked by a process that outlived
-    an earlier session is waited for, not started twice."""
+    an earlier session is waited for, not started twice. ``target`` replaces the child's entry point
+    (tests). When this process is stopped (SIGTERM, Ctrl-C), its children are stopped too."""
     import multiprocessing as mp
-
-    from ..errors import UserError
+    import threading
 
     done: list[dict] = []
     if jobs == 0:
@@ -154,6 +155,38 @@ def run_pending(pending: list[dict], jobs: int, log) -> list[dict]:
         return done
     ctx = mp.get_context("spawn")
     running: list[tuple[object, dict]] = []
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_exit) if main_thread else None
+    try:
+        return _pool(ctx, pending, jobs, log, done, running, target or _child)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        _stop_children(running, log)
+
+
+def _raise_exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _stop_children(running: list, log) -> None:
+    """Children stop with their parent: each gets SIGTERM (the trainer saves a checkpoint at the end of
+    the step it is in, so running the command again resumes) instead of training on unseen."""
+    alive = [(proc, spec) for proc, spec in running if proc.is_alive()]
+    if not alive:
+        return
+    log(f"  stopping {len(alive)} run(s); running the command again resumes them")
+    for proc, _ in alive:
+        proc.terminate()
+    for proc, _ in alive:
+        proc.join(timeout=600)
+        if proc.is_alive():
+            proc.kill()
+
+
+def _pool(ctx, pending: list[dict], jobs: int, log, done: list[dict], running: list, target) -> list[dict]:
+    from ..errors import UserError
+
     queue = list(pending)
     failures, retries, waiting = [], {}, set()
     while queue or running:
@@ -175,7 +208,7 @@ def run_pending(pending: list[dict], jobs: int, log) -> list[dict]:
                 continue
             lock.close()  # the child takes it
             queue.remove(spec)
-            proc = ctx.Process(target=_child, args=(spec,), name=f"{spec['scheme']}-seed{spec['seed']}")
+            proc = ctx.Process(target=target, args=(spec,), name=f"{spec['scheme']}-seed{spec['seed']}")
             proc.start()
             log(f"  started {spec['scheme']} seed {spec['seed']} (log: {run_dir / LOG_FILE})")
             running.append((proc, spec))

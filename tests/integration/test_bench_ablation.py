@@ -137,3 +137,36 @@ def test_run_folder_lock_is_exclusive_across_processes(tmp_path):
         lock = ablation_runs._try_lock(tmp_path)
     assert lock is not None
     lock.close()
+
+
+def test_stopping_the_pool_stops_its_runs(tmp_path):
+    """SIGTERM to `hdetr bench ablation` (say, from pkill) must not leave its training processes running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from support.paths import TESTS
+
+    proc = subprocess.Popen([sys.executable, str(TESTS / "support" / "pool_children.py"), str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])})
+    pid_files = [tmp_path / f"run{i}" / "pid" for i in range(2)]
+    deadline = time.time() + 300
+    while not all(p.exists() and p.read_text() for p in pid_files):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.2)
+    pids = [int(p.read_text()) for p in pid_files]
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert "stopping 2 run(s)" in out
+    for pid in pids:
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"run process {pid} outlived the pool")

@@ -15,6 +15,7 @@ PROCESS = {
     "test_bench_export::test_runner_hands_the_parsed_options_to_the_child",
     "test_bench_ablation::test_micro_ablation_writes_real_numbers_and_resumes",
     "test_bench_ablation::test_run_folder_lock_is_exclusive_across_processes",
+    "test_bench_ablation::test_stopping_the_pool_stops_its_runs",
 }
 
 SLOW = {
