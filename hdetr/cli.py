@@ -89,6 +89,9 @@ def _os_error_message(e: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from .errors import Interrupted, UserError
+    from .threads import prefer_passive_waiting
+
+    prefer_passive_waiting()
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -7,6 +7,7 @@ count is applied, by the command's ``run``.
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def positive_int(text: str) -> int:
@@ -32,3 +33,15 @@ def apply_threads(threads: int | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def prefer_passive_waiting() -> None:
+    """Let torch's OpenMP threads sleep, not spin, while they wait (``OMP_WAIT_POLICY=PASSIVE``),
+    unless the user chose a policy.
+
+    GNU OpenMP's default makes a thread that reaches a barrier spin for a while before it sleeps; when
+    other processes compete for the cores, the spinning threads take the CPU time their partners need
+    and the process's CPU time per step doubles (docs/performance.md, "Contention"). It is read once,
+    when libgomp loads, so this must run before torch is imported.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -151,3 +151,16 @@ def test_export_opset_help_names_the_exporters_default():
     export = parser._subparsers._group_actions[0].choices["export"]
     opset = next(a for a in export._actions if "--opset" in a.option_strings)
     assert f"default: {DEFAULT_OPSET}," in opset.help
+
+
+def test_openmp_threads_wait_passively_unless_the_user_chose(monkeypatch):
+    """The CLI sets OMP_WAIT_POLICY=PASSIVE before torch loads (spinning threads double the CPU time of a
+    step on a shared machine) and keeps a policy the user set."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
