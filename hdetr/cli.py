@@ -91,8 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import Interrupted, UserError
     from .threads import prefer_passive_waiting
 
-    prefer_passive_waiting()
-
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     late_debug = "--debug" in argv[1:]  # also accepted after the verb: hdetr train ... --debug
@@ -108,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = args.debug or os.environ.get("HDETR_DEBUG", "") not in ("", "0")
+    prefer_passive_waiting(getattr(args, "threads", None))
     prefix = f"hdetr {args.verb}"
 
     def fail(status: int, message: str) -> int:

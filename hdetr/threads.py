@@ -35,13 +35,23 @@ def apply_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def prefer_passive_waiting() -> None:
-    """Let torch's OpenMP threads sleep, not spin, while they wait (``OMP_WAIT_POLICY=PASSIVE``),
-    unless the user chose a policy.
+def prefer_passive_waiting(threads: int | None = None) -> None:
+    """On a busy machine, let torch's OpenMP threads sleep instead of spinning while they wait
+    (``OMP_WAIT_POLICY=PASSIVE``); a policy the user set is kept.
 
-    GNU OpenMP's default makes a thread that reaches a barrier spin for a while before it sleeps; when
-    other processes compete for the cores, the spinning threads take the CPU time their partners need
-    and the process's CPU time per step doubles (docs/performance.md, "Contention"). It is read once,
-    when libgomp loads, so this must run before torch is imported.
+    GNU OpenMP's default makes a thread that reaches a barrier spin before it sleeps. When other
+    processes compete for the cores, the spinning threads take the CPU time their partners need: a
+    training step's CPU time doubled under load and PASSIVE halved it again; on an idle machine PASSIVE
+    cost 10-20 % of wall time instead (docs/performance.md, "Contention"). So it is chosen only when
+    the load average plus our threads exceed the cores. libgomp reads the variable once, when it
+    loads: this must run before torch is imported.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        return
+    if busy + (threads or cores) > cores + 0.5:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"

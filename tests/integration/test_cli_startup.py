@@ -153,14 +153,28 @@ def test_export_opset_help_names_the_exporters_default():
     assert f"default: {DEFAULT_OPSET}," in opset.help
 
 
-def test_openmp_threads_wait_passively_unless_the_user_chose(monkeypatch):
-    """The CLI sets OMP_WAIT_POLICY=PASSIVE before torch loads (spinning threads double the CPU time of a
-    step on a shared machine) and keeps a policy the user set."""
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    with pytest.raises(SystemExit):
-        main(["--help"])
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+def test_openmp_threads_wait_passively_on_a_busy_machine_unless_the_user_chose(monkeypatch):
+    """OMP_WAIT_POLICY=PASSIVE when the load average plus our threads exceed the cores (spinning threads
+    double a step's CPU time on a shared machine), the default on an idle machine, and a policy the user
+    set is kept."""
+    from hdetr.threads import prefer_passive_waiting
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    for load, threads, expected in ((0.1, None, None), (0.1, 2, None), (3.0, None, "PASSIVE"),
+                                    (2.0, 2, None), (2.9, 2, "PASSIVE")):
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        prefer_passive_waiting(threads)
+        assert os.environ.get("OMP_WAIT_POLICY") == expected, (load, threads)
+    prefer_passive_waiting(None)  # already PASSIVE from the last case: left as it is
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    with pytest.raises(SystemExit):
-        main(["--help"])
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    prefer_passive_waiting(None)
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_the_cli_chooses_the_wait_policy_after_parsing(monkeypatch, tmp_path):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))
+    assert main(["check-data", str(tmp_path / "no_such_dataset")]) == 2
+    assert os.environ.get("OMP_WAIT_POLICY") == "PASSIVE"
