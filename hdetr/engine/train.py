@@ -7,7 +7,8 @@ the random generators of every rank. The data order and augmentation depend on (
 alone (see sampling.py), so a resumed run sees the very batches the uninterrupted run would have.
 
 The Trainer wires the parts together: one optimizer step (step.py), the optimizer and lr schedule
-(optim.py), the checkpoint files (checkpoints.py), what stops or skips a step (guards.py).
+(optim.py), the checkpoint files (checkpoints.py), what stops or skips a step (guards.py), the log
+lines and their metrics.jsonl records (progress.py).
 Over 400 lines because the start-up (data check, splits, model, optimizer, AMP, EMA, DDP), the loop
 with its log windows and the evaluation / best-model saving share the run's state; the start-up is
 the next part to move out.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,6 +47,7 @@ from .init_from import summary as init_summary
 from .loaders import eval_loader, load_split, locate, train_loader, val_spec
 from .optim import build_optimizer, build_scheduler
 from .runlock import RunLock
+from .progress import LossWindow, say, write_window
 from .runlog import PREDICTION_IMAGES, RunLog
 from .sampling import rng_state, seed_everything, set_rng_state
 from .step import TrainStep
@@ -228,15 +229,10 @@ class Trainer:
 
     # -- small helpers -----------------------------------------------------------------------------
     def log(self, msg: str) -> None:
-        if self.is_main:
-            tqdm.write(msg)
-            sys.stdout.flush()  # log files see each line as it happens
+        say(self.info, msg)
 
     def _eval_model(self) -> torch.nn.Module:
         return self.ema.module if self.ema is not None else self.model
-
-    def _plan_len(self) -> int:
-        return self.cfg.train.epochs * self.steps_per_epoch
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -397,8 +393,7 @@ class Trainer:
 
     def _loop(self) -> None:
         t = self.cfg.train
-        window: dict[str, float] = {}
-        window_n, window_start = 0, time.perf_counter()
+        window = LossWindow()
         run_start = time.perf_counter()
         steps_this_session = 0
         stop = self.max_iters_reached()
@@ -421,14 +416,13 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.update(1)
                 if logs is not None:
-                    for k, v in logs.items():
-                        window[k] = window.get(k, 0.0) + v
-                    window_n += 1
+                    window.add(logs)
                     bar.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{lr:.1e}", refresh=False)
                 if self.step % t.log_every == 0 or self.step_in_epoch == self.steps_per_epoch:
-                    self._log_window(window, window_n, lr, time.perf_counter() - window_start,
-                                     time.perf_counter() - run_start, steps_this_session)
-                    window, window_n, window_start = {}, 0, time.perf_counter()
+                    write_window(window, lr, time.perf_counter() - run_start, steps_this_session, runlog=self.runlog,
+                                 state=self, cfg=self.cfg, steps_per_epoch=self.steps_per_epoch, info=self.info,
+                                 device=self.device)
+                    window.reset()
                 if self.step_in_epoch < self.steps_per_epoch:  # at an epoch end: after _end_epoch
                     self._stop_if_signalled()
                 if self.max_iters_reached():
@@ -468,28 +462,6 @@ class Trainer:
     def max_iters_reached(self) -> bool:
         return bool(self.cfg.train.max_iters) and self.step >= self.cfg.train.max_iters
 
-    def _log_window(self, window, n, lr, seconds, elapsed, session_steps) -> None:
-        if n == 0:  # every step of the window was skipped: still record the counts
-            if self.is_main:
-                self.runlog.write({"epoch": self.epoch, "iter": self.step_in_epoch, "step": self.step, "lr": lr,
-                                   "skipped_steps": self.skipped_steps, "bad_image_steps": self.bad_image_steps})
-            return
-        losses = distributed.mean_dict({k: v / n for k, v in window.items()}, self.device)
-        if not self.is_main:
-            return
-        per_step = elapsed / max(session_steps, 1)
-        todo = self._plan_len() - self.step
-        if self.cfg.train.max_iters:
-            todo = min(todo, self.cfg.train.max_iters - self.step)
-        self.runlog.write({"epoch": self.epoch, "iter": self.step_in_epoch, "step": self.step, "lr": lr,
-                           "losses": losses, "time": round(elapsed, 3), "sec_per_iter": round(seconds / n, 4),
-                           "train_time": round(self.train_time, 3), "train_cpu_time": round(self.train_cpu_time, 3),
-                           "skipped_steps": self.skipped_steps, "bad_image_steps": self.bad_image_steps})
-        main = " ".join(f"{k[5:]} {losses[k]:.3f}" for k in ("loss_ce", "loss_bbox", "loss_giou") if k in losses)
-        self.log(f"epoch {self.epoch + 1}/{self.cfg.train.epochs} iter {self.step_in_epoch}/{self.steps_per_epoch} "
-                 f"loss {losses['loss']:.3f} ({main}) lr {lr:.2e} {1 / per_step:.2f} it/s "
-                 f"eta {_hms(per_step * max(todo, 0))}")
-
     def _end_epoch(self) -> None:
         t = self.cfg.train
         finished = self.epoch
@@ -526,11 +498,6 @@ class Trainer:
                      f"evaluation(s) (train.patience={t.patience}); best {key} {self.best_ap:.3f} kept in {BEST}")
         self.save_last()  # records best_ap / metrics / early_stop
         return metrics
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str | None = None,
