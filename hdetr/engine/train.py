@@ -9,9 +9,8 @@ alone (see sampling.py), so a resumed run sees the very batches the uninterrupte
 The Trainer wires the parts together: one optimizer step (step.py), the optimizer and lr schedule
 (optim.py), the checkpoint files (checkpoints.py), what stops or skips a step (guards.py), the log
 lines and their metrics.jsonl records (progress.py).
-Over 400 lines because the start-up (data check, splits, model, optimizer, AMP, EMA, DDP), the loop
-with its log windows and the evaluation / best-model saving share the run's state; the start-up is
-the next part to move out.
+The start-up (data check, splits, model, optimizer, AMP, EMA, DDP) is setup.py's: the Trainer holds
+the parts it returns.
 """
 
 from __future__ import annotations
@@ -19,38 +18,32 @@ from __future__ import annotations
 import json
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
-from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoint import atomic_write, save_model
-from ..config import Config, ConfigError, validate
+from ..config import Config
 from ..data.categories import same_categories
 from ..data.coco import CategoryMap
-from ..data.validate import validate_source
-from ..errors import BadImageError, DataError, Interrupted, UserError
+from ..errors import BadImageError, Interrupted, UserError
 from ..hybrid import matching_plan
-from ..losses import SetCriterion
-from ..models import build_model
-from ..models.checkpointing import apply_activation_checkpointing
 from . import checkpoints, distributed, guards
 from .checkpoints import BEST, CHECKPOINT_FORMAT, LAST, MODEL_DIR, MODEL_FORMAT, PATH_SWITCHES
 from .ema import ModelEMA
-from .evaluate import COCO_METRIC_KEYS, LVIS_METRIC_KEYS
 from .inference import evaluate
-from .init_from import load_init_source, prepare_model, save_report
+from .init_from import save_report
 from .init_from import summary as init_summary
-from .loaders import eval_loader, load_split, locate, train_loader, val_spec
-from .optim import build_optimizer, build_scheduler
-from .runlock import RunLock
+from .loaders import val_spec
 from .progress import LossWindow, say, write_window
 from .runlog import PREDICTION_IMAGES, RunLog
-from .sampling import rng_state, seed_everything, set_rng_state
-from .step import TrainStep
+from .sampling import rng_state, set_rng_state
+from .setup import build_run
+
 
 @dataclass
 class TrainResult:
@@ -66,17 +59,6 @@ class TrainResult:
     early_stop: dict | None = None  # set when train.patience ended the run (see Trainer.evaluate)
 
 
-def _amp_mode(cfg: Config, device: torch.device) -> str:
-    if cfg.train.amp == "none":
-        return "none"
-    if device.type != "cuda":
-        print(f"note: train.amp={cfg.train.amp} needs CUDA; training in fp32 on {device.type}")
-        return "none"
-    if cfg.train.amp == "bf16" and not torch.cuda.is_bf16_supported():
-        raise UserError("train.amp=bf16: this GPU does not support bfloat16; use train.amp=fp16")
-    return cfg.train.amp
-
-
 def _model_meta(cmap: CategoryMap) -> dict:
     return {"category_map": json.dumps(cmap.to_dict())}
 
@@ -84,78 +66,15 @@ def _model_meta(cmap: CategoryMap) -> dict:
 class Trainer:
     def __init__(self, cfg: Config, out_dir: str | Path, resume: bool = False, device: str | None = None,
                  progress: bool | None = None):
-        self.cfg = cfg
         self.out = Path(out_dir)
-        self.info, self.device = distributed.init_distributed(device)
-        self.is_main = self.info.is_main
+        self.parts = p = build_run(cfg, self.out, resume, device)
+        self.cfg, self.info, self.device, self.is_main = p.cfg, p.info, p.device, p.info.is_main
         # None: tqdm decides (a bar on terminals, nothing in logs); only rank 0 ever shows one.
         self.progress = progress if self.is_main else False
-        t = cfg.train
-        if not cfg.data.train:
-            raise UserError("data.train is empty: give the training set, e.g. data.train=path/to/dataset")
-
-        # A bad train.init_from fails here, before the data check reads every image.
-        init_source = load_init_source(cfg, resume)
-        self.bad_image_steps = 0  # steps skipped mid-epoch because an image could not be loaded
-        vspec = val_spec(cfg)
-        skip_ids = self._check_data(vspec)
-        self.train_split = load_split(cfg.data.train, "train", cfg, train=True, skip_image_ids=skip_ids["train"])
-        self.cmap = self.train_split.dataset.category_map
-        if cfg.model.num_classes != self.cmap.num_classes:
-            self.log(f"note: model.num_classes {cfg.model.num_classes} -> {self.cmap.num_classes} "
-                     f"({self.cmap.mode} categories of {self.train_split.ann_file})")
-            # A derived copy: the caller's config stays as it was loaded.
-            cfg = self.cfg = replace(cfg, model=replace(cfg.model, num_classes=self.cmap.num_classes))
-            # Settings valid for the preset's class count may not be for the data's (model.topk): refuse
-            # now, not after a training whose model eval and predict would then refuse.
-            try:
-                validate(cfg)
-            except ConfigError as e:
-                raise UserError(f"{e} (model.num_classes was set to {self.cmap.num_classes} from the data)") from None
-        self.val_split = (load_split(vspec, "val", cfg, train=False, skip_image_ids=skip_ids["val"])
-                          if vspec else None)
-        if self.val_split is not None:
-            same_categories(self.cmap, self.val_split.dataset.category_map,
-                            str(self.train_split.ann_file), str(self.val_split.ann_file))
-        else:
-            self.log(f"warning: no validation split found next to {cfg.data.train} (set data.val): "
-                     "this run will never be evaluated and best.pt will not be written")
-        metric_keys = LVIS_METRIC_KEYS if self.val_split is not None and self.val_split.is_lvis else COCO_METRIC_KEYS
-        if t.best_metric not in metric_keys:
-            raise UserError(f"train.best_metric={t.best_metric} is not a metric of this validation set "
-                            f"({', '.join(metric_keys)})")
-        self._lock = RunLock(self.out).acquire() if self.is_main else None
-
-        # The same initial weights on every rank (DDP would broadcast rank 0's anyway), then
-        # rank-specific streams for everything random that follows.
-        seed_everything(t.seed)
-        self.model = build_model(cfg).to(self.device)
-        # train.init_from (new runs only) and train.freeze, before the optimizer and the EMA copy.
-        self.init_report = prepare_model(self.model, cfg, self.cmap.names, init_source)
-        if t.checkpoint_activations:
-            apply_activation_checkpointing(self.model, t.checkpoint_activations)
-        seed_everything(t.seed + self.info.rank)
-        self.criterion = SetCriterion(cfg.model.num_classes, cfg.loss)
-        self.optimizer = build_optimizer(self.model, t)
-        self.scheduler = build_scheduler(self.optimizer, t)
-        self.amp = _amp_mode(cfg, self.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
-        self.ema = ModelEMA(self.model, t.ema_decay) if t.ema else None
-        self.ddp = self.model
-        if self.info.enabled:
-            self.ddp = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        self.step_fn = TrainStep(self.model, self.criterion, self.optimizer, t.clip_max_norm, net=self.ddp,
-                                 scaler=self.scaler, amp=self.amp, device=self.device, info=self.info)
-        self.loader, self.sampler = train_loader(self.train_split.dataset, cfg, self.info)
-        self.steps_per_epoch = len(self.sampler) // t.grad_accum
-        self.val_loader = (
-            eval_loader(self.val_split.dataset, t.batch_size, t.num_workers, self.info) if self.val_split else None
-        )
-
+        self.steps_per_epoch = p.steps_per_epoch
         self.epoch, self.step_in_epoch, self.step = 0, 0, 0
         self.skipped_steps = 0
+        self.bad_image_steps = 0  # steps skipped mid-epoch because an image could not be loaded
         # Seconds spent in training steps (loading the batches + forward/backward/update), summed over
         # the run, resumes included; evaluation, checkpoints and logging are not counted. The CPU seconds
         # of this process (all threads, not loader workers) over the same steps: on a shared CPU they
@@ -178,72 +97,39 @@ class Trainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(self.out / "config.yaml",
-                         lambda p: Path(p).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
-            self.runlog = RunLog(self.out, resume_step=self.step if resume else None, trackers=t.trackers,
-                                 config=cfg.to_dict())
-            if self.init_report is not None:
-                self.log(f"{init_summary(self.init_report)}\n  report: {save_report(self.out, self.init_report)}")
-
-    # -- start-up data check -------------------------------------------------------------------------
-    def _check_data(self, vspec: str | None) -> dict[str, list]:
-        """Validate the train (and val) split on rank 0 before anything expensive is built; every rank
-        gets the verdict. Fatal problems stop here with the report's message (a ``DataError``); with
-        ``data.skip_bad_images`` the images with image-level problems are left out, counted."""
-        skip = self.cfg.data.skip_bad_images
-        result: dict = {"error": None, "train": [], "val": []}
-        if self.is_main:
-            for spec, split in ((self.cfg.data.train, "train"), (vspec, "val")):
-                if not spec:
-                    continue
-                try:
-                    source = locate(spec, split)
-                except UserError as e:  # reported on every rank below, so none waits for the others
-                    result["error"], result["spec_error"] = str(e), True
-                    break
-                report = validate_source(source, check_images=True, num_queries=self.cfg.model.num_queries)
-                repairs = sum(i.count for i in report.repairs.values())
-                warnings = sum(i.count for i in report.warnings.values())
-                line = (f"data check {split} ({source.title}): {report.num_images} images, {report.num_boxes} "
-                        f"boxes, {repairs} box repair(s), {warnings} warning(s)")
-                if report.count("too_many_objects"):
-                    self.log(f"warning: {report.count('too_many_objects')} {split} image(s) have more objects "
-                             f"(up to {report.objects_max}) than model.num_queries={report.num_queries}")
-                try:
-                    report.raise_if_fatal(allow_bad_images=skip)
-                except DataError as e:
-                    self.log(line + ": FAILED")
-                    result["error"] = str(e)
-                    break
-                if report.bad_image_ids:
-                    line += (f", {len(report.bad_image_ids)} bad image(s) left out (data.skip_bad_images): "
-                             f"{sorted(report.bad_image_ids, key=str)[:10]}")
-                    result[split] = sorted(report.bad_image_ids, key=str)
-                self.log(line)
-        result = distributed.broadcast_object(result)
-        if result.get("spec_error"):  # the same message as every other verb that reads this spec
-            raise DataError(result["error"])
-        if result["error"]:
-            hint = "" if skip else "\n(or set data.skip_bad_images=true to leave out images that cannot be used)"
-            raise DataError(result["error"] + hint)
-        return result
+                         lambda path: Path(path).write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)))
+            self.runlog = RunLog(self.out, resume_step=self.step if resume else None,
+                                 trackers=self.cfg.train.trackers, config=self.cfg.to_dict())
+            if p.init_report is not None:
+                self.log(f"{init_summary(p.init_report)}\n  report: {save_report(self.out, p.init_report)}")
 
     # -- small helpers -----------------------------------------------------------------------------
     def log(self, msg: str) -> None:
         say(self.info, msg)
 
-    def _eval_model(self) -> torch.nn.Module:
-        return self.ema.module if self.ema is not None else self.model
+    # The parts other code reaches for (hdetr.bench, tests).
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.parts.model
+
+    @property
+    def loader(self) -> DataLoader:
+        return self.parts.loader
+
+    @property
+    def cmap(self) -> CategoryMap:
+        return self.parts.cmap
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _state(self) -> dict:
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg.to_dict(),
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "model": self.parts.model.state_dict(),
+            "ema": self.parts.ema.state_dict() if self.parts.ema is not None else None,
+            "optimizer": self.parts.optimizer.state_dict(),
+            "scheduler": self.parts.scheduler.state_dict(),
+            "scaler": self.parts.scaler.state_dict(),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "step": self.step,
@@ -256,8 +142,8 @@ class Trainer:
             "evals_since_best": self.evals_since_best,
             "early_stop": self.early_stop,
             "metrics": self.metrics,
-            "category_map": self.cmap.to_dict(),
-            "class_names": self.cmap.names,
+            "category_map": self.parts.cmap.to_dict(),
+            "class_names": self.parts.cmap.names,
             "world_size": self.info.world_size,
         }
 
@@ -275,13 +161,13 @@ class Trainer:
         """best.pt (weights used for evaluation + metadata) and the model folder for eval/predict."""
         if not self.is_main:
             return
-        weights = self._eval_model().state_dict()
+        weights = self.parts.eval_model().state_dict()
         state = {
             "format": MODEL_FORMAT,
             "config": self.cfg.to_dict(),
             "model": weights,
-            "category_map": self.cmap.to_dict(),
-            "class_names": self.cmap.names,
+            "category_map": self.parts.cmap.to_dict(),
+            "class_names": self.parts.cmap.names,
             "epoch": self.epoch,
             "step": self.step,
             "metrics": self.metrics,
@@ -292,8 +178,8 @@ class Trainer:
     def export_model(self) -> Path | None:
         if not self.is_main:
             return None
-        return save_model(self.out / MODEL_DIR, self.cfg, self._eval_model().state_dict(),
-                          class_names=self.cmap.names, extra_meta=_model_meta(self.cmap))
+        return save_model(self.out / MODEL_DIR, self.cfg, self.parts.eval_model().state_dict(),
+                          class_names=self.parts.cmap.names, extra_meta=_model_meta(self.parts.cmap))
 
     def _resume(self) -> None:
         if self.is_main:
@@ -301,8 +187,8 @@ class Trainer:
         path, ckpt = checkpoints.load_latest(self.out, self.log)
         saved = ckpt["config"]
         if ckpt.get("category_map"):
-            same_categories(CategoryMap.from_dict(ckpt["category_map"]), self.cmap, str(path),
-                            str(self.train_split.ann_file))
+            same_categories(CategoryMap.from_dict(ckpt["category_map"]), self.parts.cmap, str(path),
+                            str(self.parts.train_split.ann_file))
         now = self.cfg.to_dict()
         for section in ("model", "hybrid", "loss"):
             diff = {k: (saved[section].get(k), v) for k, v in now[section].items()
@@ -312,16 +198,16 @@ class Trainer:
             if diff:
                 raise UserError(f"--resume: the {section} settings differ from the run in {self.out}: "
                                 f"{diff} (saved, now)")
-        self.model.load_state_dict(ckpt["model"])
-        if self.ema is not None:
+        self.parts.model.load_state_dict(ckpt["model"])
+        if self.parts.ema is not None:
             if ckpt.get("ema") is None:
                 self.log("note: the checkpoint has no EMA; starting the EMA from the current weights")
-                self.ema = ModelEMA(self.model, self.cfg.train.ema_decay)
+                self.parts.ema = ModelEMA(self.parts.model, self.cfg.train.ema_decay)
             else:
-                self.ema.load_state_dict(ckpt["ema"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+                self.parts.ema.load_state_dict(ckpt["ema"])
+        self.parts.optimizer.load_state_dict(ckpt["optimizer"])
+        self.parts.scheduler.load_state_dict(ckpt["scheduler"])
+        self.parts.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step_in_epoch, self.step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]
         self.skipped_steps = ckpt.get("skipped_steps", 0)
         self.bad_image_steps = ckpt.get("bad_image_steps", 0)
@@ -365,12 +251,12 @@ class Trainer:
     def train_step(self, batches, plan) -> dict[str, float] | None:
         """One optimizer step over ``grad_accum`` batches (step.py). Returns the mean loss terms and the
         gradient norm, or None when the step was skipped."""
-        result = self.step_fn(batches, plan)
+        result = self.parts.step_fn(batches, plan)
         if result.fault is not None:
             self._nonfinite(*result.fault)
             return None
-        if self.ema is not None:
-            self.ema.update(self.model)
+        if self.parts.ema is not None:
+            self.parts.ema.update(self.parts.model)
         return result.logs
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -383,8 +269,8 @@ class Trainer:
             if self.best_ap is None:
                 self.export_model()  # never evaluated: the model folder holds the latest weights
             self.runlog.plot(self.step)
-            if self.val_split is not None:
-                ds = self.val_split.dataset
+            if self.parts.val_split is not None:
+                ds = self.parts.val_split.dataset
                 self.runlog.predictions(model_dir, [ds.image_path(i) for i in ds.ids[:PREDICTION_IMAGES]], self.step)
             self.runlog.close()
         distributed.barrier()
@@ -399,8 +285,8 @@ class Trainer:
         stop = self.max_iters_reached()
         while self.epoch < t.epochs and not stop and self.early_stop is None:
             plan = matching_plan(self.cfg, self.epoch)
-            self.sampler.set_epoch(self.epoch, self.step_in_epoch * t.grad_accum)
-            batches = iter(self.loader)
+            self.parts.sampler.set_epoch(self.epoch, self.step_in_epoch * t.grad_accum)
+            batches = iter(self.parts.loader)
             bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch,
                        desc=f"epoch {self.epoch + 1}/{t.epochs}", disable=None if self.progress is None
                        else not self.progress, dynamic_ncols=True, leave=False)
@@ -413,7 +299,7 @@ class Trainer:
                 self.step_in_epoch += 1
                 self.step += 1
                 steps_this_session += 1
-                lr = self.optimizer.param_groups[0]["lr"]
+                lr = self.parts.optimizer.param_groups[0]["lr"]
                 bar.update(1)
                 if logs is not None:
                     window.add(logs)
@@ -465,16 +351,17 @@ class Trainer:
     def _end_epoch(self) -> None:
         t = self.cfg.train
         finished = self.epoch
-        self.scheduler.step()
+        self.parts.scheduler.step()
         self.epoch += 1
         self.step_in_epoch = 0
         self.save_last()
-        if self.val_loader is not None and (self.epoch % t.eval_every == 0 or self.epoch == t.epochs):
+        if self.parts.val_loader is not None and (self.epoch % t.eval_every == 0 or self.epoch == t.epochs):
             self.evaluate(finished)
 
     def evaluate(self, epoch: int) -> dict | None:
-        metrics = evaluate(self._eval_model(), self.val_split, self.val_loader, self.cmap, self.device,
-                           self.cfg.model.topk, self.amp, progress=self.progress)
+        p = self.parts
+        metrics = evaluate(p.eval_model(), p.val_split, p.val_loader, p.cmap, self.device, self.cfg.model.topk, p.amp,
+                           progress=self.progress)
         metrics = distributed.broadcast_object(metrics)
         self.metrics = metrics
         if self.is_main:
@@ -506,8 +393,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str | 
     try:
         result = trainer.run()
     finally:
-        if trainer._lock is not None:
-            trainer._lock.release()
+        if trainer.parts.lock is not None:
+            trainer.parts.lock.release()
     if result.best_ap is not None and distributed.current().is_main:
         from .report import report_for_model  # the evaluation report of the best model, next to it
 
