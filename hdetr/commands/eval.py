@@ -61,7 +61,7 @@ def tiled_detections(loaded, split, cmap, device, options: dict, progress) -> li
 
 
 def run(args) -> int:
-    from ..checkpoint import atomic_write
+    from ..files import atomic_write
     from ..engine import distributed
     from ..engine.evaluate import format_metrics_table
     from ..engine.inference import gather_detections, score_detections

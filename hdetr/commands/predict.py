@@ -145,7 +145,7 @@ def run(args) -> int:
     from PIL import UnidentifiedImageError
 
     from ..api import as_uint8_image
-    from ..checkpoint import atomic_write
+    from ..files import atomic_write
     from ..draw import draw_prediction, to_pil
     from ..errors import UserError
     from ..video import is_video, predict_video

@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import LoadedWeights, atomic_write, load_weights
+from ..checkpoint import LoadedWeights, load_weights
 from ..config import Config, parse_parts
 from ..data.coco import UNUSED_CLASS_NAME
 from ..errors import UserError
+from ..files import atomic_write
 from ..hybrid import query_groups
 from ..models.parts import CLASS_HEAD_PREFIX, QUERY_EMBEDDING, freeze, part_of
 

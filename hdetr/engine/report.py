@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_convert, box_iou
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from .evaluate import COCO, as_coco, coco_evaluation, format_metrics_table, metrics_of
 
 SIZES = ("small", "medium", "large")  # COCO's area ranges 1..3 (index 0 is "all")

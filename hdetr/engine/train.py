@@ -27,12 +27,13 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoint import atomic_write, save_model
+from ..checkpoint import save_model
 from ..config import Config, ConfigError, validate
 from ..data.categories import same_categories
 from ..data.coco import CategoryMap
 from ..data.validate import validate_source
 from ..errors import BadImageError, DataError, Interrupted, UserError
+from ..files import atomic_write
 from ..hybrid import matching_plan
 from ..losses import SetCriterion
 from ..models import build_model

@@ -53,6 +53,17 @@ def test_every_verb_help_is_torch_free():
     assert set(VERBS) >= {"train", "eval", "predict", "bench", "convert", "demo"}
 
 
+def test_atomic_writes_are_torch_free():
+    # Writing a file atomically must not cost a torch import: the benchmarks' report writer and the
+    # commands' parsers use it.
+    code = ("import sys; import hdetr.files, hdetr.bench.report; "
+            "print([m for m in %r if m in sys.modules])" % (HEAVY,))
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train"], "the following arguments are required: config"),
     (["train", "synthetic_small", "--threads", "0"], "--threads: must be >= 1, got 0"),
