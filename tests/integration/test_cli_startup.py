@@ -113,7 +113,7 @@ def test_train_threads_sets_torch_intra_op_threads(monkeypatch, tmp_path, restor
 def test_eval_threads_sets_torch_intra_op_threads(monkeypatch, tmp_path, restore_threads):
     import torch
 
-    import hdetr.checkpoint as weights  # where `hdetr eval` takes load_weights from
+    import hdetr.engine.model_evaluation as weights  # where `hdetr eval` takes load_weights from
 
     seen = {}
 
