@@ -5,7 +5,8 @@ best.pt, or an official .pth. DATA is a dataset folder (COCO, Roboflow or LVIS l
 annotation .json with its images beside it. Only the one-to-one queries run, as at deployment.
 Prints the COCO metrics (LVIS metrics for LVIS annotations). ``--out FILE.json`` writes them as JSON;
 ``--out DIR`` writes DIR/metrics.json and the evaluation report (per-class table, precision-recall
-curves, confusion matrix, AP by object size, galleries of the worst images; see hdetr.engine.report).
+curves, confusion matrix, AP by object size, galleries of the worst images; see hdetr.engine.report);
+the folder may hold other files, but none of the report's names that hdetr did not write.
 ``--tile`` evaluates sliced inference (one process).
 """
 
@@ -37,7 +38,7 @@ def add_arguments(p):
 def run(args) -> int:
     from ..engine.evaluate import format_metrics_table
     from ..engine.model_evaluation import evaluate_model
-    from ..engine.report import write_report
+    from ..engine.report import REPORT_FILES, check_report_folder, write_report
     from ..errors import UserError
     from ..files import atomic_write
     from ..outputs import check_output_file, json_with, refuse_input_path
@@ -56,9 +57,11 @@ def run(args) -> int:
     if args.out is not None and report_dir is None:
         check_output_file(args.out, "--out", json_with("AP"))
 
-    def check_split(split):
+    def check_split(split):  # before the evaluation's minutes
         if args.out:
             refuse_input_path(args.out, [split.ann_file, split.images_dir])
+        if report_dir is not None:  # LVIS annotations get the metrics only
+            check_report_folder(report_dir, "--out", ("metrics.json",) if split.is_lvis else REPORT_FILES)
 
     tile = {k: v for k, v in options.items() if k != "imgsz"} if "tile" in options else None
     result = evaluate_model(args.checkpoint, args.data, args.split, device=args.device, batch_size=args.batch_size,

@@ -7,8 +7,9 @@ know which detection met which object, which the evaluator does not expose per c
 match detections (score >= ``conf``) to ground truth greedily by IoU (>= ``iou``), ignoring the class,
 with ``torchvision.ops.box_iou``.
 
-Files: report.md (all tables, the pictures linked), metrics.json, per_class.csv, report.json,
-pr_curves.png, confusion_matrix.png, gallery_missed.png, gallery_false.png.
+Files (``REPORT_FILES``): report.md (all tables, the pictures linked), metrics.json, per_class.csv,
+report.json, pr_curves.png, confusion_matrix.png, gallery_missed.png, gallery_false.png; an existing
+file of that name that hdetr did not write is refused, never replaced (``check_report_folder``).
 """
 
 from __future__ import annotations
@@ -216,12 +217,31 @@ def _markdown_table(rows: list[dict], keys: list[str]) -> str:
     return "\n".join(lines)
 
 
+# The files write_report writes. The two JSON files say by their content that hdetr wrote them; the
+# others count as hdetr's when the report.json beside them does.
+REPORT_FILES = ("metrics.json", "report.json", "report.md", "per_class.csv", "pr_curves.png", "confusion_matrix.png",
+                "gallery_missed.png", "gallery_false.png")
+
+
+def check_report_folder(out_dir: Path, flag: str = "--out", names=REPORT_FILES) -> None:
+    """Refuse (naming the file) to write a report into a folder where one of its file ``names`` exists and
+    was not written by hdetr; other files in the folder are left alone."""
+    from ..outputs import check_output_file, json_with, vouched_by
+
+    out_dir = Path(out_dir)
+    ours = {"metrics.json": json_with("AP"), "report.json": json_with("metrics", "per_class", "confusion_matrix")}
+    others = vouched_by(out_dir / "report.json", ours["report.json"])
+    for name in names:
+        check_output_file(out_dir / name, flag, ours.get(name, others))
+
+
 def write_report(coco_gt: COCO | dict | str | Path, detections: Sequence[dict], out_dir: str | Path, images_dir,
                  conf: float = 0.3, iou: float = 0.5, gallery: int = 8, title: str = "") -> dict:
     """Evaluate ``detections`` against ``coco_gt`` and write the report into ``out_dir``; returns report.json's
     content. ``images_dir``: the folder the file names are relative to, or a function image id -> path
     (``CocoDetection.image_path``); None skips the gallery."""
     out = Path(out_dir)
+    check_report_folder(out, "report folder")
     out.mkdir(parents=True, exist_ok=True)
     coco_gt = as_coco(coco_gt)
     ev = coco_evaluation(coco_gt, detections)

@@ -198,3 +198,25 @@ def test_eval_refuses_a_model_with_another_class_count(trained, workspace, monke
     monkeypatch.setattr(model_evaluation, "load_weights", lambda path: other)
     assert main(["eval", str(run / "model"), str(workspace / "data"), "--workers", "0", "--no-progress"]) == 2
     assert "predicts 7 classes but" in capsys.readouterr().err
+
+
+def test_eval_out_folder_keeps_files_hdetr_did_not_write(trained, workspace, capsys):
+    run, _ = trained
+    out = workspace / "eval_into_user_folder"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    command = ["eval", str(run / "model"), str(workspace / "data"), "--out", str(out), "--workers", "0",
+               "--no-progress"]
+    # A file under one of the report's names: refused (named), before the evaluation runs.
+    for name, content in (("report.md", b"my report"), ("metrics.json", b'{"mine": 1}'), ("pr_curves.png", b"mine")):
+        (out / name).write_bytes(content)
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert name in err and "not written by hdetr" in err
+        assert (out / name).read_bytes() == content
+        (out / name).unlink()
+    # The report goes beside the user's other files, and replaces its own report the next time.
+    assert main(command) == 0
+    assert main(command) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "report.md").read_text().startswith("# Evaluation report")

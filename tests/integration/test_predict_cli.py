@@ -111,6 +111,41 @@ def test_bad_options_exit_2(model_dir, synth_data, tmp_path, capsys):
     assert main(["predict", str(model_dir), str(synth_data / "valid"), "--out", str(synth_data / "valid")]) == 2
 
 
+def test_out_keeps_files_hdetr_did_not_write(model_dir, synth_data, tmp_path, capsys):
+    image = sorted((synth_data / "valid").glob("*.jpg"))[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    command = ["predict", str(model_dir), str(image), "--out", str(out), "--no-progress"]
+    # A file named like an output (the drawing of an input, detections.json): refused, named, kept.
+    for name, content in ((image.name, b"the user's picture"), ("detections.json", b'{"mine": 1}')):
+        (out / name).write_bytes(content)
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert name in err and "not written by hdetr" in err
+        assert (out / name).read_bytes() == content
+        (out / name).unlink()
+    # A folder hdetr wrote into: the next run replaces its own files; the user's stay.
+    assert main(command) == 0
+    assert main(command) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / image.name).exists()
+
+
+def test_video_outputs_keep_files_hdetr_did_not_write(model_dir, tmp_path, capsys):
+    pytest.importorskip("av")
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, frames=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, content in (("clip.jsonl", b"my notes\n"), ("clip.mp4", b"my video")):
+        (out / name).write_bytes(content)
+        assert main(["predict", str(model_dir), str(clip), "--out", str(out), "--no-progress"]) == 2
+        assert name in capsys.readouterr().err
+        assert (out / name).read_bytes() == content
+        (out / name).unlink()
+
+
 def write_clip(path, frames=6, size=(64, 48), rate=5):
     av = pytest.importorskip("av")
     with av.open(str(path), "w") as out:
