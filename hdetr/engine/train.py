@@ -36,14 +36,13 @@ from ..errors import BadImageError, DataError, Interrupted, UserError
 from ..files import atomic_write
 from ..hybrid import matching_plan
 from ..losses import SetCriterion
-from ..models import build_model
 from ..models.checkpointing import apply_activation_checkpointing
 from . import checkpoints, distributed, guards
 from .checkpoints import BEST, CHECKPOINT_FORMAT, LAST, MODEL_DIR, MODEL_FORMAT, PATH_SWITCHES
 from .ema import ModelEMA
 from .evaluate import COCO_METRIC_KEYS, LVIS_METRIC_KEYS
 from .inference import evaluate
-from .init_from import load_init_source, prepare_model, save_report
+from .init_from import build_model_for_source, load_init_source, prepare_model, save_report
 from .init_from import summary as init_summary
 from .loaders import eval_loader, load_split, locate, train_loader, val_spec
 from .optim import build_optimizer, build_scheduler
@@ -129,7 +128,8 @@ class Trainer:
         # The same initial weights on every rank (DDP would broadcast rank 0's anyway), then
         # rank-specific streams for everything random that follows.
         seed_everything(t.seed)
-        self.model = build_model(cfg).to(self.device)
+        # Without the backbone's ImageNet weights when train.init_from brings the whole backbone.
+        self.model = build_model_for_source(cfg, init_source, self.log).to(self.device)
         # train.init_from (new runs only) and train.freeze, before the optimizer and the EMA copy.
         self.init_report = prepare_model(self.model, cfg, self.cmap.names, init_source)
         if t.checkpoint_activations:
