@@ -67,7 +67,8 @@ def tiled_detections(loaded, split, cmap, device, options: dict, progress) -> li
     names = default_class_names(loaded.cfg, loaded.class_names, cmap)
     detector = Detector(build_detector_model(loaded, device), loaded.cfg, names, cmap, device)
     dets = []
-    for image_id in tqdm(split.dataset.ids, desc="eval (tiled)", leave=False, disable=None if progress is None else not progress):
+    for image_id in tqdm(split.dataset.ids, desc="eval (tiled)", leave=False,
+                         disable=None if progress is None else not progress):
         found = detector.predict(split.dataset.load_image(image_id), threshold=0.0, **options)
         dets += [{k: v for k, v in d.items() if k != "category_name"} for d in detector.coco_results(found, image_id)]
     return dets
