@@ -53,6 +53,12 @@ def test_every_verb_help_is_torch_free():
     assert set(VERBS) >= {"train", "eval", "predict", "bench", "convert", "demo"}
 
 
+def test_bench_speed_help_gives_its_length_reason_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "speed", "--help"])
+    assert capsys.readouterr().out.count("Over 400 lines because") == 1
+
+
 def test_atomic_writes_are_torch_free():
     # Writing a file atomically must not cost a torch import: the benchmarks' report writer and the
     # commands' parsers use it.
