@@ -10,7 +10,7 @@ from PIL import Image
 
 from hdetr.cli import main
 from hdetr.engine.evaluate import COCO_METRIC_KEYS
-from support.engine_helpers import TINY_MODEL, load_state
+from support.engine_helpers import TINY_MODEL, assert_keeps_foreign_files, load_state
 
 
 @pytest.fixture(scope="module")
@@ -208,13 +208,8 @@ def test_eval_out_folder_keeps_files_hdetr_did_not_write(trained, workspace, cap
     command = ["eval", str(run / "model"), str(workspace / "data"), "--out", str(out), "--workers", "0",
                "--no-progress"]
     # A file under one of the report's names: refused (named), before the evaluation runs.
-    for name, content in (("report.md", b"my report"), ("metrics.json", b'{"mine": 1}'), ("pr_curves.png", b"mine")):
-        (out / name).write_bytes(content)
-        assert main(command) == 2
-        err = capsys.readouterr().err
-        assert name in err and "not written by hdetr" in err
-        assert (out / name).read_bytes() == content
-        (out / name).unlink()
+    assert_keeps_foreign_files(command, out, (("report.md", b"my report"), ("metrics.json", b'{"mine": 1}'),
+                                              ("pr_curves.png", b"mine")), capsys)
     # The report goes beside the user's other files, and replaces its own report the next time.
     assert main(command) == 0
     assert main(command) == 0

@@ -12,7 +12,7 @@ from hdetr.api import Detector, as_uint8_image
 from hdetr.cli import main
 from hdetr.config import load_config
 from hdetr.engine.train import train
-from support.engine_helpers import tiny_overrides
+from support.engine_helpers import assert_keeps_foreign_files, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +118,8 @@ def test_out_keeps_files_hdetr_did_not_write(model_dir, synth_data, tmp_path, ca
     (out / "notes.txt").write_text("mine")
     command = ["predict", str(model_dir), str(image), "--out", str(out), "--no-progress"]
     # A file named like an output (the drawing of an input, detections.json): refused, named, kept.
-    for name, content in ((image.name, b"the user's picture"), ("detections.json", b'{"mine": 1}')):
-        (out / name).write_bytes(content)
-        assert main(command) == 2
-        err = capsys.readouterr().err
-        assert name in err and "not written by hdetr" in err
-        assert (out / name).read_bytes() == content
-        (out / name).unlink()
+    assert_keeps_foreign_files(command, out, ((image.name, b"the user's picture"), ("detections.json", b'{"mine": 1}')),
+                               capsys)
     # A folder hdetr wrote into: the next run replaces its own files; the user's stay.
     assert main(command) == 0
     assert main(command) == 0
@@ -138,12 +133,8 @@ def test_video_outputs_keep_files_hdetr_did_not_write(model_dir, tmp_path, capsy
     write_clip(clip, frames=2)
     out = tmp_path / "out"
     out.mkdir()
-    for name, content in (("clip.jsonl", b"my notes\n"), ("clip.mp4", b"my video")):
-        (out / name).write_bytes(content)
-        assert main(["predict", str(model_dir), str(clip), "--out", str(out), "--no-progress"]) == 2
-        assert name in capsys.readouterr().err
-        assert (out / name).read_bytes() == content
-        (out / name).unlink()
+    assert_keeps_foreign_files(["predict", str(model_dir), str(clip), "--out", str(out), "--no-progress"], out,
+                               (("clip.jsonl", b"my notes\n"), ("clip.mp4", b"my video")), capsys)
 
 
 def write_clip(path, frames=6, size=(64, 48), rate=5):
