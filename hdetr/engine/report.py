@@ -8,8 +8,9 @@ match detections (score >= ``conf``) to ground truth greedily by IoU (>= ``iou``
 with ``torchvision.ops.box_iou``.
 
 Files (``REPORT_FILES``): report.md (all tables, the pictures linked), metrics.json, per_class.csv,
-report.json, pr_curves.png, confusion_matrix.png, gallery_missed.png, gallery_false.png; an existing
-file of that name that hdetr did not write is refused, never replaced (``check_report_folder``).
+report.json, pr_curves.png, confusion_matrix.png, gallery_missed.png, gallery_false.png. ``hdetr eval
+--out DIR`` first refuses a DIR holding a file of one of these names that hdetr did not write
+(``check_report_folder``); the end of training writes into its own run folder.
 """
 
 from __future__ import annotations
@@ -241,7 +242,6 @@ def write_report(coco_gt: COCO | dict | str | Path, detections: Sequence[dict], 
     content. ``images_dir``: the folder the file names are relative to, or a function image id -> path
     (``CocoDetection.image_path``); None skips the gallery."""
     out = Path(out_dir)
-    check_report_folder(out, "report folder")
     out.mkdir(parents=True, exist_ok=True)
     coco_gt = as_coco(coco_gt)
     ev = coco_evaluation(coco_gt, detections)
