@@ -56,3 +56,20 @@ def json_with(*keys: str) -> Callable[[Path], bool]:
             return isinstance(data, list) and all(isinstance(d, dict) and "score" in d for d in data)
         return isinstance(data, dict) and all(k in data for k in keys)
     return check
+
+
+def jsonl_with(*keys: str) -> Callable[[Path], bool]:
+    """``ours`` for JSON-lines outputs: the first line is an object holding ``keys``."""
+    def check(path: Path) -> bool:
+        with open(path) as f:
+            first = json.loads(f.readline())
+        return isinstance(first, dict) and all(k in first for k in keys)
+    return check
+
+
+def vouched_by(index: Path, ours: Callable[[Path], bool]) -> Callable[[Path], bool]:
+    """``ours`` for a file that cannot tell who wrote it (a picture, a video): ours when ``index``, the
+    file hdetr writes beside it and that can tell (checked with ``ours``), is hdetr's."""
+    def check(path: Path) -> bool:
+        return index.is_file() and ours(index)
+    return check

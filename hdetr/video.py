@@ -66,6 +66,17 @@ def output_name(spec: str) -> str:
     return Path(spec).stem
 
 
+def output_paths(spec: str, out_dir: Path) -> tuple[Path, Path]:
+    """The drawn video and the JSON-lines file ``predict_video`` writes for ``spec``; refused when one of
+    them is the input video itself."""
+    name = output_name(spec)
+    paths = out_dir / f"{name}.mp4", out_dir / f"{name}.jsonl"
+    for p in paths:
+        if "://" not in spec and not spec.isdigit() and p.resolve() == Path(spec).resolve():
+            raise UserError(f"{p} would overwrite the input video; choose another --out")
+    return paths
+
+
 def _encoder(av, path: Path, rate, width: int, height: int):
     container = av.open(str(path), "w")
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
@@ -82,10 +93,7 @@ def predict_video(detector, spec: str, out_dir: Path, threshold: float, options:
     av = _av()
     source = open_source(spec)
     name = output_name(spec)
-    video_path, jsonl_path = out_dir / f"{name}.mp4", out_dir / f"{name}.jsonl"
-    for p in (video_path, jsonl_path):
-        if "://" not in spec and not spec.isdigit() and p.resolve() == Path(spec).resolve():
-            raise UserError(f"{p} would overwrite the input video; choose another --out")
+    video_path, jsonl_path = output_paths(spec, out_dir)
     stream = source.streams.video[0]
     stream.thread_type = "AUTO"
     rate = stream.average_rate or 25

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..files import atomic_write  # torch-free: benchmark modules build the CLI's parser
+
 
 def write_report(path: str | Path, doc: dict) -> Path:
-    # Imported here: benchmark modules build the CLI's parser, which must not import torch.
-    from ..checkpoint import atomic_write
-
     path = Path(path)
     text = json.dumps(doc, indent=1) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -12,14 +12,12 @@ The backbone is replaced by precomputed stride-8/16/32 feature maps of one 800x1
 - multi-scale deformable attention alone at the encoder's size (every token a query), forward and
   backward.
 
+``--impl both`` times the fast and the reference computation paths side by side in one process,
+interleaved, on the same weights; ``--official`` adds the side-by-side run of the official code
+(hdetr/bench/official.py). Results go to the screen and to ``--out`` as JSON, with the machine.
+
 Over 400 lines because every measurement shares one set of inputs, models and interleaved timing
 schedule, so that the figures it prints are taken side by side in one process.
-
-``--impl both`` times the fast and the reference computation paths side by side in one process,
-interleaved, on the same weights. Results go to the screen and to ``--out`` as JSON, with the machine.
-
-Over 400 lines because the measurements of one model share its set-up, the timer and the interleaved
-schedule; ``--official`` adds the side-by-side run of the official code (hdetr/bench/official.py).
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 - ``load``: ``load_weights`` (model folder, run folder, ``last.pt``/``best.pt``, official ``.pth``);
 - ``official``: official H-Deformable-DETR key names and ``args`` -> hdetr's;
 - ``model_folder``: hdetr model folders (``model.safetensors`` + ``config.yaml``);
-- ``files``: loading that runs no code, atomic writes.
+- ``files``: loading that runs no code (atomic writes are ``hdetr.files``).
 """
 
-from .files import CheckpointError, atomic_write, safe_torch_load, temp_files
+from .files import CheckpointError, safe_torch_load
 from .load import MODEL_FORMAT, TRAIN_FORMAT, LoadedWeights, build_detector_model, load_weights
 from .model_folder import CONFIG_FILE, MODEL_FILE, load_model_files, save_model
 from .official import (
@@ -21,7 +21,7 @@ from .official import (
 
 __all__ = [
     "CONFIG_FILE", "MODEL_FILE", "MODEL_FORMAT", "OFFICIAL_BACKBONES", "OFFICIAL_KEY_RULES", "TRAIN_FORMAT", "CheckpointError",
-    "LoadedWeights", "atomic_write", "build_detector_model", "convert_official_state_dict", "load_model_files",
+    "LoadedWeights", "build_detector_model", "convert_official_state_dict", "load_model_files",
     "load_official_checkpoint", "load_weights", "official_args_to_config", "official_key_to_hdetr",
-    "rebuilt_buffer_name", "safe_torch_load", "save_model", "temp_files",
+    "rebuilt_buffer_name", "safe_torch_load", "save_model",
 ]

@@ -1,11 +1,9 @@
-"""Reading and writing checkpoint files safely: loading never runs code; writing is atomic."""
+"""Loading checkpoint files safely: loading never runs code (atomic writes: ``hdetr.files``)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
@@ -32,52 +30,3 @@ def safe_torch_load(path: str | Path) -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     return obj
-
-
-TMP_SUFFIX = ".tmp"
-
-
-def temp_files(path: Path) -> list[Path]:
-    """Temporary files ``atomic_write`` left behind for ``path`` (a process killed mid-write)."""
-    path = Path(path)
-    return sorted(path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"))
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write, previous: Path | None = None) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename: readers never see half a file.
-
-    The temporary file is ``.<name>.<random>.tmp`` next to ``path`` (``temp_files``); a process killed
-    before the rename leaves it behind and ``path`` untouched. ``previous``: the file ``path`` held is
-    first renamed to it, so the last two complete versions exist at every moment (one of them under
-    ``previous`` only for the instant between the two renames).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if previous is not None and path.exists():
-            os.replace(path, previous)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-

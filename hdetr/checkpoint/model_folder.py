@@ -13,7 +13,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from ..config import Config, ConfigError, build_config
-from .files import CheckpointError, atomic_write
+from ..files import atomic_write
+from .files import CheckpointError
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"

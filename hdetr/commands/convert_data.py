@@ -22,7 +22,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..checkpoint import atomic_write
+    from ..files import atomic_write
     from ..data.layouts import resolve_source
     from ..data.readers import SOURCE_KEY
 

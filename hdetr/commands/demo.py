@@ -75,11 +75,8 @@ def run(args) -> int:
 
     from ..config import ConfigError, load_config
     from ..engine.evaluate import COCO_METRIC_KEYS, format_metrics_table
-    from ..engine.inference import evaluate
-    from ..engine.loaders import eval_loader, load_split
+    from ..engine.model_evaluation import evaluate_model
     from ..engine.train import train
-    from ..checkpoint import build_detector_model, load_weights
-    from ..engine.distributed import DistInfo
     from ..errors import UserError
 
     start = time.perf_counter()
@@ -104,14 +101,11 @@ def run(args) -> int:
     result = train(cfg, run_dir, device=args.device, progress=False if args.no_progress else None)
     train_s = time.perf_counter() - start
 
-    # Score the exported model (the best epoch) the way `hdetr eval` does.
-    loaded = load_weights(result.model_dir)
-    model = build_detector_model(loaded, "cpu")
-    split = load_split(str(data), "val", loaded.cfg, train=False)
-    loader = eval_loader(split.dataset, 4, 0, DistInfo())
-    metrics = evaluate(model, split, loader, loaded.category_map, torch.device("cpu"),
-                       loaded.cfg.model.topk, progress=False)
-    metrics = {k: metrics[k] for k in COCO_METRIC_KEYS}
+    # Score the exported model (the best epoch) with `hdetr eval`'s own function.
+    evaluation = evaluate_model(result.model_dir, str(data), "val", device="cpu", batch_size=4, workers=0,
+                                progress=False)
+    scores = evaluation.metrics()
+    metrics = {k: scores[k] for k in COCO_METRIC_KEYS}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     val_images = sorted((data / "valid").glob("*.jpg"))[:GRID_IMAGES]
     draw_grid(result.model_dir, val_images, out / "predictions.png")

@@ -5,14 +5,14 @@ best.pt, or an official .pth. DATA is a dataset folder (COCO, Roboflow or LVIS l
 annotation .json with its images beside it. Only the one-to-one queries run, as at deployment.
 Prints the COCO metrics (LVIS metrics for LVIS annotations). ``--out FILE.json`` writes them as JSON;
 ``--out DIR`` writes DIR/metrics.json and the evaluation report (per-class table, precision-recall
-curves, confusion matrix, AP by object size, galleries of the worst images; see hdetr.engine.report).
+curves, confusion matrix, AP by object size, galleries of the worst images; see hdetr.engine.report);
+the folder may hold other files, but none of the report's names that hdetr did not write.
 ``--tile`` evaluates sliced inference (one process).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 from ..threads import add_threads_argument, apply_threads
@@ -35,41 +35,12 @@ def add_arguments(p):
     add_threads_argument(p)
 
 
-def eval_config(cfg, imgsz: int | None):
-    """The model's config with the evaluation size of ``--imgsz`` (a copy; the long-side cap scales along)."""
-    if imgsz is None:
-        return cfg
-    d = cfg.data
-    max_size = None if d.max_size is None else round(d.max_size * imgsz / d.val_scale)
-    return replace(cfg, data=replace(d, val_scale=imgsz, max_size=max_size))
-
-
-def tiled_detections(loaded, split, cmap, device, options: dict, progress) -> list[dict]:
-    """Sliced inference over the split, image by image, through ``Detector`` (the path of hdetr predict)."""
-    from tqdm import tqdm
-
-    from ..api import Detector, default_class_names
-    from ..checkpoint import build_detector_model
-
-    names = default_class_names(loaded.cfg, loaded.class_names, cmap)
-    detector = Detector(build_detector_model(loaded, device), loaded.cfg, names, cmap, device)
-    dets = []
-    for image_id in tqdm(split.dataset.ids, desc="eval (tiled)", leave=False, disable=None if progress is None else not progress):
-        found = detector.predict(split.dataset.load_image(image_id), threshold=0.0, **options)
-        dets += [{k: v for k, v in d.items() if k != "category_name"} for d in detector.coco_results(found, image_id)]
-    return dets
-
-
 def run(args) -> int:
-    from ..checkpoint import atomic_write
-    from ..engine import distributed
     from ..engine.evaluate import format_metrics_table
-    from ..engine.inference import gather_detections, score_detections
-    from ..engine.loaders import eval_loader, load_split
-    from ..checkpoint import build_detector_model, load_weights
-    from ..engine.report import write_report
-    from ..data.categories import same_categories
+    from ..engine.model_evaluation import evaluate_model
+    from ..engine.report import REPORT_FILES, check_report_folder, write_report
     from ..errors import UserError
+    from ..files import atomic_write
     from ..outputs import check_output_file, json_with, refuse_input_path
 
     apply_threads(args.threads)
@@ -85,33 +56,20 @@ def run(args) -> int:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     if args.out is not None and report_dir is None:
         check_output_file(args.out, "--out", json_with("AP"))
-    loaded = load_weights(args.checkpoint)
-    info, device = distributed.init_distributed(args.device)
-    progress = False if args.no_progress else None
-    try:
-        split = load_split(args.data, args.split, eval_config(loaded.cfg, options["imgsz"]), train=False)
-        cmap = loaded.category_map or split.dataset.category_map
-        if loaded.category_map is not None:
-            same_categories(loaded.category_map, split.dataset.category_map, str(args.checkpoint), str(split.ann_file))
-        if cmap.num_classes != loaded.cfg.model.num_classes:
-            raise UserError(
-                f"{args.checkpoint} predicts {loaded.cfg.model.num_classes} classes but {split.ann_file} "
-                f"has {cmap.num_classes}: this model was not trained on these categories"
-            )
+
+    def check_split(split):  # before the evaluation's minutes
         if args.out:
             refuse_input_path(args.out, [split.ann_file, split.images_dir])
-        if "tile" in options:
-            if info.world_size > 1:
-                raise UserError("--tile evaluates in one process; run it without torchrun")
-            dets = tiled_detections(loaded, split, cmap, device, options, progress)
-        else:
-            model = build_detector_model(loaded, device)
-            loader = eval_loader(split.dataset, args.batch_size, args.workers, info)
-            dets = gather_detections(model, loader, cmap, device, loaded.cfg.model.topk, progress=progress)
-    finally:
-        distributed.cleanup()
-    if not info.is_main:
+        if report_dir is not None:  # LVIS annotations get the metrics only
+            check_report_folder(report_dir, "--out", ("metrics.json",) if split.is_lvis else REPORT_FILES)
+
+    tile = {k: v for k, v in options.items() if k != "imgsz"} if "tile" in options else None
+    result = evaluate_model(args.checkpoint, args.data, args.split, device=args.device, batch_size=args.batch_size,
+                            workers=args.workers, imgsz=options["imgsz"], tile=tile,
+                            progress=False if args.no_progress else None, check_split=check_split)
+    if not result.is_main:
         return 0
+    split, dets = result.split, result.detections
     print(f"{args.checkpoint} on {split.ann_file} ({len(split.dataset)} images)")
     if report_dir is not None and split.is_lvis:
         print("LVIS annotations: the report (per-class curves, confusion matrix) is written for COCO-style "
@@ -120,7 +78,7 @@ def run(args) -> int:
         metrics = write_report(split.dataset.coco, dets, report_dir, split.dataset.image_path, conf=args.conf,
                                title=f"{args.checkpoint} on {split.ann_file}")["metrics"]
     else:
-        metrics = score_detections(split, dets)
+        metrics = result.metrics()
     print(format_metrics_table(metrics))
     if report_dir is not None:
         if split.is_lvis:

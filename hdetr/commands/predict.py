@@ -134,6 +134,40 @@ def load_ground_truth(path: Path) -> dict[str, tuple]:
     return out
 
 
+def drawing_names(images: list[Path]) -> list[str]:
+    """The file name of each image's drawing in --out: its own, or prefixed with its image id where an
+    image of the same name from another folder came first (drawings must not overwrite each other)."""
+    names, used = [], set()
+    for image_id, path in enumerate(images, start=1):
+        names.append(path.name if path.name not in used else f"{image_id:06d}_{path.name}")
+        used.add(names[-1])
+    return names
+
+
+def check_outputs(out: Path, images: list[Path], drawings: list[str], videos: list[str]) -> None:
+    """Refuse, before any work, to replace a file in ``out`` that hdetr did not write (naming it).
+
+    detections.json and each video's NAME.jsonl say by their content that hdetr wrote them; a drawing
+    counts as hdetr's when the folder's detections.json does, a NAME.mp4 when its NAME.jsonl does.
+    """
+    from ..errors import UserError
+    from ..outputs import check_output_file, json_with, jsonl_with, vouched_by
+    from ..video import output_paths
+
+    if out.is_dir() and any(p.parent.resolve() == out.resolve() for p in images):
+        raise UserError(f"--out {out} holds input images: their drawings would overwrite them")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")
+    detections = out / "detections.json"
+    check_output_file(detections, "--out", json_with())
+    for name in drawings:
+        check_output_file(out / name, "--out", vouched_by(detections, json_with()))
+    for spec in videos:
+        video, jsonl = output_paths(spec, out)
+        check_output_file(jsonl, "--out", jsonl_with("frame", "detections"))
+        check_output_file(video, "--out", vouched_by(jsonl, jsonl_with("frame", "detections")))
+
+
 def explain_empty(path, threshold: float, det) -> str:
     if not det.best_below:
         return f"{path}: no detection (the model returned no scores)"
@@ -145,7 +179,7 @@ def run(args) -> int:
     from PIL import UnidentifiedImageError
 
     from ..api import as_uint8_image
-    from ..checkpoint import atomic_write
+    from ..files import atomic_write
     from ..draw import draw_prediction, to_pil
     from ..errors import UserError
     from ..video import is_video, predict_video
@@ -158,14 +192,9 @@ def run(args) -> int:
     videos = [s for s in args.images if is_video(s)]
     images = find_images([Path(s) for s in args.images if s not in videos])
     gt = load_ground_truth(args.show_gt) if args.show_gt else None
+    drawings = drawing_names(images)
+    check_outputs(args.out, images, drawings, videos)
     detector = load_detector(args)
-    if args.out.is_dir() and any(p.parent.resolve() == args.out.resolve() for p in images):
-        raise UserError(f"--out {args.out} holds input images: their drawings would overwrite them")
-    from ..outputs import check_output_file, json_with
-
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out {args.out} is a file; give a folder")
-    check_output_file(args.out / "detections.json", "--out", json_with())
     args.out.mkdir(parents=True, exist_ok=True)
     progress = False if args.no_progress else None
 
@@ -177,7 +206,7 @@ def run(args) -> int:
     if not images:
         return 0
 
-    results, used_names = [], set()
+    results = []
     for start in range(0, len(images), args.batch_size):
         paths = images[start:start + args.batch_size]
         batch = []
@@ -192,9 +221,7 @@ def run(args) -> int:
             raise UserError(f"{', '.join(map(str, paths))}: {e}") from None
         for image_id, (path, image, det) in enumerate(zip(paths, batch, found), start=start + 1):
             results += [{**d, "file_name": str(path)} for d in detector.coco_results(det, image_id)]
-            # Same-named images from different folders must not overwrite each other's drawing.
-            name = path.name if path.name not in used_names else f"{image_id:06d}_{path.name}"
-            used_names.add(name)
+            name = drawings[image_id - 1]
             truth = None if gt is None else gt.get(str(path)) or gt.get(path.name)
             if gt is not None and truth is None:
                 print(f"{path}: not in {args.show_gt}, drawn without ground truth")

@@ -23,7 +23,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthetic import _iou, _polygon
+from .synthetic import _polygon, _shape_mask, place_objects
 
 CATEGORIES = (
     {"id": 1, "name": "circle", "supercategory": "shape"},
@@ -40,7 +40,6 @@ POISSON_MEAN = 3.0  # 1 + Poisson(3) in ordinary images: with the crowded ones, 
 MAX_ORDINARY_OBJECTS = 19
 SIZE_FRACTION = (0.04, 0.5)  # object side / short image side, log-uniform
 CROWDED_SIZE_FRACTION = (0.04, 0.14)
-MAX_PAIR_IOU = 0.3
 MAX_CLUTTER = 8
 TEXTURES = ("flat", "stripes", "checks", "dots", "noise")
 
@@ -58,14 +57,8 @@ def _outline(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
     return [(cx + r * x, cy + r * y) for x, y in pts]
 
 
-def _mask(kind: str, w: int, h: int, cx: float, cy: float, r: float, angle: float) -> Image.Image:
-    mask = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(mask)
-    if kind == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
-    else:
-        draw.polygon(_outline(kind, cx, cy, r, angle), fill=255)
-    return mask
+def _mask(kind: str, size: tuple[int, int], cx: float, cy: float, r: float, angle: float) -> Image.Image:
+    return _shape_mask(kind, size, cx, cy, r, angle, outline=_outline)
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
@@ -142,22 +135,11 @@ def render(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, list[
     """One scene: the image and its objects ({category_id, box (x0, y0, x1, y1), area})."""
     img = _background(rng, w, h)
     n, crowded = object_count(rng)
-    short = min(w, h)
-    lo_f, hi_f = CROWDED_SIZE_FRACTION if crowded else SIZE_FRACTION
-    lo, hi = math.log(lo_f * short), math.log(hi_f * short)
-    objects: list[dict] = []
-    for _ in range(n):
-        for _attempt in range(60):
-            cat = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
-            r = max(math.exp(rng.uniform(lo, hi)) / 2, 2.5)
-            cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
-            angle = rng.uniform(0, 2 * math.pi)
-            mask = _mask(cat["name"], w, h, cx, cy, r, angle)
-            box = mask.getbbox()
-            if box is None or any(_iou(box, o["box"]) > MAX_PAIR_IOU for o in objects):
-                continue
-            tex = _texture(rng, w, h, 2 * r)
-            img.paste(Image.fromarray(np.clip(tex, 0, 255).astype(np.uint8), "RGB"), mask=mask)
-            objects.append({"category_id": cat["id"], "box": box, "area": int(np.count_nonzero(np.asarray(mask)))})
-            break
-    return img, objects
+
+    def paint(cat, mask, r):
+        tex = _texture(rng, w, h, 2 * r)
+        img.paste(Image.fromarray(np.clip(tex, 0, 255).astype(np.uint8), "RGB"), mask=mask)
+
+    return img, place_objects(rng, n, (w, h), CATEGORIES, _mask, paint,
+                              sizes=CROWDED_SIZE_FRACTION if crowded else SIZE_FRACTION, max_angle=2 * math.pi,
+                              attempts=60, min_radius=2.5)

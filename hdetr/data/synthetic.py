@@ -78,7 +78,9 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
     return [(cx + r * (x * ca - y * sa), cy + r * (x * sa + y * ca)) for x, y in pts]
 
 
-def _shape_mask(kind: str, size: tuple[int, int], cx: float, cy: float, r: float, angle: float) -> Image.Image:
+def _shape_mask(kind: str, size: tuple[int, int], cx: float, cy: float, r: float, angle: float,
+                outline=_polygon) -> Image.Image:
+    """The filled ``kind`` (a circle, or the polygon ``outline`` gives) of radius ``r`` as an L mask."""
     from PIL import Image, ImageDraw
 
     mask = Image.new("L", size, 0)
@@ -86,7 +88,7 @@ def _shape_mask(kind: str, size: tuple[int, int], cx: float, cy: float, r: float
     if kind == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
     else:
-        draw.polygon(_polygon(kind, cx, cy, r, angle), fill=255)
+        draw.polygon(outline(kind, cx, cy, r, angle), fill=255)
     return mask
 
 
@@ -120,33 +122,58 @@ def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def shapes_object_count(rng: np.random.Generator) -> int:
+    """Objects in one image of the shapes datasets (this one and ``synthetic_target``)."""
+    return 0 if rng.random() < EMPTY_IMAGE_FRACTION else int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
+
+
+def place_objects(rng: np.random.Generator, n: int, size: tuple[int, int], categories, mask, paint,
+                  sizes: tuple[float, float] = (MIN_OBJECT_FRACTION, MAX_OBJECT_FRACTION),
+                  max_angle: float = math.pi / 2, attempts: int = 20, min_radius: float = 0.0) -> list[dict]:
+    """Place up to ``n`` objects in a scene of ``size`` (w, h) and paint each: the generators' shared loop.
+
+    Each object draws, from ``rng`` in this order: its category, its radius (the side log-uniform in
+    ``sizes`` times the short side, so as many small objects as large ones; at least ``min_radius``),
+    its centre (inside the image) and its angle (``[0, max_angle)``); ``mask(kind, size, cx, cy, r,
+    angle)`` draws it. A placement whose box overlaps a placed one by IoU > MAX_PAIR_IOU (or that
+    draws nothing) is drawn again, ``attempts`` times at most, then the object is dropped. An accepted
+    one is painted with ``paint(category, mask, r)`` (which may draw from ``rng`` too). Returns the
+    objects as ``{category_id, box (x0, y0, x1, y1), area (mask pixels)}``.
+    """
+    import numpy as np
+
+    w, h = size
+    short = min(w, h)
+    lo, hi = math.log(sizes[0] * short), math.log(sizes[1] * short)
+    objects: list[dict] = []
+    for _ in range(n):
+        for _attempt in range(attempts):
+            cat = categories[int(rng.integers(len(categories)))]
+            r = max(math.exp(rng.uniform(lo, hi)) / 2, min_radius)
+            cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
+            angle = rng.uniform(0, max_angle)
+            drawn = mask(cat["name"], size, cx, cy, r, angle)
+            box = drawn.getbbox()
+            if box is None or any(_iou(box, o["box"]) > MAX_PAIR_IOU for o in objects):
+                continue
+            paint(cat, drawn, r)
+            objects.append({"category_id": cat["id"], "box": box, "area": int(np.count_nonzero(np.asarray(drawn)))})
+            break
+    return objects
+
+
 def _render(rng: np.random.Generator, w: int, h: int, palette: str = "random") -> tuple[Image.Image, list[dict]]:
     import numpy as np
 
     img = _background(rng, w, h)
-    n = 0 if rng.random() < EMPTY_IMAGE_FRACTION else int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
-    short = min(w, h)
-    # Log-uniform sizes give as many small objects as large ones.
-    lo, hi = math.log(MIN_OBJECT_FRACTION * short), math.log(MAX_OBJECT_FRACTION * short)
-    objects: list[dict] = []
-    for _ in range(n):
-        for _attempt in range(20):
-            cat = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
-            r = math.exp(rng.uniform(lo, hi)) / 2
-            cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
-            angle = rng.uniform(0, math.pi / 2)
-            mask = _shape_mask(cat["name"], (w, h), cx, cy, r, angle)
-            box = mask.getbbox()
-            if box is None or any(_iou(box, o["box"]) > MAX_PAIR_IOU for o in objects):
-                continue
-            pick = int(rng.integers(len(COLOURS)))  # drawn in both palettes: same layouts either way
-            base = CLASS_COLOURS[cat["id"] - 1] if palette == "by_class" else COLOURS[pick]
-            colour = np.array(base) + rng.integers(-20, 21, size=3)
-            img.paste(tuple(int(c) for c in np.clip(colour, 0, 255)), mask=mask)
-            area = int(np.count_nonzero(np.asarray(mask)))
-            objects.append({"category_id": cat["id"], "box": box, "area": area})
-            break
-    return img, objects
+
+    def paint(cat, mask, r):
+        pick = int(rng.integers(len(COLOURS)))  # drawn in both palettes: same layouts either way
+        base = CLASS_COLOURS[cat["id"] - 1] if palette == "by_class" else COLOURS[pick]
+        colour = np.array(base) + rng.integers(-20, 21, size=3)
+        img.paste(tuple(int(c) for c in np.clip(colour, 0, 255)), mask=mask)
+
+    return img, place_objects(rng, shapes_object_count(rng), (w, h), CATEGORIES, _shape_mask, paint)
 
 
 def _encode_jpeg(img: Image.Image) -> bytes:

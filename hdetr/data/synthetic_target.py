@@ -19,10 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .synthetic import (
-    ANNOTATION_FILE, EMPTY_IMAGE_FRACTION, MAX_OBJECT_FRACTION, MAX_OBJECTS, MAX_PAIR_IOU, MIN_OBJECT_FRACTION,
-    MIN_OBJECTS, SPLITS, _encode_jpeg, _iou,
-)
+from .synthetic import ANNOTATION_FILE, SPLITS, _encode_jpeg, place_objects, shapes_object_count
 
 CATEGORIES = (
     {"id": 1, "name": "star", "supercategory": "shape"},
@@ -67,29 +64,18 @@ def _stripes(rng: np.random.Generator, w: int, h: int) -> Image.Image:
 
 def _render(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, list[dict]]:
     img = _checkerboard(rng, w, h)
-    n = 0 if rng.random() < EMPTY_IMAGE_FRACTION else int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
-    short = min(w, h)
-    lo, hi = math.log(MIN_OBJECT_FRACTION * short), math.log(MAX_OBJECT_FRACTION * short)
-    objects: list[dict] = []
-    for _ in range(n):
-        for _attempt in range(20):
-            cat = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
-            r = math.exp(rng.uniform(lo, hi)) / 2
-            cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
-            mask = _mask(cat["name"], (w, h), cx, cy, r, rng.uniform(0, 2 * math.pi))
-            box = mask.getbbox()
-            if box is None or any(_iou(box, o["box"]) > MAX_PAIR_IOU for o in objects):
-                continue
-            fill, second, outline = (tuple(int(c) for c in rng.integers(0, 256, size=3)) for _ in range(3))
-            img.paste(fill, mask=mask)
-            if rng.random() < 0.5:
-                stripes = np.asarray(_stripes(rng, w, h)) & np.asarray(mask)
-                img.paste(second, mask=Image.fromarray(stripes))
-            edge = np.asarray(mask) & ~np.asarray(mask.filter(ImageFilter.MinFilter(3)))  # a 1 px outline
-            img.paste(outline, mask=Image.fromarray(edge))
-            objects.append({"category_id": cat["id"], "box": box, "area": int(np.count_nonzero(np.asarray(mask)))})
-            break
-    return img, objects
+
+    def paint(cat, mask, r):
+        fill, second, outline = (tuple(int(c) for c in rng.integers(0, 256, size=3)) for _ in range(3))
+        img.paste(fill, mask=mask)
+        if rng.random() < 0.5:
+            stripes = np.asarray(_stripes(rng, w, h)) & np.asarray(mask)
+            img.paste(second, mask=Image.fromarray(stripes))
+        edge = np.asarray(mask) & ~np.asarray(mask.filter(ImageFilter.MinFilter(3)))  # a 1 px outline
+        img.paste(outline, mask=Image.fromarray(edge))
+
+    return img, place_objects(rng, shapes_object_count(rng), (w, h), CATEGORIES, _mask, paint,
+                              max_angle=2 * math.pi)
 
 
 def write_target_dataset(out_dir: str | os.PathLike, num_train: int, num_val: int, image_size: int = 128,

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import MODEL_FORMAT, TRAIN_FORMAT, CheckpointError, atomic_write, safe_torch_load, temp_files
+from ..checkpoint import MODEL_FORMAT, TRAIN_FORMAT, CheckpointError, safe_torch_load
 from ..errors import UserError
+from ..files import atomic_write, temp_files
 
 LAST = "last.pt"
 PREV = "prev.pt"  # the checkpoint before last.pt: resume falls back to it when last.pt is damaged

@@ -23,11 +23,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import LoadedWeights, atomic_write, load_weights
+from ..checkpoint import LoadedWeights, load_weights
 from ..config import Config, parse_parts
 from ..data.coco import UNUSED_CLASS_NAME
 from ..errors import UserError
+from ..files import atomic_write
 from ..hybrid import query_groups
+from ..models import build_model
+from ..models.backbone_weights import build_backbone_for_other_weights, build_configured_backbone
 from ..models.parts import CLASS_HEAD_PREFIX, QUERY_EMBEDDING, freeze, part_of
 
 REPORT_FILE = "init_report.json"
@@ -186,6 +189,30 @@ def load_init_source(cfg: Config, resume: bool) -> LoadedWeights | None:
     """The weights ``train.init_from`` names, for a new run; None when resuming (a resumed run loads
     its own checkpoint and never reads the source again) or when it is not set."""
     return load_weights(cfg.train.init_from) if cfg.train.init_from and not resume else None
+
+
+def build_model_for_source(cfg: Config, source: LoadedWeights | None, log=print) -> nn.Module:
+    """The model a new run starts from, before ``prepare_model``: ``build_model(cfg)``, except that the
+    backbone's ImageNet weights (``model.pretrained_backbone``'s download, ``model.backbone_weights``'
+    file) are not fetched when ``source`` holds every backbone tensor and ``train.init_parts`` takes
+    them: ``init_from`` would overwrite them all (and the download fails offline). The stem is frozen
+    as the ImageNet weights freeze it, so the run trains the same parameters."""
+    m = cfg.model
+    if (source is None or not (m.pretrained_backbone or m.backbone_weights)
+            or "backbone" not in parse_parts(cfg.train.init_parts, "train.init_parts", allow_all=True)):
+        return build_model(cfg)
+    model = build_model(cfg, backbone=build_backbone_for_other_weights(m))
+    src = source.state
+    uncovered = [k for k, v in model.state_dict().items()
+                 if part_of(k) == "backbone" and (k not in src or tuple(src[k].shape) != tuple(v.shape))]
+    if uncovered:  # init_from would keep some of the backbone: it gets its ImageNet weights after all
+        with torch.random.fork_rng(devices=[]):  # the random streams stay those of a plain build
+            imagenet = build_configured_backbone(m)
+        model.backbone.load_state_dict(imagenet.state_dict())
+        return model
+    what = f"model.backbone_weights={m.backbone_weights}" if m.backbone_weights else "model.pretrained_backbone=true"
+    log(f"{what}: not loaded, train.init_from={cfg.train.init_from} provides the whole backbone")
+    return model
 
 
 def prepare_model(model: nn.Module, cfg: Config, class_names: list[str], source: LoadedWeights | None) -> dict | None:

@@ -7,8 +7,10 @@ know which detection met which object, which the evaluator does not expose per c
 match detections (score >= ``conf``) to ground truth greedily by IoU (>= ``iou``), ignoring the class,
 with ``torchvision.ops.box_iou``.
 
-Files: report.md (all tables, the pictures linked), metrics.json, per_class.csv, report.json,
-pr_curves.png, confusion_matrix.png, gallery_missed.png, gallery_false.png.
+Files (``REPORT_FILES``): report.md (all tables, the pictures linked), metrics.json, per_class.csv,
+report.json, pr_curves.png, confusion_matrix.png, gallery_missed.png, gallery_false.png. ``hdetr eval
+--out DIR`` first refuses a DIR holding a file of one of these names that hdetr did not write
+(``check_report_folder``); the end of training writes into its own run folder.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_convert, box_iou
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from .evaluate import COCO, as_coco, coco_evaluation, format_metrics_table, metrics_of
 
 SIZES = ("small", "medium", "large")  # COCO's area ranges 1..3 (index 0 is "all")
@@ -214,6 +216,24 @@ def _markdown_table(rows: list[dict], keys: list[str]) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
+
+
+# The files write_report writes. The two JSON files say by their content that hdetr wrote them; the
+# others count as hdetr's when the report.json beside them does.
+REPORT_FILES = ("metrics.json", "report.json", "report.md", "per_class.csv", "pr_curves.png", "confusion_matrix.png",
+                "gallery_missed.png", "gallery_false.png")
+
+
+def check_report_folder(out_dir: Path, flag: str = "--out", names=REPORT_FILES) -> None:
+    """Refuse (naming the file) to write a report into a folder where one of its file ``names`` exists and
+    was not written by hdetr; other files in the folder are left alone."""
+    from ..outputs import check_output_file, json_with, vouched_by
+
+    out_dir = Path(out_dir)
+    ours = {"metrics.json": json_with("AP"), "report.json": json_with("metrics", "per_class", "confusion_matrix")}
+    others = vouched_by(out_dir / "report.json", ours["report.json"])
+    for name in names:
+        check_output_file(out_dir / name, flag, ours.get(name, others))
 
 
 def write_report(coco_gt: COCO | dict | str | Path, detections: Sequence[dict], out_dir: str | Path, images_dir,

@@ -16,7 +16,7 @@ import math
 import os
 from pathlib import Path
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"

@@ -24,7 +24,7 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from ..config import Config
 from ..data.coco import CategoryMap
 from ..errors import BadImageError, Interrupted, UserError

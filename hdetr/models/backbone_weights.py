@@ -120,10 +120,7 @@ def load_backbone_weights(backbone: nn.Module, name: str, weights: str) -> dict:
             )
     unused = sorted(k for k in state if k not in own)
     body.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    if hasattr(backbone, "freeze_stem"):
-        backbone.freeze_stem()
-    elif name.startswith("resnet"):
-        _freeze_resnet_stem(backbone)
+    freeze_imagenet_stem(backbone, name)
     return {"loaded": len(own) - len(missing), "unused": len(unused)}
 
 
@@ -179,6 +176,15 @@ def _freeze_resnet_stem(backbone: nn.Module) -> None:
             p.requires_grad_(False)
 
 
+def freeze_imagenet_stem(backbone: nn.Module, name: str) -> None:
+    """Freeze what a backbone built with its ImageNet weights has frozen (the stem and first stage of
+    ResNet and EfficientNet-Lite0; nothing of Swin)."""
+    if hasattr(backbone, "freeze_stem"):
+        backbone.freeze_stem()
+    elif name.startswith("resnet"):
+        _freeze_resnet_stem(backbone)
+
+
 def build_configured_backbone(m) -> nn.Module:
     """The backbone ``m`` (a ModelConfig) describes: random, downloaded (``pretrained_backbone``) or
     loaded from a local file (``backbone_weights``, which wins: it never touches the network)."""
@@ -192,3 +198,15 @@ def build_configured_backbone(m) -> nn.Module:
         with pretrained_download(m.backbone):
             return build_backbone(m)
     return build_backbone(m)
+
+
+def build_backbone_for_other_weights(m) -> nn.Module:
+    """The backbone ``m`` describes, frozen as with its ImageNet weights (``pretrained_backbone`` or
+    ``backbone_weights``) but without them: nothing is downloaded or read, for weights that are about to
+    come from elsewhere (``train.init_from``)."""
+    from .backbone import build_backbone
+
+    backbone = build_backbone(dataclasses.replace(m, pretrained_backbone=False))
+    if m.pretrained_backbone or m.backbone_weights:
+        freeze_imagenet_stem(backbone, m.backbone)
+    return backbone

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from hdetr.cli import main
 from hdetr.engine.evaluate import COCO_METRIC_KEYS
-from support.engine_helpers import TINY_MODEL, load_state
+from support.engine_helpers import TINY_MODEL, assert_keeps_foreign_files, load_state
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +159,59 @@ def test_user_errors_exit_2(workspace, capsys):
     assert "no such checkpoint" in capsys.readouterr().err
     assert main(["train", "synthetic_small", "train.nonsense=1", "--out", str(workspace / "x")]) == 2
     assert "unknown config key" in capsys.readouterr().err
+
+
+def test_demo_scores_its_model_with_evals_function(workspace, tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    import hdetr.engine.model_evaluation as model_evaluation
+
+    calls = []
+    real = model_evaluation.evaluate_model
+    monkeypatch.setattr(model_evaluation, "evaluate_model",
+                        lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    out = tmp_path / "demo"
+    shutil.copytree(workspace / "data", out / "data")  # the demo reuses a dataset it finds there
+    threads = torch.get_num_threads()
+    try:
+        assert main(["demo", "--out", str(out), *TINY_MODEL, "train.max_iters=1", "train.epochs=1",
+                     "--device", "cpu", "--threads", "1", "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert [Path(a[0]) for a in calls] == [out / "run" / "model"]
+    assert list(json.loads((out / "metrics.json").read_text())) == list(COCO_METRIC_KEYS)
+    assert (out / "predictions.png").exists()
+
+
+def test_eval_refuses_a_model_with_another_class_count(trained, workspace, monkeypatch, capsys):
+    # A checkpoint without a category map (an official one) is checked by its class count alone.
+    from dataclasses import replace
+
+    import hdetr.engine.model_evaluation as model_evaluation
+    from hdetr.checkpoint import load_weights
+
+    run, _ = trained
+    loaded = load_weights(run / "model")
+    other = replace(loaded, category_map=None, cfg=replace(loaded.cfg, model=replace(loaded.cfg.model, num_classes=7)))
+    monkeypatch.setattr(model_evaluation, "load_weights", lambda path: other)
+    assert main(["eval", str(run / "model"), str(workspace / "data"), "--workers", "0", "--no-progress"]) == 2
+    assert "predicts 7 classes but" in capsys.readouterr().err
+
+
+def test_eval_out_folder_keeps_files_hdetr_did_not_write(trained, workspace, capsys):
+    run, _ = trained
+    out = workspace / "eval_into_user_folder"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    command = ["eval", str(run / "model"), str(workspace / "data"), "--out", str(out), "--workers", "0",
+               "--no-progress"]
+    # A file under one of the report's names: refused (named), before the evaluation runs.
+    assert_keeps_foreign_files(command, out, (("report.md", b"my report"), ("metrics.json", b'{"mine": 1}'),
+                                              ("pr_curves.png", b"mine")), capsys)
+    # The report goes beside the user's other files, and replaces its own report the next time.
+    assert main(command) == 0
+    assert main(command) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "report.md").read_text().startswith("# Evaluation report")

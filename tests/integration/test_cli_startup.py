@@ -42,15 +42,31 @@ def test_help_does_not_import_torch(argv):
     assert result["heavy"] == []
 
 
-def test_every_verb_help_is_torch_free():
-    # One interpreter for all verbs: building the whole parser (every command module) must stay light.
-    code = ("import sys; from hdetr.cli import build_parser; build_parser(); "
-            "print([m for m in %r if m in sys.modules])" % (HEAVY,))
+def heavy_after(code: str) -> str:
+    """The heavy modules a fresh interpreter has imported after running ``code`` (as printed)."""
+    code += "; import sys; print([m for m in %r if m in sys.modules])" % (HEAVY,)
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    return done.stdout.strip()
+
+
+def test_every_verb_help_is_torch_free():
+    # One interpreter for all verbs: building the whole parser (every command module) must stay light.
+    assert heavy_after("from hdetr.cli import build_parser; build_parser()") == "[]"
     assert set(VERBS) >= {"train", "eval", "predict", "bench", "convert", "demo"}
+
+
+def test_bench_speed_help_gives_its_length_reason_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "speed", "--help"])
+    assert capsys.readouterr().out.count("Over 400 lines because") == 1
+
+
+def test_atomic_writes_are_torch_free():
+    # Writing a file atomically must not cost a torch import: the benchmarks' report writer and the
+    # commands' parsers use it.
+    assert heavy_after("import hdetr.files, hdetr.bench.report") == "[]"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -102,7 +118,7 @@ def test_train_threads_sets_torch_intra_op_threads(monkeypatch, tmp_path, restor
 def test_eval_threads_sets_torch_intra_op_threads(monkeypatch, tmp_path, restore_threads):
     import torch
 
-    import hdetr.checkpoint as weights  # where `hdetr eval` takes load_weights from
+    import hdetr.engine.model_evaluation as weights  # where `hdetr eval` takes load_weights from
 
     seen = {}
 

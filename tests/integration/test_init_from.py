@@ -206,3 +206,36 @@ def test_a_missing_source_stops_before_the_data_check(target_data, tmp_path, cap
     with pytest.raises(UserError, match="no_such.pth: no such checkpoint"):
         Trainer(_cfg(target_data, f"train.init_from={tmp_path / 'no_such.pth'}"), tmp_path / "run", progress=False)
     assert "data check" not in capsys.readouterr().out
+
+
+def test_init_from_bringing_the_backbone_skips_its_imagenet_download(synth_data, tmp_path, monkeypatch, capsys):
+    import torchvision.models._api as torchvision_weights
+
+    from hdetr.checkpoint import save_model
+    from hdetr.models import backbone_weights
+
+    def offline(*args, **kwargs):
+        raise OSError("the network is cut off in this test")
+
+    monkeypatch.setattr(torchvision_weights, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(backbone_weights, "_reachable", lambda *a, **kw: False)
+    names = ["circle", "square", "triangle", "cross"]
+    src_cfg = _cfg(synth_data, "model.backbone=resnet18", "model.num_classes=4")
+    seed_everything(123)
+    src = build_model(src_cfg).state_dict()
+    save_model(tmp_path / "source", src_cfg, src, names)
+    common = ["model.backbone=resnet18", "model.pretrained_backbone=true", f"train.init_from={tmp_path / 'source'}"]
+
+    trainer = Trainer(_cfg(synth_data, *common), tmp_path / "run", progress=False)
+    assert "model.pretrained_backbone=true: not loaded, train.init_from=" in capsys.readouterr().out
+    mine = trainer.model.state_dict()
+    backbone = [k for k in mine if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(mine[k], src[k]) for k in backbone)
+    # Trained as with the ImageNet weights: their stem and layer1 stay frozen.
+    frozen = sorted(n for n, p in trainer.model.named_parameters() if not p.requires_grad)
+    assert frozen and all(n.startswith(("backbone.body.conv1.", "backbone.body.layer1.")) for n in frozen)
+    assert any(n.startswith("backbone.body.layer1.") for n in frozen)
+    # Without the source's backbone the ImageNet weights are wanted: the download is tried (and fails here).
+    with pytest.raises(UserError, match="cannot download the resnet18 ImageNet weights"):
+        Trainer(_cfg(synth_data, *common, "train.init_parts=encoder+decoder+heads"), tmp_path / "run2", progress=False)

@@ -174,7 +174,7 @@ def test_resume_refuses_when_no_checkpoint_is_readable(synth_data, tmp_path):
 
 
 def test_checkpoint_write_keeps_the_previous_file(tmp_path):
-    from hdetr.checkpoint import atomic_write, temp_files
+    from hdetr.files import atomic_write, temp_files
 
     target, prev = tmp_path / "last.pt", tmp_path / "prev.pt"
     atomic_write(target, lambda p: torch.save({"v": 1}, p), previous=prev)

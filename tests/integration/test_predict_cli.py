@@ -12,7 +12,7 @@ from hdetr.api import Detector, as_uint8_image
 from hdetr.cli import main
 from hdetr.config import load_config
 from hdetr.engine.train import train
-from support.engine_helpers import tiny_overrides
+from support.engine_helpers import assert_keeps_foreign_files, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,32 @@ def test_bad_options_exit_2(model_dir, synth_data, tmp_path, capsys):
         assert word in capsys.readouterr().err
     # The drawings would land on the inputs.
     assert main(["predict", str(model_dir), str(synth_data / "valid"), "--out", str(synth_data / "valid")]) == 2
+
+
+def test_out_keeps_files_hdetr_did_not_write(model_dir, synth_data, tmp_path, capsys):
+    image = sorted((synth_data / "valid").glob("*.jpg"))[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    command = ["predict", str(model_dir), str(image), "--out", str(out), "--no-progress"]
+    # A file named like an output (the drawing of an input, detections.json): refused, named, kept.
+    assert_keeps_foreign_files(command, out, ((image.name, b"the user's picture"), ("detections.json", b'{"mine": 1}')),
+                               capsys)
+    # A folder hdetr wrote into: the next run replaces its own files; the user's stay.
+    assert main(command) == 0
+    assert main(command) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / image.name).exists()
+
+
+def test_video_outputs_keep_files_hdetr_did_not_write(model_dir, tmp_path, capsys):
+    pytest.importorskip("av")
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, frames=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_keeps_foreign_files(["predict", str(model_dir), str(clip), "--out", str(out), "--no-progress"], out,
+                               (("clip.jsonl", b"my notes\n"), ("clip.mp4", b"my video")), capsys)
 
 
 def write_clip(path, frames=6, size=(64, 48), rate=5):

@@ -28,6 +28,20 @@ def assert_same_tensors(a: dict, b: dict, exact: bool = True, atol: float = 0.0)
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m: f"{k}: {m}")
 
 
+def assert_keeps_foreign_files(command: list[str], out: Path, files, capsys) -> None:
+    """For each (name, content) of ``files``, put in ``out`` as if by the user: ``hdetr COMMAND`` refuses
+    (exit 2, naming the file) and leaves the file as it was."""
+    from hdetr.cli import main
+
+    for name, content in files:
+        (out / name).write_bytes(content)
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert name in err and "not written by hdetr" in err
+        assert (out / name).read_bytes() == content
+        (out / name).unlink()
+
+
 def free_port() -> int:
     import socket
 

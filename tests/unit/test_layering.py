@@ -23,7 +23,7 @@ ROOT = REPO / "hdetr"
 # Lowest first. A module belongs to the longest prefix listed ("hdetr" alone is the package's __init__).
 LAYERS = [
     ("foundation", ["hdetr", "hdetr.errors", "hdetr.config", "hdetr.hybrid", "hdetr.graph_metadata", "hdetr.threads",
-                    "hdetr.checkpoint.files"]),
+                    "hdetr.files", "hdetr.checkpoint.files"]),
     ("data and models", ["hdetr.data", "hdetr.models"]),
     ("matching, losses, weights", ["hdetr.matcher", "hdetr.losses", "hdetr.postprocess", "hdetr.checkpoint"]),
     ("inference", ["hdetr.api", "hdetr.runtime", "hdetr.draw", "hdetr.tiling", "hdetr.video", "hdetr.outputs"]),
@@ -132,6 +132,7 @@ def test_the_package_imports_itself_relatively():
     ("hdetr.engine.train", "hdetr.models.detector", True),
     ("hdetr.models.swin", "hdetr.checkpoint.files", True),
     ("hdetr.models.swin", "hdetr.checkpoint.load", False),
+    ("hdetr.config", "hdetr.files", True),
 ])
 def test_the_table_orders_the_known_directions(importer, target, expected):
     assert (layer_of(target) <= layer_of(importer)) is expected
