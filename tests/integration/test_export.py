@@ -254,3 +254,33 @@ def test_export_cli_errors(exported, tmp_path, capsys):
     assert cli_main(["export", str(exported["root"] / "model"), str(tmp_path / "x.onnx"), "--opset", "13"]) == 2
     assert "opset 13" in capsys.readouterr().err
     assert cli_main(["export", str(exported["root"] / "model"), str(tmp_path / "x.txt")]) == 2
+
+
+def test_efficientnet_lite0_backbone_exports_with_parity(tmp_path):
+    """The EfficientNet-Lite0 backbone (TF "SAME" padding, computed from the input size) in the graph:
+    onnxruntime agrees with eager PyTorch at sizes other than the export example, odd ones included.
+    Random weights (model.backbone_weights left empty): nothing is downloaded."""
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    cfg = build_config({
+        "model": {"backbone": "efficientnet_lite0", "hidden_dim": 64, "nheads": 4, "enc_layers": 1, "dec_layers": 2,
+                  "dim_feedforward": 64, "num_queries": 20, "num_classes": len(CLASS_NAMES), "topk": 20},
+        "hybrid": {"scheme": "branch", "num_queries_one2many": 20},
+        "data": {"train_scales": [128, 160], "val_scale": 160, "max_size": 256},
+    })
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # spread the scores, as for the default backbone above
+        for head in model.class_heads:
+            head.weight.mul_(3.0)
+    path = tmp_path / "effnet.onnx"
+    export_onnx(model, path, config=cfg, class_names=CLASS_NAMES, verify=False)
+    backend = OnnxBackend(path, threads=2)
+    for seed, sizes in enumerate([[(160, 224)], [(131, 97), (160, 203)]]):
+        images, mask, orig = make_batch(sizes, seed=seed)
+        with torch.no_grad():
+            ref = model(images, mask)
+        got = backend.forward(images, mask)
+        torch.testing.assert_close(got["pred_logits"].sigmoid(), ref["pred_logits"].sigmoid(), rtol=0, atol=ATOL)
+        torch.testing.assert_close(got["pred_boxes"], ref["pred_boxes"], rtol=0, atol=ATOL)
+        for a, b in zip(postprocess(got, orig, topk=20), postprocess(ref, orig, topk=20)):
+            assert_same_top(pairs(a), pairs(b), b["scores"])

@@ -110,3 +110,37 @@ def test_imagenet_weights_classify_natural_photos(package_state, photo, classes)
     # The TensorFlow (x - 127) / 128 input the weights were trained on fits them better than ImageNet
     # mean/std: more probability on the right classes for both photos.
     assert mass > float(unconverted[sorted(classes)].sum())
+
+
+def test_same_padding_gives_timms_numbers_in_integer_arithmetic():
+    from timm.layers.padding import get_same_padding
+
+    from hdetr.models.efficientnet import same_padding
+
+    for size in range(1, 80):
+        for kernel in (1, 3, 5):
+            for stride in (1, 2, 3):
+                for dilation in (1, 2):
+                    assert same_padding(size, kernel, stride, dilation) == get_same_padding(size, kernel, stride, dilation)
+
+
+def test_the_integer_padding_convolutions_compute_what_timms_do():
+    import copy
+
+    from timm.layers.conv2d_same import Conv2dSame
+
+    from hdetr.models.efficientnet import SameConv2d
+
+    torch.manual_seed(0)
+    bb = _backbone().eval()
+    swapped = [m for m in bb.modules() if isinstance(m, SameConv2d)]
+    assert len(swapped) == 5  # the stem and the four stride-2 depthwise convolutions
+    timms = copy.deepcopy(bb)
+    for m in timms.modules():
+        if isinstance(m, SameConv2d):
+            m.__class__ = Conv2dSame
+    with torch.no_grad():
+        for h, w in ((64, 96), (65, 97), (71, 66)):
+            x = torch.randn(1, 3, h, w)
+            for a, b in zip(bb(x), timms(x)):
+                assert torch.equal(a, b)
