@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from hdetr.checkpoint import load_weights
 from hdetr.config import ConfigError, load_config
-from hdetr.engine.init_from import REPORT_FILE, init_from
+from hdetr.engine.init_from import REPORT_FILE, build_model_for_source, init_from
 from hdetr.engine.sampling import seed_everything
 from hdetr.engine.train import Trainer, train
 from hdetr.errors import UserError
@@ -239,3 +240,7 @@ def test_init_from_bringing_the_backbone_skips_its_imagenet_download(synth_data,
     # Without the source's backbone the ImageNet weights are wanted: the download is tried (and fails here).
     with pytest.raises(UserError, match="cannot download the resnet18 ImageNet weights"):
         Trainer(_cfg(synth_data, *common, "train.init_parts=encoder+decoder+heads"), tmp_path / "run2", progress=False)
+    # So they are when the source lacks part of the backbone (init_from would leave that part as built).
+    partial = SimpleNamespace(state={k: v for k, v in src.items() if not k.startswith("backbone.body.layer4.")})
+    with pytest.raises(UserError, match="cannot download the resnet18 ImageNet weights"):
+        build_model_for_source(_cfg(synth_data, *common), partial)
