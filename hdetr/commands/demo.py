@@ -78,9 +78,14 @@ def run(args) -> int:
     from ..engine.model_evaluation import evaluate_model
     from ..engine.train import train
     from ..errors import UserError
+    from ..files import atomic_write
+    from ..outputs import check_output_file, json_with, vouched_by
 
     start = time.perf_counter()
     out = args.out
+    # Before the minutes of training: someone else's metrics.json or predictions.png is never replaced.
+    check_output_file(out / "metrics.json", "--out", json_with("AP"))
+    check_output_file(out / "predictions.png", "--out", vouched_by(out / "metrics.json", json_with("AP")))
     if args.device in (None, "cpu") and not torch.cuda.is_available():
         threads = args.threads or pick_threads()
         torch.set_num_threads(threads)
@@ -106,7 +111,8 @@ def run(args) -> int:
                                 progress=False)
     scores = evaluation.metrics()
     metrics = {k: scores[k] for k in COCO_METRIC_KEYS}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    text = json.dumps(metrics, indent=2) + "\n"
+    atomic_write(out / "metrics.json", lambda p: Path(p).write_text(text))
     val_images = sorted((data / "valid").glob("*.jpg"))[:GRID_IMAGES]
     draw_grid(result.model_dir, val_images, out / "predictions.png")
     total_s = time.perf_counter() - start

@@ -185,6 +185,15 @@ def test_demo_scores_its_model_with_evals_function(workspace, tmp_path, monkeypa
     assert (out / "predictions.png").exists()
 
 
+def test_demo_keeps_files_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    # Refused before anything is trained (no dataset is written either).
+    assert_keeps_foreign_files(["demo", "--out", str(out), "--no-progress"], out,
+                               (("metrics.json", b'{"mine": 1}'), ("predictions.png", b"mine")), capsys)
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
 def test_eval_refuses_a_model_with_another_class_count(trained, workspace, monkeypatch, capsys):
     # A checkpoint without a category map (an official one) is checked by its class count alone.
     from dataclasses import replace
