@@ -21,13 +21,12 @@ from ..data.coco import CategoryMap
 from ..data.validate import validate_source
 from ..errors import DataError, UserError
 from ..losses import SetCriterion
-from ..models import build_model
 from ..models.checkpointing import apply_activation_checkpointing
 from . import distributed
 from .distributed import DistInfo
 from .ema import ModelEMA
 from .evaluate import COCO_METRIC_KEYS, LVIS_METRIC_KEYS
-from .init_from import load_init_source, prepare_model
+from .init_from import build_model_for_source, load_init_source, prepare_model
 from .loaders import Split, eval_loader, load_split, locate, train_loader, val_spec
 from .optim import build_optimizer, build_scheduler
 from .progress import say
@@ -119,7 +118,8 @@ def build_run(cfg: Config, out: Path, resume: bool, device: str | None) -> RunPa
     # The same initial weights on every rank (DDP would broadcast rank 0's anyway), then
     # rank-specific streams for everything random that follows.
     seed_everything(t.seed)
-    model = build_model(cfg).to(dev)
+    # Without the backbone's ImageNet weights when train.init_from brings the whole backbone.
+    model = build_model_for_source(cfg, init_source, lambda msg: say(info, msg)).to(dev)
     # train.init_from (new runs only) and train.freeze, before the optimizer and the EMA copy.
     init_report = prepare_model(model, cfg, cmap.names, init_source)
     if t.checkpoint_activations:
