@@ -22,8 +22,12 @@ FINAL = ("loss_ce", "loss_bbox", "loss_giou")
 
 
 def windows(run: Path) -> list[dict]:
-    with open(run / "metrics.jsonl") as f:
-        return [r for r in map(json.loads, f) if "losses" in r]
+    path = run / "metrics.jsonl"
+    try:
+        with open(path) as f:
+            return [r for r in map(json.loads, f) if "losses" in r]
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{path}: line {e.lineno}: not a JSON record ({e.msg})") from None
 
 
 def layer_count(losses: dict) -> int:
@@ -53,6 +57,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="also write the figures here as JSON")
     args = p.parse_args()
+    if not args.runs.is_dir():
+        raise SystemExit(f"{args.runs}: not a folder (give the ablation's run folder of one budget, runs/bench/ablation/KEY)")
     result = {}
     for scheme_dir in sorted(d for d in args.runs.iterdir() if (d / f"seed{args.seed}" / "metrics.jsonl").exists()):
         result[scheme_dir.name] = summary(windows(scheme_dir / f"seed{args.seed}"))

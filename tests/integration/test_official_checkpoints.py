@@ -45,17 +45,23 @@ def test_official_key_lists_map_onto_the_presets(name, preset, overrides):
     assert frozen == {n for n, p in model.named_parameters() if not p.requires_grad}
 
 
+def convert_fake_official(tmp_path, keys_file: str):
+    """An official-layout checkpoint from the key list, converted by `hdetr convert` and read back:
+    (path of the official file, converted config, converted state dict)."""
+    spec = json.loads((KEYS / keys_file).read_text())
+    official = tmp_path / "official.pth"
+    fake_official_checkpoint(official, spec)
+    assert main(["convert", str(official), str(tmp_path / "converted")]) == 0
+    cfg, state, _ = load_model_files(tmp_path / "converted")
+    return official, spec, cfg, state
+
 def test_baseline_with_mixed_selection_has_the_logged_parameter_count():
     model = build_model(load_config("r50_baseline_12ep"))
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 47_339_673
 
 
 def test_convert_full_size_r50_hybrid_then_train_step_on_800x1066(tmp_path):
-    spec = json.loads((KEYS / "checkpoint_keys_r50_hybrid_headline.json").read_text())
-    official = tmp_path / "official.pth"
-    fake_official_checkpoint(official, spec)
-    assert main(["convert", str(official), str(tmp_path / "converted")]) == 0
-    cfg, state, _ = load_model_files(tmp_path / "converted")
+    official, spec, cfg, state = convert_fake_official(tmp_path, "checkpoint_keys_r50_hybrid_headline.json")
     assert (cfg.hybrid.scheme, cfg.hybrid.num_queries_one2many, cfg.hybrid.k, cfg.model.num_queries) == ("branch", 1500, 6, 300)
     model = build_model(cfg)
     model.load_state_dict(state, strict=True)
@@ -85,11 +91,7 @@ def test_convert_full_size_r50_hybrid_then_train_step_on_800x1066(tmp_path):
 
 @pytest.mark.slow
 def test_convert_full_size_swin_tiny_then_forward_on_800x1066(tmp_path):
-    spec = json.loads((KEYS / "checkpoint_keys_swin_tiny_hybrid.json").read_text())
-    official = tmp_path / "official.pth"
-    fake_official_checkpoint(official, spec)
-    assert main(["convert", str(official), str(tmp_path / "converted")]) == 0
-    cfg, state, _ = load_model_files(tmp_path / "converted")
+    official, spec, cfg, state = convert_fake_official(tmp_path, "checkpoint_keys_swin_tiny_hybrid.json")
     assert (cfg.model.backbone, cfg.model.swin.drop_path_rate) == ("swin_tiny", 0.2)
     model = build_model(cfg)
     model.load_state_dict(state, strict=True)
