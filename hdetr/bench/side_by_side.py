@@ -106,7 +106,7 @@ def measure_side_by_side(args, inputs, image_size, results: dict, checks: dict, 
             # A full-size official step takes tens of seconds: say what was measured as it goes.
             print(f"  {'warm-up' if rep is None else f'repetition {rep + 1}/{args.repeats}'}: {tag} {impl} "
                   f"{step.wall:.1f} s / {step.cpu:.1f} CPU-s", flush=True)
-        if f"{trained[0]}.loss_terms" not in checks:  # the first step of each pair (the warm-up if any)
+        if trained and f"{trained[0]}.loss_terms" not in checks:  # the first step of each pair (the warm-up if any)
             for tag in trained:
                 _compare(tag, done[(tag, "official")], done[(tag, "fast")], built[tag][1], checks)
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..threads import one_thread
+
 
 def pad_images(
     images: Sequence[torch.Tensor], size_divisibility: int = 0
@@ -44,5 +46,6 @@ def collate(
     """
     images = [item[0] for item in batch]
     targets = [item[1] for item in batch]
-    padded, mask = pad_images(images, size_divisibility)
+    with one_thread():
+        padded, mask = pad_images(images, size_divisibility)
     return padded, mask, targets

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..threads import one_thread
+
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
@@ -40,7 +42,7 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, item):
         index, seed = item
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), one_thread():
             torch.manual_seed(seed)
             return self.dataset[index]
 

@@ -65,6 +65,8 @@ def shape_normalizer(spatial_shapes, dtype, device) -> Tensor:
 # x in [-1, w] (y likewise), so all 4 corners always fall inside the padded level and a corner that
 # is off the map reads a zero -- grid_sample's zero padding, with no validity masks.
 _PAD_LO, _PAD_HI = 1, 2
+# Bags per block of the CPU inference path (8192 bags x 16 samples x 4 corners: 2 MB of rows and weights).
+_INFERENCE_BLOCK_BAGS = 8192
 # Below this many (sample, corner) pairs the value gradient is a direct index_add (no sort).
 _SCATTER_MAX_CORNERS = 1 << 19
 
@@ -90,54 +92,13 @@ class _MSDeformAttnFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, table, locations, attention_weights, spatial_shapes):
-        n, s_pad, heads, head_dim = table.shape
-        levels = len(spatial_shapes)
-        bags, k = attention_weights.shape
-        points = k // levels
-        device, dtype = table.device, locations.dtype
-        rows_total = n * s_pad * heads
-        itype = torch.int32 if rows_total < 2**31 - 1 else torch.int64
-
-        hw = torch.tensor(spatial_shapes, dtype=torch.int64, device=device)  # (L, 2) as (h, w)
-        hp, wp = hw[:, 0] + _PAD_LO + _PAD_HI, hw[:, 1] + _PAD_LO + _PAD_HI
-        starts = torch.cumsum(hp * wp, 0) - hp * wp
-
-        def per_sample(t: Tensor) -> Tensor:  # (L,) -> (K,): one entry per (level, point)
-            return t.repeat_interleave(points)
-
-        hf, wf = per_sample(hw[:, 0]).to(dtype), per_sample(hw[:, 1]).to(dtype)
-        # Pixel coordinates exactly as grid_sample computes them (align_corners=False).
-        x = (((2 * locations[0] - 1) + 1) * wf - 1) / 2
-        y = (((2 * locations[1] - 1) + 1) * hf - 1) / 2
-        # Beyond [-1, w] every corner is off the map: the value and all gradients are 0 there.
-        inside_x = (x >= -1) & (x <= wf)
-        inside_y = (y >= -1) & (y <= hf)
-        x = torch.minimum(x.clamp(min=-1.0), wf).nan_to_num_(-1.0)
-        y = torch.minimum(y.clamp(min=-1.0), hf).nan_to_num_(-1.0)
-        x0, y0 = x.floor(), y.floor()
-        fx, fy = x.sub_(x0), y.sub_(y0)
-        # Row of the top-left corner in the padded table: (b * S' + start + (y0 + 1) * wp + x0 + 1) * heads + head.
-        bag = torch.arange(bags, device=device)
-        bag_base = ((bag // (heads * (bags // (n * heads)))) * s_pad * heads + bag % heads).to(itype)
-        level_base = per_sample((starts + _PAD_LO * wp + _PAD_LO) * heads).to(itype)
-        wp_heads = per_sample(wp * heads).to(itype)
-        row00 = y0.to(itype).mul_(wp_heads).add_(x0.to(itype).mul_(heads)).add_(level_base).add_(bag_base[:, None])
-        # The 4 corners (x0y0, x1y0, x0y1, x1y1) are fixed row offsets from the top-left one.
-        corner_offsets = torch.stack((torch.zeros_like(wp_heads), torch.full_like(wp_heads, heads), wp_heads,
-                                      wp_heads + heads)).view(2, 2, k)
-        rows = row00[:, None, None, :] + corner_offsets
-
-        ay = torch.stack((1 - fy, fy), 1).mul_(attention_weights[:, None])  # (B, 2, K)
-        ax = torch.stack((1 - fx, fx), 1)  # (B, 2, K)
-        weights = ay[:, :, None] * ax[:, None]  # (B, 2, 2, K)
-
-        out = F.embedding_bag(
-            rows.view(bags, 4 * k), table.view(rows_total, head_dim), per_sample_weights=weights.view(bags, 4 * k),
-            mode="sum",
-        )
+        n = table.shape[0]
+        bags = attention_weights.shape[0]
+        out, saved = _gather_samples(table, locations, attention_weights, spatial_shapes, bags // n, 0, True)
+        row00, corner_offsets, fx, fy, inside_x, inside_y, wf, hf, spatial = saved
         ctx.save_for_backward(table, row00, corner_offsets, attention_weights, fx, fy, inside_x, inside_y, wf, hf)
-        ctx.spatial = (hp.tolist(), wp.tolist(), starts.tolist())
-        return out.view(bags, head_dim)
+        ctx.spatial = spatial
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -204,6 +165,60 @@ class _MSDeformAttnFunction(torch.autograd.Function):
                 # d(pixel x)/d(normalised x) = w (grid_sample's unnormalisation); 0 where clamped.
                 grad_loc = torch.stack((g_fx.mul_(wf).mul_(inside_x), g_fy.mul_(hf).mul_(inside_y)))
         return grad_table, grad_loc, grad_attn, None
+
+
+def _gather_samples(table, locations, attention_weights, spatial_shapes, bags_per_image: int, first_bag: int,
+                    for_backward: bool):
+    """The forward of ``_MSDeformAttnFunction`` for bags ``first_bag ..`` (a block of all of them, in
+    inference): (B, head_dim) and, ``for_backward``, what the backward needs."""
+    n, s_pad, heads, head_dim = table.shape
+    levels = len(spatial_shapes)
+    bags, k = attention_weights.shape
+    points = k // levels
+    device, dtype = table.device, locations.dtype
+    rows_total = n * s_pad * heads
+    itype = torch.int32 if rows_total < 2**31 - 1 else torch.int64
+
+    hw = torch.tensor(spatial_shapes, dtype=torch.int64, device=device)  # (L, 2) as (h, w)
+    hp, wp = hw[:, 0] + _PAD_LO + _PAD_HI, hw[:, 1] + _PAD_LO + _PAD_HI
+    starts = torch.cumsum(hp * wp, 0) - hp * wp
+
+    def per_sample(t: Tensor) -> Tensor:  # (L,) -> (K,): one entry per (level, point)
+        return t.repeat_interleave(points)
+
+    hf, wf = per_sample(hw[:, 0]).to(dtype), per_sample(hw[:, 1]).to(dtype)
+    # Pixel coordinates exactly as grid_sample computes them (align_corners=False).
+    x = (((2 * locations[0] - 1) + 1) * wf - 1) / 2
+    y = (((2 * locations[1] - 1) + 1) * hf - 1) / 2
+    # Beyond [-1, w] every corner is off the map: the value and all gradients are 0 there.
+    inside_x = (x >= -1) & (x <= wf) if for_backward else None
+    inside_y = (y >= -1) & (y <= hf) if for_backward else None
+    x = torch.minimum(x.clamp(min=-1.0), wf).nan_to_num_(-1.0)
+    y = torch.minimum(y.clamp(min=-1.0), hf).nan_to_num_(-1.0)
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x.sub_(x0), y.sub_(y0)
+    # Row of the top-left corner in the padded table: (b * S' + start + (y0 + 1) * wp + x0 + 1) * heads + head.
+    bag = torch.arange(first_bag, first_bag + bags, device=device)
+    bag_base = ((bag // bags_per_image) * s_pad * heads + bag % heads).to(itype)
+    level_base = per_sample((starts + _PAD_LO * wp + _PAD_LO) * heads).to(itype)
+    wp_heads = per_sample(wp * heads).to(itype)
+    row00 = y0.to(itype).mul_(wp_heads).add_(x0.to(itype).mul_(heads)).add_(level_base).add_(bag_base[:, None])
+    # The 4 corners (x0y0, x1y0, x0y1, x1y1) are fixed row offsets from the top-left one.
+    corner_offsets = torch.stack((torch.zeros_like(wp_heads), torch.full_like(wp_heads, heads), wp_heads,
+                                  wp_heads + heads)).view(2, 2, k)
+    rows = row00[:, None, None, :] + corner_offsets
+
+    ay = torch.stack((1 - fy, fy), 1).mul_(attention_weights[:, None])  # (B, 2, K)
+    ax = torch.stack((1 - fx, fx), 1)  # (B, 2, K)
+    weights = ay[:, :, None] * ax[:, None]  # (B, 2, 2, K)
+
+    out = F.embedding_bag(
+        rows.view(bags, 4 * k), table.view(rows_total, head_dim), per_sample_weights=weights.view(bags, 4 * k),
+        mode="sum",
+    )
+    if not for_backward:
+        return out, None
+    return out, (row00, corner_offsets, fx, fy, inside_x, inside_y, wf, hf, (hp.tolist(), wp.tolist(), starts.tolist()))
 
 
 def _per_sample_weight_grad(grad: Tensor, table: Tensor, rows: Tensor, k: int) -> Tensor:
@@ -286,9 +301,19 @@ def _ms_deform_attn_xy(value: Tensor, spatial_shapes, locations_xy: Tensor, atte
     spatial_shapes = [(int(h), int(w)) for h, w in spatial_shapes]
     table = _pad_levels(value, spatial_shapes)
     bags = n * num_queries * heads
-    out = _MSDeformAttnFunction.apply(
-        table, locations_xy.reshape(2, bags, -1), attention_weights.reshape(bags, -1), spatial_shapes
-    )
+    locations_xy, attention_weights = locations_xy.reshape(2, bags, -1), attention_weights.reshape(bags, -1)
+    inference = not (torch.is_grad_enabled() and any(t.requires_grad for t in (table, locations_xy, attention_weights)))
+    if inference and table.device.type == "cpu" and bags > _INFERENCE_BLOCK_BAGS:
+        # A block of bags at a time: each bag's sum is computed exactly as in one call, but the corner
+        # rows and weights of a block stay in cache instead of filling (and faulting in) fresh
+        # 36 MB buffers per encoder layer.
+        out = table.new_empty(bags, head_dim)
+        for first in range(0, bags, _INFERENCE_BLOCK_BAGS):
+            block = slice(first, first + _INFERENCE_BLOCK_BAGS)
+            out[block] = _gather_samples(table, locations_xy[:, block], attention_weights[block], spatial_shapes,
+                                         num_queries * heads, first, False)[0]
+    else:
+        out = _MSDeformAttnFunction.apply(table, locations_xy, attention_weights, spatial_shapes)
     return out.view(n, num_queries, heads * head_dim)
 
 

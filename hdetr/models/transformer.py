@@ -22,6 +22,10 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
+# Tokens per block of the CPU inference FFN: a 512 x 2048 hidden block is 4 MB.
+FFN_ROW_BLOCK = 512
+
+
 class FeedForward(nn.Module):
     def __init__(self, d_model: int, d_ffn: int, dropout: float):
         super().__init__()
@@ -30,7 +34,24 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and not torch.is_grad_enabled() and not (self.training and self.dropout.p):
+            return self._forward_rows(x)
         return self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+
+    def _forward_rows(self, x: Tensor) -> Tensor:
+        """Inference on the CPU, a block of tokens at a time: the same products row by row, but the
+        d_ffn-wide hidden activations (150 MB per encoder layer at 800x1066) stay in cache, and the
+        allocator reuses one small block instead of faulting in fresh pages for every layer."""
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] <= FFN_ROW_BLOCK:
+            return self.linear2(F.relu_(self.linear1(x)))
+        out = rows.new_empty(rows.shape[0], self.linear2.out_features)
+        w2t = self.linear2.weight.t()
+        for start in range(0, rows.shape[0], FFN_ROW_BLOCK):
+            block = slice(start, start + FFN_ROW_BLOCK)
+            hidden = F.relu_(self.linear1(rows[block]))
+            torch.addmm(self.linear2.bias, hidden, w2t, out=out[block])
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 class EncoderLayer(nn.Module):

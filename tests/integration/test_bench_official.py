@@ -71,3 +71,14 @@ def test_not_a_checkout_is_a_user_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "main.py" in err and "H-Deformable-DETR" in err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_side_by_side_eval_only(fake_official, tmp_path):
+    # --only eval: no training step is timed, and nothing compares training steps that did not run.
+    out = tmp_path / "speed_eval.json"
+    rc = main(["bench", "speed", "--official", str(fake_official), "--quick", "--only", "eval",
+               "--image-size", "288", "352", "--threads", "1", "--out", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert set(report["ratios_hdetr_over_official"]) == {"eval.forward"}
+    assert not any(key.endswith(".loss_terms") for key in report["checks"])

@@ -176,7 +176,7 @@ def test_demo_scores_its_model_with_evals_function(workspace, tmp_path, monkeypa
     shutil.copytree(workspace / "data", out / "data")  # the demo reuses a dataset it finds there
     threads = torch.get_num_threads()
     try:
-        assert main(["demo", "--out", str(out), *TINY_MODEL, "train.max_iters=1", "train.epochs=1",
+        assert main(["demo", "--out", str(out), "--from-scratch", *TINY_MODEL, "train.max_iters=1", "train.epochs=1",
                      "--device", "cpu", "--threads", "1", "--no-progress"]) == 0
     finally:
         torch.set_num_threads(threads)

@@ -282,3 +282,43 @@ def test_config_rejects_unknown_impl():
 
     with pytest.raises(ConfigError, match="attention_impl"):
         build_config({"model": {"attention_impl": "triton"}})
+
+
+def test_blocked_inference_gather_is_the_one_call_gather_bitwise(monkeypatch):
+    # Inference on the CPU samples a block of bags at a time; every bag's sum must be the same bits
+    # as in one call (2 images, so the blocks cross the image boundary; samples on and off the map).
+    import hdetr.models.deformable_attention as da
+
+    g = torch.Generator().manual_seed(3)
+    shapes = [(9, 11), (5, 6), (3, 3)]
+    s = sum(h * w for h, w in shapes)
+    value = torch.randn(2, s, 4, 8, generator=g)
+    locations = torch.rand(2, 37, 4, 3, 2, 2, generator=g) * 1.4 - 0.2
+    weights = torch.rand(2, 37, 4, 3, 2, generator=g).softmax(-1)
+    with torch.no_grad():
+        whole = ms_deform_attn_fast(value, shapes, locations, weights)
+        monkeypatch.setattr(da, "_INFERENCE_BLOCK_BAGS", 25)  # 296 bags: 12 blocks, the last one partial
+        blocked = ms_deform_attn_fast(value, shapes, locations, weights)
+    assert torch.equal(blocked, whole)
+    assert torch.allclose(blocked, ms_deform_attn_reference(value, shapes, locations, weights), atol=1e-5)
+    # With gradients the autograd Function runs (in one call), and the result is the same.
+    with_grad = ms_deform_attn_fast(value.requires_grad_(True), shapes, locations, weights)
+    assert with_grad.grad_fn is not None and torch.equal(with_grad.detach(), whole)
+
+
+def test_blocked_inference_ffn_matches_the_plain_ffn(monkeypatch):
+    import hdetr.models.transformer as tr
+
+    torch.manual_seed(0)
+    ffn = tr.FeedForward(16, 64, 0.0).eval()
+    x = torch.randn(2, 45, 16)
+    plain = ffn.linear2(torch.relu(ffn.linear1(x))).detach()
+    monkeypatch.setattr(tr, "FFN_ROW_BLOCK", 8)  # 90 rows: 12 blocks, the last one partial
+    with torch.no_grad():
+        blocked = ffn(x)
+    assert blocked.shape == plain.shape
+    # The same products row by row; a matrix-multiply kernel may round a block like a whole, or not.
+    torch.testing.assert_close(blocked, plain, rtol=1e-6, atol=1e-6)
+    # Training (gradients) keeps the plain path.
+    y = ffn(x.requires_grad_(True))
+    assert y.grad_fn is not None

@@ -78,3 +78,31 @@ def test_rng_state_round_trip_through_a_weights_only_checkpoint(tmp_path):
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+
+
+def test_main_process_loading_runs_on_one_thread():
+    # Per-image work is too small to share between threads; the caller's thread count comes back.
+    import torch
+
+    from hdetr.data.collate import collate
+    from hdetr.engine.sampling import SeededSamples
+
+    seen = []
+
+    class Recorder(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            seen.append(torch.get_num_threads())
+            return torch.zeros(3, 4, 4), {}
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        item = SeededSamples(Recorder())[(0, 7)]
+        collate([item, item])
+        assert seen == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
