@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import time
 
 
 def positive_int(text: str) -> int:
@@ -50,12 +51,46 @@ def prefer_passive_waiting(threads: int | None = None) -> None:
     if "OMP_WAIT_POLICY" in os.environ:
         return
     cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:  # no load average on this platform
+    busy = busy_cores()
+    if busy is None:  # nothing to measure it by on this platform
         return
     if busy + (threads or cores) > cores + 0.5:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+def busy_cores(window: float = 0.2) -> float | None:
+    """How many cores other processes keep busy now: the CPU time /proc/stat counts over ``window``
+    seconds (Linux), else the 1-minute load average (None where neither exists).
+
+    The load average lags by a minute: right after ``pip install`` or a finished job it still reports a
+    busy machine, and the demo then ran on one thread, with sleeping OpenMP threads, at half its speed.
+    """
+    first = _cpu_times()
+    if first is not None:
+        time.sleep(window)
+        second = _cpu_times()
+        if second is not None:
+            total = second[0] - first[0]
+            idle = second[1] - first[1]
+            if total > 0:
+                return (os.cpu_count() or 1) * (total - idle) / total
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(all, idle + iowait) clock ticks of the machine's CPUs since boot, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return sum(ticks), ticks[3] + ticks[4]
 
 
 @contextlib.contextmanager

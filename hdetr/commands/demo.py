@@ -41,16 +41,15 @@ def add_arguments(p):
 
 
 def pick_threads() -> int:
-    """Intra-op threads for the CPU run: the cores other processes leave free (at least one).
+    """Intra-op threads for the CPU run: the cores other processes leave free now (at least one).
 
     PyTorch's CPU thread pool spins while it waits; on a machine already busy with other jobs two
     threads on two cores run several times slower than one.
     """
+    from ..threads import busy_cores
+
     cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
+    busy = busy_cores() or 0.0
     return max(1, min(cores, round(cores - busy)))
 
 
@@ -109,7 +108,7 @@ def run(args) -> int:
     if args.device in (None, "cpu") and not torch.cuda.is_available():
         threads = args.threads or pick_threads()
         torch.set_num_threads(threads)
-        print(f"CPU training with {threads} thread(s) ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
+        print(f"CPU training with {threads} thread(s) ({os.cpu_count()} cores, 1-minute load {os.getloadavg()[0]:.1f})")
     run_dir = out / "run"
     if run_dir.exists():
         # Start over in a run folder the demo wrote; never delete what someone else put there.

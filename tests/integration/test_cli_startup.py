@@ -170,27 +170,49 @@ def test_export_opset_help_names_the_exporters_default():
 
 
 def test_openmp_threads_wait_passively_on_a_busy_machine_unless_the_user_chose(monkeypatch):
-    """OMP_WAIT_POLICY=PASSIVE when the load average plus our threads exceed the cores (spinning threads
+    """OMP_WAIT_POLICY=PASSIVE when the busy cores plus our threads exceed the cores (spinning threads
     double a step's CPU time on a shared machine), the default on an idle machine, and a policy the user
     set is kept."""
-    from hdetr.threads import prefer_passive_waiting
+    import hdetr.threads as threads_module
 
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    for load, threads, expected in ((0.1, None, None), (0.1, 2, None), (3.0, None, "PASSIVE"),
+    for busy, threads, expected in ((0.1, None, None), (0.1, 2, None), (3.0, None, "PASSIVE"),
                                     (2.0, 2, None), (2.9, 2, "PASSIVE")):
         monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
-        prefer_passive_waiting(threads)
-        assert os.environ.get("OMP_WAIT_POLICY") == expected, (load, threads)
-    prefer_passive_waiting(None)  # already PASSIVE from the last case: left as it is
+        monkeypatch.setattr(threads_module, "busy_cores", lambda busy=busy: busy)
+        threads_module.prefer_passive_waiting(threads)
+        assert os.environ.get("OMP_WAIT_POLICY") == expected, (busy, threads)
+    threads_module.prefer_passive_waiting(None)  # already PASSIVE from the last case: left as it is
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
-    prefer_passive_waiting(None)
+    monkeypatch.setattr(threads_module, "busy_cores", lambda: 9.0)
+    threads_module.prefer_passive_waiting(None)
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
+def test_busy_cores_are_measured_now_not_a_minute_ago(monkeypatch):
+    # /proc/stat over the window: 3 of 4 cores' ticks busy -> 3.0, whatever the 1-minute load average says.
+    import hdetr.threads as threads_module
+
+    samples = iter([(1000, 600), (1400, 700)])
+    monkeypatch.setattr(threads_module, "_cpu_times", lambda: next(samples))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert threads_module.busy_cores(window=0) == pytest.approx(3.0)
+    # No /proc/stat (macOS): the load average; neither (Windows): unknown.
+    monkeypatch.setattr(threads_module, "_cpu_times", lambda: None)
+    assert threads_module.busy_cores(window=0) == 0.0
+    monkeypatch.setattr(os, "getloadavg", lambda: (_ for _ in ()).throw(OSError("no load average")))
+    assert threads_module.busy_cores(window=0) is None
+    # The real file parses on this machine (Linux CI): a number of cores between 0 and all.
+    monkeypatch.undo()
+    if os.path.exists("/proc/stat"):
+        assert 0.0 <= threads_module.busy_cores(window=0.05) <= os.cpu_count()
+
+
 def test_the_cli_chooses_the_wait_policy_after_parsing(monkeypatch, tmp_path):
+    import hdetr.threads as threads_module
+
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))
+    monkeypatch.setattr(threads_module, "busy_cores", lambda: 50.0)
     assert main(["check-data", str(tmp_path / "no_such_dataset")]) == 2
     assert os.environ.get("OMP_WAIT_POLICY") == "PASSIVE"
