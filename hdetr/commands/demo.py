@@ -40,8 +40,9 @@ def add_arguments(p):
     add_threads_argument(p, extra=" (CPU default: the cores the load average leaves free)")
 
 
-def pick_threads() -> int:
-    """Intra-op threads for the CPU run: the cores other processes leave free now (at least one).
+def pick_threads() -> tuple[int, float]:
+    """Intra-op threads for the CPU run: the cores other processes leave free now (at least one), and
+    how many cores they keep busy.
 
     PyTorch's CPU thread pool spins while it waits; on a machine already busy with other jobs two
     threads on two cores run several times slower than one.
@@ -50,7 +51,7 @@ def pick_threads() -> int:
 
     cores = os.cpu_count() or 1
     busy = busy_cores() or 0.0
-    return max(1, min(cores, round(cores - busy)))
+    return max(1, min(cores, round(cores - busy))), busy
 
 
 # What a demo run folder holds (hdetr train's outputs): the only folder contents the demo deletes.
@@ -106,9 +107,10 @@ def run(args) -> int:
     check_output_file(out / "metrics.json", "--out", json_with("AP"))
     check_output_file(out / "predictions.png", "--out", vouched_by(out / "metrics.json", json_with("AP")))
     if args.device in (None, "cpu") and not torch.cuda.is_available():
-        threads = args.threads or pick_threads()
+        threads, busy = (args.threads, None) if args.threads else pick_threads()
         torch.set_num_threads(threads)
-        print(f"CPU training with {threads} thread(s) ({os.cpu_count()} cores, 1-minute load {os.getloadavg()[0]:.1f})")
+        others = f", {busy:.1f} busy with other work" if busy is not None else ""
+        print(f"CPU training with {threads} thread(s) ({os.cpu_count()} cores{others})")
     run_dir = out / "run"
     if run_dir.exists():
         # Start over in a run folder the demo wrote; never delete what someone else put there.
