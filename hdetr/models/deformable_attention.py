@@ -71,6 +71,12 @@ _INFERENCE_BLOCK_BAGS = 8192
 _SCATTER_MAX_CORNERS = 1 << 19
 
 
+def eager_cpu(t: Tensor) -> bool:
+    """Whether ``t`` is on the CPU and this is eager PyTorch, not a trace for export or compilation:
+    the CPU inference blocks loop over a size, which a graph with dynamic sizes cannot hold."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+
+
 def _pad_levels(value: Tensor, spatial_shapes) -> Tensor:
     """(N, S, heads, head_dim) -> (N, S', heads, head_dim) with every level zero-padded."""
     n, _, heads, head_dim = value.shape
@@ -303,7 +309,7 @@ def _ms_deform_attn_xy(value: Tensor, spatial_shapes, locations_xy: Tensor, atte
     bags = n * num_queries * heads
     locations_xy, attention_weights = locations_xy.reshape(2, bags, -1), attention_weights.reshape(bags, -1)
     inference = not (torch.is_grad_enabled() and any(t.requires_grad for t in (table, locations_xy, attention_weights)))
-    if inference and table.device.type == "cpu" and bags > _INFERENCE_BLOCK_BAGS:
+    if inference and eager_cpu(table) and bags > _INFERENCE_BLOCK_BAGS:
         # A block of bags at a time: each bag's sum is computed exactly as in one call, but the corner
         # rows and weights of a block stay in cache instead of filling (and faulting in) fresh
         # 36 MB buffers per encoder layer.

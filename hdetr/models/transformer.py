@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .deformable_attention import MultiScaleDeformableAttention
+from .deformable_attention import MultiScaleDeformableAttention, eager_cpu
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -34,7 +34,7 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and not torch.is_grad_enabled() and not (self.training and self.dropout.p):
+        if eager_cpu(x) and not torch.is_grad_enabled() and not (self.training and self.dropout.p):
             return self._forward_rows(x)
         return self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x)))))
 
