@@ -110,11 +110,12 @@ def _ensure_dataset(work: Path, b: Budget) -> Path:
     if b.data:
         return Path(b.data)
     style = "" if b.dataset == "shapes" else f"{b.dataset}-"
-    data_dir = work / f"data-{style}{b.image_size}px-{b.train_images}-{b.val_images}-seed{b.data_seed}"
+    smallest = f"-min{b.min_object:g}" if b.min_object else ""
+    data_dir = work / f"data-{style}{b.image_size}px-{b.train_images}-{b.val_images}-seed{b.data_seed}{smallest}"
     stamp = data_dir / "complete.json"
     if not stamp.exists():
         summary = write_synthetic_dataset(data_dir, b.train_images, b.val_images, b.image_size, b.data_seed,
-                                          style=b.dataset)
+                                          style=b.dataset, min_object_size=b.min_object)
         stamp.write_text(json.dumps(summary, indent=1) + "\n")
     return data_dir
 
@@ -219,7 +220,8 @@ def run_ablation(args) -> int:
         "base_preset": PRESET,
         "regime": args.regime,
         "dataset": budget.data or f"write_synthetic_dataset(train={budget.train_images}, val={budget.val_images}, "
-                   f"size={budget.image_size}, seed={budget.data_seed}, style={budget.dataset!r})",
+                   f"size={budget.image_size}, seed={budget.data_seed}, style={budget.dataset!r}"
+                                   + (f", min_object_size={budget.min_object:g})" if budget.min_object else ")"),
         "dataset_summary": (json.loads((data_dir / "complete.json").read_text())
                             if (data_dir / "complete.json").exists() else None),
         "clock": clock,

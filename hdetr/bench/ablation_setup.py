@@ -18,7 +18,7 @@ RUN_SECONDS = {"wall": "train_time", "cpu": "train_cpu_time"}  # the engine's re
 PRESET = "synthetic_small"  # the base config; every setting that matters is overridden below
 NUM_CLASSES = {"shapes": 4, "coco_like": 6}  # classes of each synthetic dataset style
 LATER_FIELDS = ("dataset", "backbone", "backbone_weights", "lr_backbone_ratio", "hidden_dim", "data", "num_classes",
-                "max_size", "num_workers")
+                "max_size", "num_workers", "min_object")
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ class Budget:
     num_classes: int = 0  # 0: the synthetic dataset's classes
     max_size: int = 0  # data.max_size; 0: twice the largest training scale
     num_workers: int = 0
+    # coco_like data: the smallest object side as a fraction of the image (0: the generator's 4 %).
+    min_object: float = 0.0
 
     def key(self) -> str:
         """Short hash of the settings that decide a run (seeds excluded: more seeds reuse the old ones).
@@ -109,6 +111,9 @@ def check_budget(b: Budget) -> None:
                         f"has only {tokens(min(b.train_scales))}: raise the image size or lower the queries")
     if not 1 <= b.lr_drop <= b.epochs:
         raise UserError(f"lr_drop must be in [1, epochs={b.epochs}], got {b.lr_drop}")
+    if not 0.0 <= b.min_object < 0.5 or (b.min_object and b.dataset != "coco_like"):
+        raise UserError(f"min_object must be in [0, 0.5) and needs dataset=coco_like, got {b.min_object} "
+                        f"with dataset={b.dataset}")
     if b.train_images < b.batch_size:
         raise UserError(f"train_images ({b.train_images}) must be at least batch_size ({b.batch_size})")
 

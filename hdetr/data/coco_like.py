@@ -131,8 +131,17 @@ def object_count(rng: np.random.Generator) -> tuple[int, bool]:
     return min(1 + int(rng.poisson(POISSON_MEAN)), MAX_ORDINARY_OBJECTS), False
 
 
-def render(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, list[dict]]:
-    """One scene: the image and its objects ({category_id, box (x0, y0, x1, y1), area})."""
+def size_range(base: tuple[float, float], min_size: float) -> tuple[float, float]:
+    """``base`` (object side / short image side) with its smallest side raised to ``min_size``; the
+    largest stays at least 1.6x the smallest, so crowded images keep a spread of sizes."""
+    if min_size <= base[0]:
+        return base
+    return min_size, max(base[1], 1.6 * min_size)
+
+
+def render(rng: np.random.Generator, w: int, h: int, min_size: float = 0.0) -> tuple[Image.Image, list[dict]]:
+    """One scene: the image and its objects ({category_id, box (x0, y0, x1, y1), area}). ``min_size``
+    raises the smallest object side (a fraction of the short side; 0 keeps the default ranges)."""
     img = _background(rng, w, h)
     n, crowded = object_count(rng)
 
@@ -141,5 +150,6 @@ def render(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, list[
         img.paste(Image.fromarray(np.clip(tex, 0, 255).astype(np.uint8), "RGB"), mask=mask)
 
     return img, place_objects(rng, n, (w, h), CATEGORIES, _mask, paint,
-                              sizes=CROWDED_SIZE_FRACTION if crowded else SIZE_FRACTION, max_angle=2 * math.pi,
+                              sizes=size_range(CROWDED_SIZE_FRACTION if crowded else SIZE_FRACTION, min_size),
+                              max_angle=2 * math.pi,
                               attempts=60, min_radius=2.5)

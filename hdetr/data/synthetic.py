@@ -190,13 +190,15 @@ def write_synthetic_dataset(
     seed: int = DEFAULT_SEED,
     palette: str = "random",
     style: str = "shapes",
+    min_object_size: float = 0.0,
 ) -> dict:
     """Write ``out_dir/{train,valid}/`` (JPEGs + ``_annotations.coco.json``).
 
     ``image_size`` is an int (square) or ``(width, height)``. The same arguments
     always produce byte-identical files. ``palette`` is ``random`` (classes differ by shape only) or
     ``by_class`` (each class also has its own colour); ``style`` is ``shapes`` or ``coco_like`` (see
-    ``hdetr.data.coco_like``; the palette does not apply to it). Returns a summary dict with per-split
+    ``hdetr.data.coco_like``; the palette does not apply to it). ``min_object_size`` (coco_like only)
+    raises the smallest object side, as a fraction of the short side. Returns a summary dict with per-split
     ``images_dir``, ``ann_file``, ``num_images`` and ``num_annotations``.
     """
     import numpy as np
@@ -206,7 +208,10 @@ def write_synthetic_dataset(
     if style == "coco_like":
         from . import coco_like
 
-        categories, render, description = coco_like.CATEGORIES, coco_like.render, "hdetr synthetic COCO-like scenes"
+        categories, description = coco_like.CATEGORIES, "hdetr synthetic COCO-like scenes"
+        render = lambda rng, w, h: coco_like.render(rng, w, h, min_object_size)  # noqa: E731
+    elif min_object_size:
+        raise ValueError(f"min_object_size applies to style coco_like, not {style!r}")
     else:
         categories, description = CATEGORIES, "hdetr synthetic shapes"
         render = lambda rng, w, h: _render(rng, w, h, palette)  # noqa: E731
@@ -217,6 +222,8 @@ def write_synthetic_dataset(
         raise ValueError(f"image_size must be at least 32 px, got {(w, h)}")
     out = Path(out_dir)
     summary: dict = {"root": str(out), "categories": [dict(c) for c in categories], "seed": seed, "style": style}
+    if min_object_size:
+        summary["min_object_size"] = min_object_size
     counts = {"train": num_train, "valid": num_val}
     for split, split_idx in SPLITS:
         split_dir = out / split

@@ -3,12 +3,14 @@ every scheme end to end (tiny sizes here) and resumes, and the toy regime keeps 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from hdetr.bench import ablation, regimes
 from hdetr.cli import build_parser
+from hdetr.errors import UserError
 from support.paths import REPO
 
 TINY = [
@@ -88,3 +90,19 @@ def test_toy_regime_keeps_the_published_runs():
     assert ablation.regime_output_name("toy", False) == "ablation"
     assert regimes.regime_budget("paper").key() != ablation.DEFAULT.key()
     assert ablation.regime_output_name("paper", True) == "ablation_paper_quick"
+
+
+def test_paper_regime_keeps_its_run_folders_and_takes_a_smallest_object_size(tmp_path):
+    # The committed paper-regime results name their budget key; a new setting at its default keeps it.
+    published = json.loads((REPO / "benchmarks/results/ablation_paper.json").read_text())
+    paper = regimes.regime_budget("paper")
+    assert paper.key() == published["config"]["budget_key"]
+    bigger = ablation._apply_settings(paper, ["min_object=0.125"])
+    assert bigger.min_object == 0.125 and bigger.key() != paper.key()
+    ablation.check_budget(bigger)
+    data = ablation._ensure_dataset(tmp_path, dataclasses.replace(bigger, train_images=8, val_images=2))
+    assert data.name.endswith("-min0.125")
+    assert json.loads((data / "complete.json").read_text())["min_object_size"] == 0.125
+    for bad in (dataclasses.replace(paper, min_object=0.6), dataclasses.replace(ablation.DEFAULT, min_object=0.1)):
+        with pytest.raises(UserError, match="min_object"):
+            ablation.check_budget(bad)

@@ -58,3 +58,23 @@ def test_cli_style_option(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["synth", str(tmp_path / "e"), "--style", "nope"])
     assert e.value.code == 2
+
+
+def test_a_smallest_object_size_raises_the_small_ones_only(tmp_path):
+    side, smallest = 128, 0.125
+    default, raised = [], []
+    for i in range(120):
+        for sizes, kwargs in ((default, {}), (raised, {"min_size": smallest})):
+            _, objects = coco_like.render(np.random.default_rng([3, 0, i]), side, side, **kwargs)
+            sizes += [max(o["box"][2] - o["box"][0], o["box"][3] - o["box"][1]) / side for o in objects]
+    default, raised = np.array(default), np.array(raised)
+    assert (default < 0.1).mean() > 0.2
+    # A box is the object's extent, at least its side up to rounding and the image border.
+    assert (raised < 0.1).mean() < 0.05 and np.median(raised) > np.median(default)
+    assert raised.max() <= default.max() + 0.05  # the large ones stay as large
+    assert coco_like.size_range((0.04, 0.14), smallest) == (0.125, 0.2)
+    assert coco_like.size_range((0.04, 0.5), 0.0) == (0.04, 0.5)
+    summary = write_synthetic_dataset(tmp_path / "d", 4, 2, side, seed=0, style="coco_like", min_object_size=smallest)
+    assert summary["min_object_size"] == smallest
+    with pytest.raises(ValueError, match="coco_like"):
+        write_synthetic_dataset(tmp_path / "e", 4, 2, side, seed=0, style="shapes", min_object_size=smallest)
