@@ -98,7 +98,7 @@ def one_thread():
     """Run the block on one intra-op thread: the data loading done in the main process (num_workers=0).
 
     One image's decoding, augmentation and padding are too small to share between threads: on 2 cores a
-    128-px demo batch took 15 ms to load and collate on one thread and 65-90 ms on two. Loader worker
+    128-px demo batch took 15 ms to load and collate on one thread and 50-90 ms on two. Loader worker
     processes already run on one thread each (PyTorch sets it); this gives the main process the same.
     """
     import torch
