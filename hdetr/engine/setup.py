@@ -21,6 +21,8 @@ from ..data.coco import CategoryMap
 from ..data.validate import validate_source
 from ..errors import DataError, UserError
 from ..losses import SetCriterion
+from ..models import build_model
+from ..models.backbone_weights import build_backbone_for_other_weights
 from ..models.checkpointing import apply_activation_checkpointing
 from . import distributed
 from .distributed import DistInfo
@@ -118,8 +120,13 @@ def build_run(cfg: Config, out: Path, resume: bool, device: str | None) -> RunPa
     # The same initial weights on every rank (DDP would broadcast rank 0's anyway), then
     # rank-specific streams for everything random that follows.
     seed_everything(t.seed)
-    # Without the backbone's ImageNet weights when train.init_from brings the whole backbone.
-    model = build_model_for_source(cfg, init_source, lambda msg: say(info, msg)).to(dev)
+    if resume:
+        # The checkpoint brings every weight: the backbone's ImageNet weights are neither downloaded
+        # (which fails offline) nor read, only their frozen stem kept.
+        model = build_model(cfg, backbone=build_backbone_for_other_weights(cfg.model)).to(dev)
+    else:
+        # Without the backbone's ImageNet weights when train.init_from brings the whole backbone.
+        model = build_model_for_source(cfg, init_source, lambda msg: say(info, msg)).to(dev)
     # train.init_from (new runs only) and train.freeze, before the optimizer and the EMA copy.
     init_report = prepare_model(model, cfg, cmap.names, init_source)
     if t.checkpoint_activations:

@@ -237,6 +237,14 @@ def test_init_from_bringing_the_backbone_skips_its_imagenet_download(synth_data,
     frozen = sorted(n for n, p in trainer.model.named_parameters() if not p.requires_grad)
     assert frozen and all(n.startswith(("backbone.body.conv1.", "backbone.body.layer1.")) for n in frozen)
     assert any(n.startswith("backbone.body.layer1.") for n in frozen)
+    # A resumed run takes every weight from its checkpoint: it does not try the download either, and
+    # continues from the very weights it saved.
+    short = ["train.max_iters=1"]
+    Trainer(_cfg(synth_data, *common, *short), tmp_path / "resumed", progress=False).run()
+    saved = load_state(tmp_path / "resumed" / "last.pt")["model"]
+    resumed = Trainer(_cfg(synth_data, *common, *short), tmp_path / "resumed", resume=True, progress=False)
+    assert_same_tensors(resumed.model.state_dict(), saved)
+    assert not any(p.requires_grad for n, p in resumed.model.named_parameters() if n.startswith("backbone.body.conv1."))
     # Without the source's backbone the ImageNet weights are wanted: the download is tried (and fails here).
     with pytest.raises(UserError, match="cannot download the resnet18 ImageNet weights"):
         Trainer(_cfg(synth_data, *common, "train.init_parts=encoder+decoder+heads"), tmp_path / "run2", progress=False)
