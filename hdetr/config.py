@@ -461,6 +461,14 @@ def _validate_backbone(m: ModelConfig, need) -> None:
     need(m.backbone in BACKBONES, f"model.backbone must be one of {', '.join(BACKBONES)}, got {m.backbone!r}")
     need(not m.pretrained_backbone or BACKBONES[m.backbone].pretrained_weights,
          f"model.pretrained_backbone: backbone {m.backbone!r} has no pretrained weights; set it to false")
+    from .models.efficientnet import PACKAGE_WEIGHTS
+
+    # Checked here, not when the model is built: a demo or a training run refuses before its data work.
+    need(m.backbone_weights != PACKAGE_WEIGHTS or m.backbone == "efficientnet_lite0",
+         f"model.backbone_weights={PACKAGE_WEIGHTS} holds EfficientNet-Lite0 weights, but model.backbone is "
+         f"{m.backbone!r}: set model.backbone=efficientnet_lite0, or model.backbone_weights= (empty) for random weights")
+    need(not m.backbone_weights or m.backbone.startswith(("resnet", "swin", "efficientnet")),
+         f"model.backbone_weights: backbone {m.backbone!r} has no weights to load; leave model.backbone_weights empty")
     s = m.swin
     need(0.0 <= s.drop_path_rate < 1.0, f"model.swin.drop_path_rate must be in [0, 1), got {s.drop_path_rate}")
     if m.backbone != "swin":

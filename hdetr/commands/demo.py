@@ -111,6 +111,13 @@ def run(args) -> int:
         torch.set_num_threads(threads)
         others = f", {busy:.1f} busy with other work" if busy is not None else ""
         print(f"CPU training with {threads} thread(s) ({os.cpu_count()} cores{others})")
+    data_root = out / "data"
+    # A bad override fails here, before the dataset is written or the previous demo run is deleted.
+    try:
+        preset = pick_preset(args.from_scratch)
+        cfg = load_config(preset, [f"data.train={data_root}", *args.overrides])
+    except ConfigError as e:
+        raise UserError(str(e)) from None
     run_dir = out / "run"
     if run_dir.exists():
         # Start over in a run folder the demo wrote; never delete what someone else put there.
@@ -119,12 +126,7 @@ def run(args) -> int:
             raise UserError(f"--out {out}: {run_dir} holds files the demo did not write ({', '.join(foreign[:3])}); "
                             "choose another --out")
         shutil.rmtree(run_dir)
-    data = ensure_dataset(out / "data")
-    try:
-        preset = pick_preset(args.from_scratch)
-        cfg = load_config(preset, [f"data.train={data}", *args.overrides])
-    except ConfigError as e:
-        raise UserError(str(e)) from None
+    data = ensure_dataset(data_root)
     print(f"training preset {preset}: {cfg.model.backbone} backbone"
           f"{' from ' + cfg.model.backbone_weights if cfg.model.backbone_weights else ' from random weights'}, "
           f"{cfg.train.epochs} epochs")

@@ -194,6 +194,20 @@ def test_demo_keeps_files_it_did_not_write(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == []
 
 
+def test_demo_refuses_a_bad_override_before_writing_or_deleting_anything(tmp_path, capsys):
+    from hdetr.cli import main
+
+    out = tmp_path / "demo"
+    (out / "run").mkdir(parents=True)
+    (out / "run" / "train.log").write_text("the previous demo run\n")
+    for bad in ("model.backbone=tiny", "train.no_such_key=1"):
+        assert main(["demo", "--out", str(out), "--no-progress", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and bad.split("=")[0] in err
+    assert sorted(p.name for p in out.iterdir()) == ["run"]  # no dataset written
+    assert (out / "run" / "train.log").read_text() == "the previous demo run\n"
+
+
 def test_eval_refuses_a_model_with_another_class_count(trained, workspace, monkeypatch, capsys):
     # A checkpoint without a category map (an official one) is checked by its class count alone.
     from dataclasses import replace

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import save_file
 from torchvision.models import resnet18
 
-from hdetr.config import load_config
+from hdetr.config import ConfigError, load_config
 from hdetr.errors import UserError
 from hdetr.models import build_model
-from hdetr.models.backbone_weights import build_configured_backbone
+from hdetr.models.backbone_weights import build_configured_backbone, load_backbone_weights
 from hdetr.models.detector import build_model_with_weights
 
 
@@ -64,8 +64,13 @@ def test_wrong_file_names_the_first_mismatching_tensor(tmp_path):
         build_configured_backbone(_cfg("model.backbone=resnet18", f"model.backbone_weights={path}").model)
     with pytest.raises(UserError, match="model.backbone_weights: .*nope.pth: no such file"):
         build_configured_backbone(_cfg("model.backbone=resnet18", f"model.backbone_weights={tmp_path}/nope.pth").model)
+    # The config refuses weights for a backbone that takes none, and the loader too when called without one.
+    with pytest.raises(ConfigError, match="backbone 'tiny' has no weights to load"):
+        _cfg(f"model.backbone_weights={path}")
+    with pytest.raises(ConfigError, match="holds EfficientNet-Lite0 weights, but model.backbone is 'resnet18'"):
+        _cfg("model.backbone=resnet18", "model.backbone_weights=efficientnet_lite0_imagenet")
     with pytest.raises(UserError, match="backbone 'tiny' has no weights to load"):
-        build_configured_backbone(_cfg(f"model.backbone_weights={path}").model)
+        load_backbone_weights(build_configured_backbone(_cfg().model), "tiny", str(path))
 
 
 class _RunsCode:
