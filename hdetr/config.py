@@ -455,14 +455,16 @@ def _validate_scales(d: DataConfig, need) -> None:
          "their longer side, so it would never take effect; raise data.max_size")
 
 
+# The model.backbone_weights shortcut for the ImageNet EfficientNet-Lite0 of the `pretrained` extra.
+PACKAGE_WEIGHTS = "efficientnet_lite0_imagenet"
+
+
 def _validate_backbone(m: ModelConfig, need) -> None:
     from .models.backbone import BACKBONES  # the registry; importing it builds nothing
 
     need(m.backbone in BACKBONES, f"model.backbone must be one of {', '.join(BACKBONES)}, got {m.backbone!r}")
     need(not m.pretrained_backbone or BACKBONES[m.backbone].pretrained_weights,
          f"model.pretrained_backbone: backbone {m.backbone!r} has no pretrained weights; set it to false")
-    from .models.efficientnet import PACKAGE_WEIGHTS
-
     # Checked here, not when the model is built: a demo or a training run refuses before its data work.
     need(m.backbone_weights != PACKAGE_WEIGHTS or m.backbone == "efficientnet_lite0",
          f"model.backbone_weights={PACKAGE_WEIGHTS} holds EfficientNet-Lite0 weights, but model.backbone is "

