@@ -457,6 +457,8 @@ def _validate_scales(d: DataConfig, need) -> None:
 
 # The model.backbone_weights shortcut for the ImageNet EfficientNet-Lite0 of the `pretrained` extra.
 PACKAGE_WEIGHTS = "efficientnet_lite0_imagenet"
+# The backbone families whose weights model.backbone_weights can load (by name prefix).
+WEIGHT_FILE_BACKBONES = ("resnet", "swin", "efficientnet")
 
 
 def _validate_backbone(m: ModelConfig, need) -> None:
@@ -469,7 +471,7 @@ def _validate_backbone(m: ModelConfig, need) -> None:
     need(m.backbone_weights != PACKAGE_WEIGHTS or m.backbone == "efficientnet_lite0",
          f"model.backbone_weights={PACKAGE_WEIGHTS} holds EfficientNet-Lite0 weights, but model.backbone is "
          f"{m.backbone!r}: set model.backbone=efficientnet_lite0, or model.backbone_weights= (empty) for random weights")
-    need(not m.backbone_weights or m.backbone.startswith(("resnet", "swin", "efficientnet")),
+    need(not m.backbone_weights or m.backbone.startswith(WEIGHT_FILE_BACKBONES),
          f"model.backbone_weights: backbone {m.backbone!r} has no weights to load; leave model.backbone_weights empty")
     s = m.swin
     need(0.0 <= s.drop_path_rate < 1.0, f"model.swin.drop_path_rate must be in [0, 1), got {s.drop_path_rate}")

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..config import WEIGHT_FILE_BACKBONES
 from ..errors import UserError
 from . import efficientnet
 
@@ -101,7 +102,7 @@ def load_backbone_weights(backbone: nn.Module, name: str, weights: str) -> dict:
         if name != "efficientnet_lite0":
             raise UserError(f"{KEY}={weights} holds EfficientNet-Lite0 weights; set model.backbone=efficientnet_lite0")
         weights = efficientnet.package_weights_path()
-    if not name.startswith(("resnet", "swin", "efficientnet")):
+    if not name.startswith(WEIGHT_FILE_BACKBONES):
         raise UserError(f"{KEY}: backbone {name!r} has no weights to load (use it without {KEY})")
     body = backbone.body
     state = _to_backbone_layout(name, read_state_dict(weights), backbone)
