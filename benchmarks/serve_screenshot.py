@@ -33,7 +33,7 @@ def main() -> int:
     if chromium_path() is None:
         sys.exit("no chromium installed: apt-get install chromium")
     from hdetr import Detector
-    from hdetr.bench.serve import scene_jpeg
+    from benchmarks.serve import scene_jpeg
     from hdetr.serve import create_app
     from hdetr.serve.server import background_server
 

@@ -18,7 +18,9 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
-from .data.coco import CategoryMap, load_image
+from .data.categories import CategoryMap
+
+from .data.images import load_image
 from .data.transforms import eval_transforms
 from .postprocess import postprocess
 from .tiling import Tiling, cut_sides, merge_detections, tile_windows
@@ -61,7 +63,7 @@ def default_class_names(cfg, class_names: list[str] | None, category_map: Catego
     """Stored names, else the category map's, else the COCO names for a 91-class model."""
     names = list(class_names or []) or (list(category_map.names) if category_map else [])
     if not names and cfg.model.num_classes == 91:
-        from .data.coco import COCO_CATEGORIES, UNUSED_CLASS_NAME
+        from .data.categories import COCO_CATEGORIES, UNUSED_CLASS_NAME
 
         names = [COCO_CATEGORIES.get(i, UNUSED_CLASS_NAME) for i in range(91)]
     return names

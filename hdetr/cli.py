@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, module_name in VERBS.items():
         module = importlib.import_module(f"hdetr.commands.{module_name}")
-        p = sub.add_parser(verb, help=module.__doc__.strip().splitlines()[0], description=module.__doc__)
+        # A verb that hands its arguments to another program (bench) lets that program answer --help.
+        p = sub.add_parser(verb, help=module.__doc__.strip().splitlines()[0], description=module.__doc__,
+                           add_help=getattr(module, "ADD_HELP", True))
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser
@@ -88,7 +90,6 @@ def _os_error_message(e: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import Interrupted, UserError
     from .threads import prefer_passive_waiting
 
     parser = build_parser()
@@ -107,7 +108,19 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = args.debug or os.environ.get("HDETR_DEBUG", "") not in ("", "0")
     prefer_passive_waiting(getattr(args, "threads", None))
-    prefix = f"hdetr {args.verb}"
+
+    def run() -> int:
+        check_device(getattr(args, "device", None))
+        return int(args._module.run(args) or 0)
+
+    return guarded(f"hdetr {args.verb}", run, debug)
+
+
+def guarded(prefix: str, run, debug: bool = False) -> int:
+    """``run()``'s exit status, every error turned into one line on stderr (``prefix: error: ...``) and
+    the exit status of its class (EXIT_HELP); ``debug`` adds the traceback. The error boundary of the
+    ``hdetr`` verbs, and of any tool built on hdetr that should answer the same way."""
+    from .errors import Interrupted, UserError
 
     def fail(status: int, message: str) -> int:
         if debug:
@@ -118,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return status
 
     try:
-        check_device(getattr(args, "device", None))
-        return int(args._module.run(args) or 0)
+        return int(run() or 0)
     except UserError as e:
         return fail(EXIT_USAGE, f"error: {e}")
     except Interrupted as e:
@@ -135,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         hint = "" if debug else "; rerun with --debug for the traceback"
         return fail(EXIT_INTERNAL, f"internal error: {type(e).__name__}: {e}{hint}")
-
 
 if __name__ == "__main__":
     sys.exit(main())

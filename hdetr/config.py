@@ -23,6 +23,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .backbones import BACKBONES, package_weights_names
+
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
@@ -190,10 +192,12 @@ BEST_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100
                 "APr", "APc", "APf", "AR")
 TRACKERS = ("mlflow", "wandb")
 ATTENTION_IMPLS = ("fast", "reference")
-CHECKPOINT_PARTS = ("encoder", "decoder", "backbone")  # hdetr.models.checkpointing.PARTS
+CHECKPOINT_PARTS = ("encoder", "decoder", "backbone")  # hdetr.models.recompute.PARTS
 
 
-def _coerce(value: Any, typ: Any, key: str) -> Any:
+def coerce_value(value: Any, typ: Any, key: str) -> Any:
+    """``value`` (YAML, a command-line string or a Python value) as type ``typ`` by the config's rules;
+    ConfigError naming ``key`` when it does not fit."""
     origin = get_origin(typ)
     if origin is not None and type(None) in get_args(typ):  # Optional[X]
         if value is None or value == "null":
@@ -206,14 +210,14 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, e.g. {{your_name: source_name}}, got {value!r}")
         _, item = get_args(typ)
-        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): coerce_value(v, item, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if isinstance(value, str):
             value = _safe_yaml(value, key)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item,) = get_args(typ)
-        return [_coerce(v, item, key) for v in value]
+        return [coerce_value(v, item, key) for v in value]
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -259,7 +263,7 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
                 raise ConfigError(f"{path}: expected a section (mapping), got {value!r}")
             values[key] = _build(typ, value, path + ".")
         else:
-            values[key] = _coerce(value, typ, path)
+            values[key] = coerce_value(value, typ, path)
     return cls(**values)
 
 
@@ -455,23 +459,17 @@ def _validate_scales(d: DataConfig, need) -> None:
          "their longer side, so it would never take effect; raise data.max_size")
 
 
-# The model.backbone_weights shortcut for the ImageNet EfficientNet-Lite0 of the `pretrained` extra.
-PACKAGE_WEIGHTS = "efficientnet_lite0_imagenet"
-# The backbone families whose weights model.backbone_weights can load (by name prefix).
-WEIGHT_FILE_BACKBONES = ("resnet", "swin", "efficientnet")
-
-
 def _validate_backbone(m: ModelConfig, need) -> None:
-    from .models.backbone import BACKBONES  # the registry; importing it builds nothing
-
     need(m.backbone in BACKBONES, f"model.backbone must be one of {', '.join(BACKBONES)}, got {m.backbone!r}")
-    need(not m.pretrained_backbone or BACKBONES[m.backbone].pretrained_weights,
+    entry = BACKBONES[m.backbone]
+    need(not m.pretrained_backbone or entry.pretrained_weights,
          f"model.pretrained_backbone: backbone {m.backbone!r} has no pretrained weights; set it to false")
     # Checked here, not when the model is built: a demo or a training run refuses before its data work.
-    need(m.backbone_weights != PACKAGE_WEIGHTS or m.backbone == "efficientnet_lite0",
-         f"model.backbone_weights={PACKAGE_WEIGHTS} holds EfficientNet-Lite0 weights, but model.backbone is "
-         f"{m.backbone!r}: set model.backbone=efficientnet_lite0, or model.backbone_weights= (empty) for random weights")
-    need(not m.backbone_weights or m.backbone.startswith(WEIGHT_FILE_BACKBONES),
+    owner = package_weights_names().get(m.backbone_weights)
+    need(owner is None or owner == m.backbone,
+         f"model.backbone_weights={m.backbone_weights} holds {owner} weights, but model.backbone is "
+         f"{m.backbone!r}: set model.backbone={owner}, or model.backbone_weights= (empty) for random weights")
+    need(not m.backbone_weights or entry.weights_file,
          f"model.backbone_weights: backbone {m.backbone!r} has no weights to load; leave model.backbone_weights empty")
     s = m.swin
     need(0.0 <= s.drop_path_rate < 1.0, f"model.swin.drop_path_rate must be in [0, 1), got {s.drop_path_rate}")

@@ -3,10 +3,10 @@
 - ``load``: ``load_weights`` (model folder, run folder, ``last.pt``/``best.pt``, official ``.pth``);
 - ``official``: official H-Deformable-DETR key names and ``args`` -> hdetr's;
 - ``model_folder``: hdetr model folders (``model.safetensors`` + ``config.yaml``);
-- ``files``: loading that runs no code (atomic writes are ``hdetr.files``).
+loading that runs no code is ``hdetr.safe_load`` (atomic writes: ``hdetr.files``).
 """
 
-from .files import CheckpointError, safe_torch_load
+from ..safe_load import CheckpointError, safe_torch_load
 from .load import MODEL_FORMAT, TRAIN_FORMAT, LoadedWeights, build_detector_model, load_weights
 from .model_folder import CONFIG_FILE, MODEL_FILE, load_model_files, save_model
 from .official import (

@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from ..config import Config, ConfigError, build_config
-from ..data.coco import COCO_CATEGORIES, COCO_NUM_CLASSES, UNUSED_CLASS_NAME, CategoryMap
+from ..data.categories import COCO_CATEGORIES, COCO_NUM_CLASSES, UNUSED_CLASS_NAME, CategoryMap
 from ..errors import UserError
-from .files import CheckpointError, safe_torch_load
+from ..run_folder import LOADABLE
+from ..safe_load import CheckpointError, safe_torch_load
 from .model_folder import MODEL_FILE, load_model_files
 from .official import load_official_checkpoint
 
@@ -30,7 +31,6 @@ TRAIN_FORMAT = "hdetr-train-v1"
 MODEL_FORMAT = "hdetr-model-v1"
 KNOWN_FORMATS = (TRAIN_FORMAT, MODEL_FORMAT)
 # What a run folder offers, in order of preference.
-RUN_FOLDER_FILES = ("model", "best.pt", "last.pt")
 
 
 @dataclass
@@ -63,7 +63,7 @@ def coco_class_names(num_classes: int) -> list[str]:
 
 
 def _from_run_folder(path: Path) -> Path | None:
-    for name in RUN_FOLDER_FILES:
+    for name in LOADABLE:
         candidate = path / name
         if (candidate / MODEL_FILE).exists() if name == "model" else candidate.is_file():
             return candidate
@@ -104,7 +104,7 @@ def load_weights(path: str | Path) -> LoadedWeights:
             found = _from_run_folder(path)
             if found is None:
                 raise UserError(f"{path}: neither a model folder ({MODEL_FILE} + config.yaml) nor a run folder "
-                                f"({', '.join(RUN_FOLDER_FILES)})")
+                                f"({', '.join(LOADABLE)})")
             path = found
         if path.is_dir() or path.suffix == ".safetensors":
             cfg, state, meta = load_model_files(path)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import Config, ConfigError, build_config
 from ..files import atomic_write
-from .files import CheckpointError
+from ..safe_load import CheckpointError
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"

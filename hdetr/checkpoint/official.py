@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 import torch
 
+from ..backbones import official_backbones
 from ..config import Config, ConfigError, build_config
-from .files import CheckpointError, safe_torch_load
+from ..safe_load import CheckpointError, safe_torch_load
 
 
 # Official --backbone values; hdetr's backbones of the same names compute the same (docs/backbones.md).
-OFFICIAL_BACKBONES = ("resnet50", "swin_tiny", "swin_small", "swin_large", "swin_large_window12")
+OFFICIAL_BACKBONES = official_backbones()
 
 
 # official key pattern -> hdetr key; the first matching rule wins.

@@ -18,6 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ..run_folder import RUN_FILES
 from ..threads import add_threads_argument
 
 PRESET = "synthetic_demo"  # synthetic_small from the ImageNet EfficientNet-Lite0 backbone, 3 epochs
@@ -54,9 +55,6 @@ def pick_threads() -> tuple[int, float]:
     return max(1, min(cores, round(cores - busy))), busy
 
 
-# What a demo run folder holds (hdetr train's outputs): the only folder contents the demo deletes.
-RUN_FILES = {"config.yaml", "last.pt", "prev.pt", "best.pt", "metrics.jsonl", "curves.png", "model", "best_model",
-             ".hdetr.lock", "train.log", "init_report.json"}
 
 
 def ensure_dataset(root: Path) -> Path:

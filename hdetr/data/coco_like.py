@@ -23,7 +23,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthetic import _polygon, _shape_mask, place_objects
+from .shapes import place_objects, polygon, shape_mask
 
 CATEGORIES = (
     {"id": 1, "name": "circle", "supercategory": "shape"},
@@ -46,7 +46,7 @@ TEXTURES = ("flat", "stripes", "checks", "dots", "noise")
 
 def _outline(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
     if kind in ("square", "triangle", "cross"):
-        return _polygon(kind, cx, cy, r, angle)
+        return polygon(kind, cx, cy, r, angle)
     if kind == "star":
         pts = [((1.0 if i % 2 == 0 else 0.45) * math.cos(angle + i * math.pi / 5 - math.pi / 2),
                 (1.0 if i % 2 == 0 else 0.45) * math.sin(angle + i * math.pi / 5 - math.pi / 2)) for i in range(10)]
@@ -58,7 +58,7 @@ def _outline(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
 
 
 def _mask(kind: str, size: tuple[int, int], cx: float, cy: float, r: float, angle: float) -> Image.Image:
-    return _shape_mask(kind, size, cx, cy, r, angle, outline=_outline)
+    return shape_mask(kind, size, cx, cy, r, angle, outline=_outline)
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .coco import EXIF_ORIENTATION_TAG, EXIF_SWAPS_SIZE
+from .images import EXIF_ORIENTATION_TAG, EXIF_SWAPS_SIZE
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 SOURCE_KEY = "source"  # annotation key naming the label file (and line / element) a box comes from

@@ -32,7 +32,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import DataError
-from .coco import EXIF_ORIENTATION_TAG, EXIF_SWAPS_SIZE
+from .images import EXIF_ORIENTATION_TAG, EXIF_SWAPS_SIZE
 from .readers import SOURCE_KEY
 from .sanitize import (
     not_a_regular_file,

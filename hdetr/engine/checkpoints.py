@@ -1,5 +1,5 @@
-"""The training run's checkpoint files: their names and format, writing them, and finding the one to
-resume from.
+"""The training run's checkpoint files: their format, writing them, and finding the one to resume
+from (their names: ``hdetr.run_folder``).
 
 ``last.pt`` holds the full training state (written atomically, the file it replaces kept as
 ``prev.pt``, so two complete checkpoints exist at every moment); ``best.pt`` the weights of the best
@@ -13,14 +13,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import MODEL_FORMAT, TRAIN_FORMAT, CheckpointError, safe_torch_load
+from ..checkpoint import TRAIN_FORMAT, CheckpointError, safe_torch_load
 from ..errors import UserError
 from ..files import atomic_write, temp_files
+from ..run_folder import BEST, LAST, PREV
 
-LAST = "last.pt"
-PREV = "prev.pt"  # the checkpoint before last.pt: resume falls back to it when last.pt is damaged
-BEST = "best.pt"
-MODEL_DIR = "model"
 CHECKPOINT_FORMAT = TRAIN_FORMAT
 # Settings that choose how a result is computed, not what: a run may resume under another value (the
 # fast and reference attention paths agree to rounding; tests/unit/test_fast_paths.py).

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..data.coco import CategoryMap
+from ..data.categories import CategoryMap
 from ..postprocess import postprocess
 from . import distributed
 from .evaluate import coco_metrics, detections_to_coco, lvis_metrics

@@ -25,15 +25,15 @@ from torch import nn
 
 from ..checkpoint import LoadedWeights, load_weights
 from ..config import Config, parse_parts
-from ..data.coco import UNUSED_CLASS_NAME
+from ..data.categories import UNUSED_CLASS_NAME
 from ..errors import UserError
 from ..files import atomic_write
+from ..run_folder import INIT_REPORT
 from ..hybrid import query_groups
 from ..models import build_model
 from ..models.backbone_weights import build_backbone_for_other_weights, build_configured_backbone
 from ..models.parts import CLASS_HEAD_PREFIX, QUERY_EMBEDDING, freeze, part_of
 
-REPORT_FILE = "init_report.json"
 
 
 def _key(name: str) -> str:
@@ -226,7 +226,7 @@ def prepare_model(model: nn.Module, cfg: Config, class_names: list[str], source:
 
 
 def save_report(out_dir: Path, report: dict) -> Path:
-    path = Path(out_dir) / REPORT_FILE
+    path = Path(out_dir) / INIT_REPORT
     text = json.dumps(report, indent=1) + "\n"
     atomic_write(path, lambda p: Path(p).write_text(text))
     return path

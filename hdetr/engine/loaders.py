@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import Config
-from ..data.coco import CategoryMap, CocoDetection
+from ..data.categories import CategoryMap
+from ..data.coco import CocoDetection
 from ..data.layouts import DataSource, has_own_split, resolve_source
 from ..data.collate import collate
 from ..data.transforms import build_transforms, eval_transforms

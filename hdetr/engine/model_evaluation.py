@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..checkpoint import LoadedWeights, build_detector_model, load_weights
-from ..data.categories import same_categories
-from ..data.coco import CategoryMap
+from ..data.categories import same_categories, CategoryMap
 from ..errors import UserError
 from . import distributed
 from .inference import gather_detections, score_detections

@@ -185,7 +185,7 @@ def plot_confusion(matrix: np.ndarray, names: list[str], conf: float, iou: float
 def draw_gallery(errors: dict, key: str, coco_gt: COCO, images_dir, names: dict[int, str], count: int,
                  path: Path) -> list[dict]:
     """The ``count`` images with the most ``key`` (missed / false) errors, GT green, predictions red."""
-    from ..data.coco import load_image
+    from ..data.images import load_image
     from ..draw import draw_errors, grid, to_pil
     from torchvision.transforms.v2.functional import pil_to_tensor
 

@@ -12,14 +12,14 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
+from ..run_folder import LOCK
 
-LOCK_FILE = ".hdetr.lock"
 _HELD: dict[str, "RunLock"] = {}  # the locks this process holds, by lock file
 
 
 class RunLock:
     def __init__(self, folder: Path):
-        self.path = Path(folder) / LOCK_FILE
+        self.path = Path(folder) / LOCK
         self.fd: int | None = None
 
     def acquire(self) -> "RunLock":

@@ -17,9 +17,8 @@ import os
 from pathlib import Path
 
 from ..files import atomic_write
+from ..run_folder import CURVES, METRICS
 
-METRICS_FILE = "metrics.jsonl"
-CURVES_FILE = "curves.png"
 PREDICTIONS_FILE = "predictions.png"  # written only when trackers are on
 PREDICTION_IMAGES = 8
 
@@ -50,7 +49,7 @@ class RunLog:
             from .trackers import Trackers
 
             self.trackers = Trackers(list(trackers), out_dir, config or {}, resume=resume_step is not None)
-        self.path = out_dir / METRICS_FILE
+        self.path = out_dir / METRICS
         if resume_step is not None:
             # Records written after the checkpoint we resume from will be produced again: drop them.
             kept = [r for r in read_records(self.path) if r.get("step", 0) <= resume_step]
@@ -107,7 +106,7 @@ class RunLog:
 
 def plot_curves(out_dir: Path) -> Path | None:
     """Loss terms over steps and AP/AP50 over epochs, from metrics.jsonl."""
-    records = read_records(out_dir / METRICS_FILE)
+    records = read_records(out_dir / METRICS)
     train = [r for r in records if "losses" in r]
     evals = [r for r in records if "eval" in r]
     if not train and not evals:
@@ -141,7 +140,7 @@ def plot_curves(out_dir: Path) -> Path | None:
     ax_ap.set_title("validation")
     ax_ap.set_ylim(0, 1)
     fig.tight_layout()
-    path = out_dir / CURVES_FILE
+    path = out_dir / CURVES
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

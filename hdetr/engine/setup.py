@@ -16,14 +16,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..config import Config, ConfigError, validate
-from ..data.categories import same_categories
-from ..data.coco import CategoryMap
+from ..data.categories import same_categories, CategoryMap
 from ..data.validate import validate_source
 from ..errors import DataError, UserError
 from ..losses import SetCriterion
 from ..models import build_model
 from ..models.backbone_weights import build_backbone_for_other_weights
-from ..models.checkpointing import apply_activation_checkpointing
+from ..models.recompute import apply_activation_checkpointing
 from . import distributed
 from .distributed import DistInfo
 from .ema import ModelEMA

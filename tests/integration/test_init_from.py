@@ -12,7 +12,8 @@ import torch
 
 from hdetr.checkpoint import load_weights
 from hdetr.config import ConfigError, load_config
-from hdetr.engine.init_from import REPORT_FILE, build_model_for_source, init_from
+from hdetr.engine.init_from import build_model_for_source, init_from
+from hdetr.run_folder import INIT_REPORT as REPORT_FILE
 from hdetr.engine.sampling import seed_everything
 from hdetr.engine.train import Trainer, train
 from hdetr.errors import UserError

@@ -14,7 +14,7 @@ import torch
 
 from hdetr.checkpoint import load_weights, safe_torch_load
 from hdetr.config import load_config
-from hdetr.engine.init_from import REPORT_FILE
+from hdetr.run_folder import INIT_REPORT as REPORT_FILE
 from hdetr.engine.sampling import seed_everything
 from hdetr.engine.train import Trainer
 from hdetr.models import build_model

@@ -17,7 +17,6 @@ import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from hdetr import Detector  # noqa: E402
-from hdetr.api import Detections  # noqa: E402
 from hdetr.cli import main as cli_main  # noqa: E402
 from hdetr.serve import create_app  # noqa: E402
 from support.serve_helpers import (  # noqa: E402

@@ -1,6 +1,6 @@
 """A minimal stand-in for a checkout of the official H-Deformable-DETR repository, written to a folder.
 
-Same layout, entry points and calling conventions as the parts ``hdetr.bench.official`` uses (main.py's
+Same layout, entry points and calling conventions as the parts ``benchmarks.official`` uses (main.py's
 get_args_parser, engine.py's train_hybrid, models.deformable_detr.build, the ops package with a
 compiled-op import and a pure-PyTorch function, util.misc, the R50 config scripts), with a toy model,
 so that the side-by-side harness is tested without the real checkout.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hdetr.bench.official import CONFIGS
+from benchmarks.official import CONFIGS
 
 FILES = {
     "main.py": '''

@@ -14,7 +14,7 @@ def sleeping_child(spec: dict) -> None:
 
 
 def main(work: str) -> None:
-    from hdetr.bench.ablation_runs import run_pending
+    from benchmarks.ablation_runs import run_pending
 
     specs = []
     for i in range(2):

@@ -11,7 +11,7 @@ from hdetr.config import ConfigError, build_config
 from hdetr.hybrid import matching_plan
 from hdetr.losses import SetCriterion
 from hdetr.models import build_model
-from hdetr.models.checkpointing import apply_activation_checkpointing, backbone_stages, is_checkpointed
+from hdetr.models.recompute import apply_activation_checkpointing, is_checkpointed
 
 
 def _config(impl: str, backbone: str = "precomputed", dropout: float = 0.1):
@@ -113,12 +113,14 @@ def test_backbone_stages():
     def backbone(*overrides):
         return build_backbone(build_config({}, list(overrides)).model)
 
-    names = lambda b: [n for n, m in b.body.named_children() if any(m is s for s in backbone_stages(b))]
+    names = lambda b: [n for n, m in b.body.named_children() if any(m is s for s in b.stages())]
     assert names(backbone("model.backbone=resnet18")) == ["layer1", "layer2", "layer3", "layer4"]
     tiny = backbone("model.backbone=tiny")
-    assert [n for n, m in tiny.named_children() if any(m is s for s in backbone_stages(tiny))] == \
+    assert [n for n, m in tiny.named_children() if any(m is s for s in tiny.stages())] == \
         ["stem", "stage16", "stage32"]
-    assert backbone_stages(backbone("model.backbone=precomputed", "model.backbone_channels=[8,16,32]")) == []
+    lite0 = backbone("model.backbone=efficientnet_lite0")
+    assert [m for m in lite0.stages()] == list(lite0.body.blocks) and len(lite0.stages()) == 7
+    assert backbone("model.backbone=precomputed", "model.backbone_channels=[8,16,32]").stages() == []
 
 
 def test_checkpointed_model_deepcopies_and_unknown_parts_fail():

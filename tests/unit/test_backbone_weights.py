@@ -67,7 +67,7 @@ def test_wrong_file_names_the_first_mismatching_tensor(tmp_path):
     # The config refuses weights for a backbone that takes none, and the loader too when called without one.
     with pytest.raises(ConfigError, match="backbone 'tiny' has no weights to load"):
         _cfg(f"model.backbone_weights={path}")
-    with pytest.raises(ConfigError, match="holds EfficientNet-Lite0 weights, but model.backbone is 'resnet18'"):
+    with pytest.raises(ConfigError, match="holds efficientnet_lite0 weights, but model.backbone is 'resnet18'"):
         _cfg("model.backbone=resnet18", "model.backbone_weights=efficientnet_lite0_imagenet")
     with pytest.raises(UserError, match="backbone 'tiny' has no weights to load"):
         load_backbone_weights(build_configured_backbone(_cfg().model), "tiny", str(path))

@@ -5,9 +5,17 @@ import pytest
 import torch
 from PIL import Image
 
-from hdetr.data.coco import COCO_CATEGORIES, CategoryMap, CocoDetection, resolve_dataset
+from hdetr.data.categories import COCO_CATEGORIES, CategoryMap
+from hdetr.data.coco import CocoDetection
+from hdetr.data.layouts import resolve_source
 from hdetr.data.synthetic import write_synthetic_dataset
 from hdetr.data.transforms import build_transforms
+
+
+def resolve_dataset(spec, split):
+    """(images folder, annotation file) of a COCO-JSON split, as the layout resolver finds them."""
+    src = resolve_source(spec, split)
+    return src.images_dir, src.ann_file
 
 
 def _write_json(path: Path, doc: dict) -> Path:

@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from hdetr.data.coco import CategoryMap, COCO_CATEGORIES
+from hdetr.data.categories import CategoryMap, COCO_CATEGORIES
 from hdetr.engine.evaluate import (
     COCO_METRIC_KEYS,
     coco_metrics,
@@ -140,13 +140,15 @@ def test_ground_truth_through_data_pipeline_scores_one(tmp_path):
     # Dataset -> transforms -> collate -> back to original pixels -> COCO results:
     # feeding the targets back as predictions must give a perfect score, which
     # pins down the box normalisation, label mapping and image-id plumbing.
-    from hdetr.data.coco import CocoDetection, resolve_dataset
+    from hdetr.data.coco import CocoDetection
+    from hdetr.data.layouts import resolve_source
     from hdetr.data.collate import collate
     from hdetr.data.synthetic import write_synthetic_dataset
     from hdetr.data.transforms import build_transforms
 
     write_synthetic_dataset(tmp_path, num_train=1, num_val=12, image_size=(96, 64), seed=3)
-    images_dir, ann = resolve_dataset(tmp_path, "val")
+    src = resolve_source(tmp_path, "val")
+    images_dir, ann = src.images_dir, src.ann_file
     ds = CocoDetection(images_dir, ann, transforms=build_transforms(False, scales=[80], max_size=200))
     loader = torch.utils.data.DataLoader(ds, batch_size=5, collate_fn=collate)
     results, ids = [], []

@@ -87,16 +87,21 @@ def test_an_unknown_backbone_is_refused_before_any_data_is_read(tmp_path, capsys
     assert not (tmp_path / "run").exists()
 
 
-def test_registering_a_backbone_makes_its_name_valid(monkeypatch):
-    from hdetr.models import backbone as backbones
+def test_registering_a_backbone_makes_its_name_valid():
+    from hdetr.backbones import BACKBONES, BackboneEntry, register_backbone
     from hdetr.models import build_model
+    from hdetr.models.backbone import TinyBackbone
 
-    monkeypatch.setattr(backbones, "BACKBONES", dict(backbones.BACKBONES))
     with pytest.raises(ConfigError, match="model.backbone"):
         build_config({}, ["model.backbone=mine"])
-    backbones.register_backbone("mine", lambda m: backbones.TinyBackbone(), pretrained_weights=False)
-    cfg = build_config({}, ["model.backbone=mine", "model.num_feature_levels=3"])
-    assert isinstance(build_model(cfg).backbone, backbones.TinyBackbone)
+    register_backbone(BackboneEntry("mine", lambda m: TinyBackbone()))
+    try:
+        cfg = build_config({}, ["model.backbone=mine", "model.num_feature_levels=3"])
+        assert isinstance(build_model(cfg).backbone, TinyBackbone)
+        with pytest.raises(ConfigError, match="has no weights to load"):
+            build_config({}, ["model.backbone=mine", "model.backbone_weights=w.pth"])
+    finally:
+        del BACKBONES["mine"]
 
 
 

@@ -93,7 +93,8 @@ def test_generators_give_the_scenes_they_always_gave(style):
 
     import numpy as np
 
-    from hdetr.data import coco_like, synthetic_target
+    from benchmarks import synthetic_target  # the fine-tuning benchmark's target domain
+    from hdetr.data import coco_like
 
     render = {
         "shapes": lambda rng: synthetic._render(rng, 72, 64),

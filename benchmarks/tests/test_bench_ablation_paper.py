@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from hdetr.bench import ablation, regimes
+from benchmarks import ablation, regimes
 from hdetr.cli import build_parser
 from hdetr.errors import UserError
 from support.paths import REPO

@@ -12,7 +12,7 @@ from .ablation_report import mean_std
 
 # -- inference speed and FLOPs, side by side ---------------------------------------------------------
 def load_trained(run_dir: Path, device):
-    from ..checkpoint import build_detector_model, load_weights
+    from hdetr.checkpoint import build_detector_model, load_weights
 
     loaded = load_weights(run_dir / "last.pt")  # the EMA weights when the run kept them
     return build_detector_model(loaded, device).requires_grad_(False), loaded.cfg
@@ -71,9 +71,9 @@ def train_step_speed(overrides: dict[str, list[str]], device: str, work: Path, r
     timed with both of its matching plans and weighted by the share of epochs each one gets."""
     import shutil
 
-    from ..config import load_config
-    from ..engine.train import Trainer
-    from ..hybrid import matching_plan
+    from hdetr.config import load_config
+    from hdetr.engine.train import Trainer
+    from hdetr.hybrid import matching_plan
 
     scratch = work / "step_timing"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -132,10 +132,10 @@ def nms_diagnostic(run_dir: Path, device, data_dir: Path, iou: float = 0.7) -> d
     import torch
     from torchvision.ops import batched_nms
 
-    from ..engine.distributed import DistInfo
-    from ..engine.evaluate import coco_metrics
-    from ..engine.inference import predict_dataset
-    from ..engine.loaders import eval_loader, load_split
+    from hdetr.engine.distributed import DistInfo
+    from hdetr.engine.evaluate import coco_metrics
+    from hdetr.engine.inference import predict_dataset
+    from hdetr.engine.loaders import eval_loader, load_split
 
     model, cfg = load_trained(run_dir, device)
     # The dataset of this invocation, not the path saved in the run: runs may have been trained from

@@ -122,9 +122,10 @@ def train_run(spec: dict) -> dict:
     """Train one run (resuming it if interrupted); write and return its result."""
     import torch
 
-    from ..config import load_config
-    from ..engine.runlog import METRICS_FILE, read_records
-    from ..engine.train import LAST, train
+    from hdetr.config import load_config
+    from hdetr.engine.runlog import read_records
+    from hdetr.run_folder import METRICS as METRICS_FILE
+    from hdetr.engine.train import LAST, train
 
     run_dir = Path(spec["run_dir"])
     torch.set_num_threads(spec["threads"])
@@ -146,7 +147,7 @@ def train_run(spec: dict) -> dict:
 def _child(spec: dict) -> dict:
     """A run in a pool process, its log in the run folder. Stopped by a signal (the run saved its
     checkpoint), the process exits rather than take the next run: the bench resumes on the next call."""
-    from ..errors import Interrupted
+    from hdetr.errors import Interrupted
 
     Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True)
     with open(Path(spec["run_dir"]) / "train.log", "a", buffering=1) as log:
@@ -244,8 +245,8 @@ def plot(table: dict, path: Path, title: str) -> None:
 
 
 def run(args) -> int:
-    from ..data.synthetic import write_synthetic_dataset
-    from ..data.synthetic_target import write_target_dataset
+    from hdetr.data.synthetic import write_synthetic_dataset
+    from hdetr.data.synthetic_target import write_target_dataset
     from .machine import describe, one_line
     from .report import write_report
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .synthetic import ANNOTATION_FILE, SPLITS, _encode_jpeg, place_objects, shapes_object_count
+from hdetr.data.shapes import place_objects
+from hdetr.data.synthetic import ANNOTATION_FILE, SPLITS, _encode_jpeg, shapes_object_count
 
 CATEGORIES = (
     {"id": 1, "name": "star", "supercategory": "shape"},

@@ -116,7 +116,7 @@ COLOURS = {"baseline": "tab:gray", "baseline_more_queries": "tab:brown", "branch
 
 def plot_marks(budget: Budget, iters_per_epoch: int, schemes) -> dict[str, int]:
     """Vertical lines for the iteration axis: the lr drop, and the epoch scheme's switch when it is plotted."""
-    from ..hybrid import one2many_epoch_count
+    from hdetr.hybrid import one2many_epoch_count
 
     marks = {"lr x0.1": budget.lr_drop * iters_per_epoch}
     if "epoch" in schemes:

@@ -48,7 +48,7 @@ def rss_mb(pid: int) -> float | None:
 def scene_jpeg(image: Path | None, size: str) -> tuple[bytes, str, tuple[int, int]]:
     from PIL import Image
 
-    from ..errors import UserError
+    from hdetr.errors import UserError
 
     if image is not None:
         if not image.is_file():
@@ -61,7 +61,7 @@ def scene_jpeg(image: Path | None, size: str) -> tuple[bytes, str, tuple[int, in
             raise UserError(f"{image}: not an image ({type(e).__name__}: {e})") from None
     import numpy as np
 
-    from ..data.synthetic import _encode_jpeg, _render
+    from hdetr.data.synthetic import _encode_jpeg, _render
 
     if not re.fullmatch(r"\d+x\d+", size):
         raise UserError(f"--size must be HxW, e.g. 480x640, got {size!r}")
@@ -218,7 +218,7 @@ def summarise(run: dict, rss_warm: float | None, rss_end: float | None, samples:
 def run(args) -> int:
     import json
 
-    from ..errors import UserError
+    from hdetr.errors import UserError
     from .machine import describe as machine_info
 
     if args.clients < 1 or args.requests < 1 or args.max_seconds <= 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..files import atomic_write  # torch-free: benchmark modules build the CLI's parser
+from hdetr.files import atomic_write  # torch-free: benchmark modules build the CLI's parser
 
 
 def write_report(path: str | Path, doc: dict) -> Path:

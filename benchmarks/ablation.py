@@ -2,7 +2,7 @@
 
 Every scheme trains the same small model (two-stage Deformable-DETR with box refinement) on the same
 synthetic dataset with the same schedule, for several seeds. The budget is a regime of
-``hdetr.bench.regimes``: ``paper`` (default: ImageNet EfficientNet-Lite0, COCO-like scenes) or ``toy``
+``benchmarks.regimes``: ``paper`` (default: ImageNet EfficientNet-Lite0, COCO-like scenes) or ``toy``
 (``tiny`` backbone from scratch on flat shapes, ``ablation_setup.DEFAULT``):
 
 - ``baseline``: one-to-one matching, N queries (the config's ``hybrid.scheme=none``);
@@ -32,7 +32,7 @@ import statistics
 import time
 from pathlib import Path
 
-from .ablation_setup import Budget, CLOCKS, DEFAULT, PRESET, QUICK, SCHEMES, check_budget, common_overrides, run_overrides, scheme_overrides, scheme_queries, tokens
+from .ablation_setup import Budget, CLOCKS, PRESET, SCHEMES, check_budget, common_overrides, run_overrides, scheme_overrides, scheme_queries
 from .ablation_runs import read_result, run_pending, run_s_per_iter
 from .ablation_measure import load_trained, format_nms_table, inference_flops, inference_speed, nms_diagnostic, train_step_speed
 from .ablation_report import aggregate, format_table, machine_description, plot, plot_marks
@@ -80,8 +80,8 @@ def _apply_settings(b: Budget, settings: list[str]) -> Budget:
     (hdetr.config); a float may also be a fraction such as 2/3."""
     from typing import get_origin, get_type_hints
 
-    from ..config import ConfigError, _coerce
-    from ..errors import UserError
+    from hdetr.config import ConfigError, coerce_value
+    from hdetr.errors import UserError
 
     types = get_type_hints(Budget)
     changes = {}
@@ -93,19 +93,19 @@ def _apply_settings(b: Budget, settings: list[str]) -> Budget:
         typ = types[key]
         try:
             if get_origin(typ) is tuple:  # 64 / 64,80 / [64,80] / (64,80)
-                changes[key] = tuple(_coerce("[" + raw.strip("()[] ") + "]", list[int], f"--set {key}"))
+                changes[key] = tuple(coerce_value("[" + raw.strip("()[] ") + "]", list[int], f"--set {key}"))
             elif typ is float and "/" in raw:
                 a, _, c = raw.partition("/")
-                changes[key] = _coerce(a, float, f"--set {key}") / _coerce(c, float, f"--set {key}")
+                changes[key] = coerce_value(a, float, f"--set {key}") / coerce_value(c, float, f"--set {key}")
             else:
-                changes[key] = _coerce(raw, typ, f"--set {key}")
+                changes[key] = coerce_value(raw, typ, f"--set {key}")
         except (ConfigError, ZeroDivisionError) as e:
             raise UserError(f"--set {item!r}: {e}") from None
     return dataclasses.replace(b, **changes)
 
 
 def _ensure_dataset(work: Path, b: Budget) -> Path:
-    from ..data.synthetic import write_synthetic_dataset
+    from hdetr.data.synthetic import write_synthetic_dataset
 
     if b.data:
         return Path(b.data)
@@ -124,7 +124,7 @@ def run_ablation(args) -> int:
     import torch
 
     from .report import write_report
-    from ..errors import UserError
+    from hdetr.errors import UserError
 
     from .regimes import regime_budget
 

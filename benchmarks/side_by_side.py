@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 
-from .speed import BASELINE_PRESET, HYBRID_PRESET, Timer, _record, _schedule_pairs, build
+from .timing import BASELINE_PRESET, HYBRID_PRESET, Timer, build, record, schedule_pairs
 
 IMPLS = ("official", "fast")  # result keys: the official code, hdetr's default (fast) path
 
@@ -33,7 +33,7 @@ def _targets(targets, device):
 def measure_side_by_side(args, inputs, image_size, results: dict, checks: dict, warmup: int, sync) -> dict:
     import torch
 
-    from ..checkpoint import convert_official_state_dict
+    from hdetr.checkpoint import convert_official_state_dict
     from .official import RecordingMatcher, build_official, load_official, official_train_losses
 
     device = args.device
@@ -89,7 +89,7 @@ def measure_side_by_side(args, inputs, image_size, results: dict, checks: dict, 
 
     trained = [t for t in ("hybrid", "baseline") if t in only and t in built]
     pairs = [(tag, impl) for tag in trained for impl in IMPLS]
-    for rep, order in _schedule_pairs(pairs, args.repeats, warmup):
+    for rep, order in schedule_pairs(pairs, args.repeats, warmup):
         done = {}
         for tag, impl in order:
             if impl == "official":
@@ -102,7 +102,7 @@ def measure_side_by_side(args, inputs, image_size, results: dict, checks: dict, 
             step.wall, step.cpu = t_fwd.wall + t_bwd.wall, t_fwd.cpu + t_bwd.cpu
             if rep is not None:
                 for name, t in (("forward_and_loss", t_fwd), ("backward", t_bwd), ("train_step", step)):
-                    _record(results, impl, f"{tag}.{name}", t)
+                    record(results, impl, f"{tag}.{name}", t)
             # A full-size official step takes tens of seconds: say what was measured as it goes.
             print(f"  {'warm-up' if rep is None else f'repetition {rep + 1}/{args.repeats}'}: {tag} {impl} "
                   f"{step.wall:.1f} s / {step.cpu:.1f} CPU-s", flush=True)
@@ -115,12 +115,12 @@ def measure_side_by_side(args, inputs, image_size, results: dict, checks: dict, 
         net.eval()
         model.eval()
         outs = {}
-        for rep, order in _schedule_pairs(list(IMPLS), args.repeats, warmup):
+        for rep, order in schedule_pairs(list(IMPLS), args.repeats, warmup):
             for impl in order:
                 with torch.no_grad(), Timer(sync) as t:
                     outs[impl] = net(samples) if impl == "official" else model(None, mask, features=features)
                 if rep is not None:
-                    _record(results, impl, "eval.forward", t)
+                    record(results, impl, "eval.forward", t)
                 print(f"  {'warm-up' if rep is None else f'repetition {rep + 1}/{args.repeats}'}: eval {impl} "
                       f"{t.wall:.1f} s / {t.cpu:.1f} CPU-s", flush=True)
         a, b = outs["official"], outs["fast"]

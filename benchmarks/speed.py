@@ -14,10 +14,7 @@ The backbone is replaced by precomputed stride-8/16/32 feature maps of one 800x1
 
 ``--impl both`` times the fast and the reference computation paths side by side in one process,
 interleaved, on the same weights; ``--official`` adds the side-by-side run of the official code
-(hdetr/bench/official.py). Results go to the screen and to ``--out`` as JSON, with the machine.
-
-Over 400 lines because every measurement shares one set of inputs, models and interleaved timing
-schedule, so that the figures it prints are taken side by side in one process.
+(benchmarks/official.py). Results go to the screen and to ``--out`` as JSON, with the machine.
 """
 
 from __future__ import annotations
@@ -27,18 +24,15 @@ import statistics
 import time
 from pathlib import Path
 
-from ..threads import add_threads_argument
+from hdetr.threads import add_threads_argument
 from .report import write_report
+from .timing import BASELINE_PRESET, FEATURE_STRIDES, HYBRID_PRESET, Timer, build, record, schedule_pairs, synthetic_inputs
 
 TARGETS = {  # fast path, full size (docs/performance.md)
     "hybrid.train_step": ("<=", 16.0, "s"),
     "eval.forward": ("<=", 3.0, "s"),
     "hybrid_overhead": ("<=", 0.20, "fraction"),
 }
-HYBRID_PRESET = "r50_hybrid_branch_12ep"
-BASELINE_PRESET = "r50_baseline_12ep"
-FEATURE_CHANNELS = (512, 1024, 2048)
-FEATURE_STRIDES = (8, 16, 32)
 
 
 def add_arguments(p) -> None:
@@ -74,72 +68,12 @@ def machine_info() -> dict:
     return describe()
 
 
-# -- setup ----------------------------------------------------------------------------------------
-class Timer:
-    """Wall and process-CPU time of a block (CPU time shows how much the machine was shared).
-    ``sync`` (e.g. ``torch.cuda.synchronize``) runs at both ends, so that GPU work is inside."""
-
-    def __init__(self, sync=None):
-        self.sync = sync
-
-    def __enter__(self):
-        if self.sync:
-            self.sync()
-        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        if self.sync:
-            self.sync()
-        self.wall = time.perf_counter() - self.wall0
-        self.cpu = time.process_time() - self.cpu0
 
 
-def synthetic_inputs(image_size, boxes: int, real_backbone: bool, seed: int = 0):
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    h, w = image_size
-    mask = torch.zeros(1, h, w, dtype=torch.bool)
-    image = torch.randn(1, 3, h, w, generator=g) if real_backbone else None
-    features = None
-    if not real_backbone:
-        features = [torch.randn(1, c, -(-h // s), -(-w // s), generator=g) for c, s in zip(FEATURE_CHANNELS, FEATURE_STRIDES)]
-    cxcy = torch.rand(boxes, 2, generator=g) * 0.6 + 0.2
-    wh = torch.rand(boxes, 2, generator=g) * 0.3 + 0.05
-    targets = [{"labels": torch.randint(0, 91, (boxes,), generator=g), "boxes": torch.cat([cxcy, wh], 1)}]
-    return image, mask, features, targets
 
 
-def build(preset: str, impl: str, real_backbone: bool, checkpoint_activations=None):
-    import torch
-
-    from ..models.checkpointing import apply_activation_checkpointing
-
-    from ..config import load_config
-    from ..hybrid import matching_plan
-    from ..losses import SetCriterion
-    from ..models import build_model
-
-    overrides = [f"model.attention_impl={impl}"]
-    if not real_backbone:
-        overrides += ["model.backbone=precomputed", f"model.backbone_channels={list(FEATURE_CHANNELS)}"]
-    cfg = load_config(preset, overrides)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    if checkpoint_activations:
-        apply_activation_checkpointing(model, checkpoint_activations)
-    criterion = SetCriterion(cfg.model.num_classes, cfg.loss)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    return cfg, model, criterion, optimizer, matching_plan(cfg, epoch=0)
 
 
-# -- measurements ---------------------------------------------------------------------------------
-def _record(results: dict, impl: str, name: str, t: Timer) -> None:
-    entry = results.setdefault(impl, {}).setdefault(name, {"wall_s": [], "cpu_s": []})
-    entry["wall_s"].append(t.wall)
-    entry["cpu_s"].append(t.cpu)
 
 
 def _autocast(args):
@@ -171,7 +105,7 @@ def _record_peak_memory(results: dict, impl: str, name: str, args) -> None:
 
 def _schedule(impls, repeats: int, warmup: int):
     """(repeat index or None for warm-up, impl) pairs; impl order alternates between repeats."""
-    return [(rep, impl) for rep, order in _schedule_pairs(impls, repeats, warmup) for impl in order]
+    return [(rep, impl) for rep, order in schedule_pairs(impls, repeats, warmup) for impl in order]
 
 
 def measure_train(models: list[tuple[str, str]], impls, inputs, args, results: dict, checks: dict, warmup: int) -> None:
@@ -187,7 +121,7 @@ def measure_train(models: list[tuple[str, str]], impls, inputs, args, results: d
         model.to(args.device).train()
         built[tag] = (cfg, model, criterion, optimizer, plan, [p for p in model.parameters() if p.requires_grad])
     pairs = [(tag, impl) for tag in built for impl in impls]
-    for rep, pair_order in _schedule_pairs(pairs, args.repeats, warmup):
+    for rep, pair_order in schedule_pairs(pairs, args.repeats, warmup):
         for tag, impl in pair_order:
             cfg, model, criterion, optimizer, plan, params = built[tag]
             model.set_attention_impl(impl)
@@ -213,22 +147,18 @@ def measure_train(models: list[tuple[str, str]], impls, inputs, args, results: d
             step.cpu = t_fwd.cpu + t_loss.cpu + t_bwd.cpu
             for name, t in (("forward", t_fwd), ("loss", t_loss), ("backward", t_bwd), ("optimizer_step", t_opt),
                             ("train_step", step)):
-                _record(results, impl, f"{tag}.{name}", t)
+                record(results, impl, f"{tag}.{name}", t)
             del out, losses, total
 
 
-def _schedule_pairs(pairs: list, repeats: int, warmup: int):
-    """(repeat index or None for warm-up, pairs in run order); the order reverses every repetition."""
-    return [(None if r < warmup else r - warmup, pairs if r % 2 == 0 else pairs[::-1])
-            for r in range(warmup + repeats)]
 
 
 def measure_matcher(impls, inputs, args, results: dict, warmup: int) -> None:
     """All matcher calls of one hybrid training step, on fixed (detached) outputs."""
     import torch
 
-    from ..hybrid import layer_outputs
-    from ..losses import binary_targets, repeat_targets
+    from hdetr.hybrid import layer_outputs
+    from hdetr.losses import binary_targets, repeat_targets
 
     image, mask, features, targets = inputs
     cfg, model, criterion, _, plan = build(HYBRID_PRESET, impls[0], args.real_backbone)
@@ -244,7 +174,7 @@ def measure_matcher(impls, inputs, args, results: dict, warmup: int) -> None:
             for o, tg in calls:
                 criterion.matcher(o, tg)
         if rep is not None:
-            _record(results, impl, "matcher.hybrid_step", t)
+            record(results, impl, "matcher.hybrid_step", t)
 
 
 def measure_eval(impls, inputs, args, results: dict, checks: dict, warmup: int) -> None:
@@ -260,7 +190,7 @@ def measure_eval(impls, inputs, args, results: dict, checks: dict, warmup: int) 
             out = model(image, mask, features=features)
         outs[impl] = out
         if rep is not None:
-            _record(results, impl, "eval.forward", t)
+            record(results, impl, "eval.forward", t)
     if len(outs) == 2:
         a, b = outs.values()
         if "enc_outputs" in a:
@@ -282,7 +212,7 @@ def measure_attention(impls, image_size, args, results: dict, checks: dict, warm
     """Deformable attention alone, as in an encoder layer: every token of the 4 levels is a query."""
     import torch
 
-    from ..models.deformable_attention import ms_deform_attn_fast, ms_deform_attn_reference
+    from hdetr.models.deformable_attention import ms_deform_attn_fast, ms_deform_attn_reference
 
     fns = {"fast": ms_deform_attn_fast, "reference": ms_deform_attn_reference}
     h, w = image_size
@@ -312,8 +242,8 @@ def measure_attention(impls, image_size, args, results: dict, checks: dict, warm
             out.backward(grad_out)
         outs[impl] = (out.detach(), value.grad.clone(), locations.grad.clone(), weights.grad.clone())
         if rep is not None:
-            _record(results, impl, "attention.forward", t_fwd)
-            _record(results, impl, "attention.backward", t_bwd)
+            record(results, impl, "attention.forward", t_fwd)
+            record(results, impl, "attention.backward", t_bwd)
     if len(outs) == 2:
         a, b = outs.values()
         for name, x, y in zip(("out", "grad_value", "grad_locations", "grad_weights"), a, b):
@@ -422,7 +352,7 @@ def check_targets(summary: dict, quick: bool, real_backbone: bool, image_size) -
 def run_speed(args) -> int:
     import torch
 
-    from ..errors import UserError
+    from hdetr.errors import UserError
 
     if args.repeats is not None and args.repeats < 1:
         raise UserError(f"--repeats must be >= 1, got {args.repeats}")
@@ -522,8 +452,8 @@ run = run_speed
 
 
 def run_side_by_side(args, inputs, image_size, warmup: int) -> int:
-    """--official PATH: the official code against hdetr's fast path (hdetr.bench.side_by_side)."""
-    from ..errors import UserError
+    """--official PATH: the official code against hdetr's fast path (benchmarks.side_by_side)."""
+    from hdetr.errors import UserError
     from .official import OfficialCodeError
     from .side_by_side import measure_side_by_side, ratios
 

@@ -1,4 +1,7 @@
-"""Loading checkpoint files safely: loading never runs code (atomic writes: ``hdetr.files``)."""
+"""Loading weight and checkpoint files safely: loading never runs code (atomic writes: ``hdetr.files``).
+
+At the bottom of the layers, so that the backbone weights loader (models) and the checkpoint loader
+(checkpoint) read files the same way without importing each other."""
 
 from __future__ import annotations
 

@@ -33,9 +33,10 @@ def train_run(spec: dict) -> dict:
     """Train one (scheme, seed); write and return its result. Resumes from last.pt if there is one."""
     import torch
 
-    from ..config import load_config
-    from ..engine.runlog import METRICS_FILE, read_records
-    from ..engine.train import LAST, train
+    from hdetr.config import load_config
+    from hdetr.engine.runlog import read_records
+    from hdetr.run_folder import METRICS as METRICS_FILE
+    from hdetr.engine.train import LAST, train
 
     run_dir = Path(spec["run_dir"])
     lock = _try_lock(run_dir)
@@ -185,7 +186,7 @@ def _stop_children(running: list, log) -> None:
 
 
 def _pool(ctx, pending: list[dict], jobs: int, log, done: list[dict], running: list, target) -> list[dict]:
-    from ..errors import UserError
+    from hdetr.errors import UserError
 
     queue = list(pending)
     failures, retries, waiting = [], {}, set()

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from hdetr.bench import ablation, ablation_report, ablation_runs, ablation_setup
+from benchmarks import ablation, ablation_report, ablation_runs, ablation_setup
 from hdetr.cli import build_parser
 from hdetr.hybrid import query_groups
 

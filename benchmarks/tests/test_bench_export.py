@@ -37,7 +37,7 @@ def test_runner_hands_the_parsed_options_to_the_child(tmp_path, monkeypatch):
     import os
     from pathlib import Path
 
-    from hdetr.bench.runner import run_in_child
+    from benchmarks.runner import run_in_child
 
     pkg = tmp_path / "echo_pkg"
     pkg.mkdir()

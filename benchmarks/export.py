@@ -7,7 +7,7 @@ after warm-up, and the median is reported, so load from other processes on a sha
 backends alike. PyTorch's OpenMP threads busy-wait between ops by default, which on a shared CPU slows
 eager PyTorch down several-fold; the benchmark therefore runs with OMP_WAIT_POLICY=PASSIVE
 (onnxruntime gets allow_spinning=0) unless --omp-spin is given. The policy must be set before torch
-loads, so the measurement runs in a child process (hdetr.bench.runner).
+loads, so the measurement runs in a child process (benchmarks.runner).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def measure(args) -> int:
 def _ort_backend(path: Path, threads: int, level: str):
     import onnxruntime as ort
 
-    from ..runtime import session_options
+    from hdetr.runtime import session_options
 
     opts = session_options(threads=threads, optimization=level)
     # Do not busy-wait between ops: the machine is shared and spinning threads steal the other's core.
@@ -86,10 +86,10 @@ def run_export_benchmark(preset: str = "r50_hybrid_branch_12ep", sizes=DEFAULT_S
     import onnxruntime as ort
     import torch
 
-    from ..config import load_config
-    from ..export import ExportResult, export_onnx
-    from ..graph_metadata import read_metadata
-    from ..models import build_model
+    from hdetr.config import load_config
+    from hdetr.export import ExportResult, export_onnx
+    from hdetr.graph_metadata import read_metadata
+    from hdetr.models import build_model
     from .machine import describe, load_average
 
     torch.set_num_threads(threads)

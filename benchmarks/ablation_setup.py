@@ -1,4 +1,4 @@
-"""The ablation's budget and its schemes: which configs the runs train (see hdetr/bench/ablation.py)."""
+"""The ablation's budget and its schemes: which configs the runs train (see benchmarks/ablation.py)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class Budget:
     lambda_one2many: float
     epoch_ratio: float  # rho
     one2many_layers: int  # L1
-    # Added with the paper regime (hdetr.bench.regimes); their defaults are the toy budget's settings.
+    # Added with the paper regime (benchmarks.regimes); their defaults are the toy budget's settings.
     dataset: str = "shapes"  # write_synthetic_dataset style: shapes | coco_like
     backbone: str = "tiny"
     backbone_weights: str = ""  # model.backbone_weights (ImageNet weights also freeze the stem)
@@ -103,7 +103,7 @@ def tokens(side: int, levels: int = 4) -> int:
 
 
 def check_budget(b: Budget) -> None:
-    from ..errors import UserError
+    from hdetr.errors import UserError
 
     total = b.num_queries + b.num_queries_one2many
     if tokens(min(b.train_scales)) < total:
@@ -145,8 +145,8 @@ def scheme_overrides(scheme: str, b: Budget) -> list[str]:
 
 def scheme_queries(scheme: str, b: Budget) -> tuple[int, int]:
     """(queries in training, queries at inference) of an arm, as the model builds them."""
-    from ..config import load_config
-    from ..hybrid import query_groups
+    from hdetr.config import load_config
+    from hdetr.hybrid import query_groups
 
     groups = query_groups(load_config(PRESET, run_overrides(scheme, 0, b, Path("DATA"))))
     return groups.total, groups.active(training=False).total

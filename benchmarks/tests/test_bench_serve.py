@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'hdetr[serve]'")
 
-from hdetr.bench.serve import load, summarise  # noqa: E402
+from benchmarks.serve import load, summarise  # noqa: E402
 from hdetr.cli import main as cli_main  # noqa: E402
 from support.serve_helpers import StubDetector, image_bytes, save_tiny_model  # noqa: E402
 

@@ -1,5 +1,5 @@
-"""Activation checkpointing (``train.checkpoint_activations``): keep fewer activations, recompute them
-in the backward pass.
+"""Activation recomputation (``train.checkpoint_activations``, PyTorch's "activation checkpointing"):
+keep fewer activations, recompute them in the backward pass.
 
 ``enable_checkpointing(module)`` makes a module run its forward under
 ``torch.utils.checkpoint.checkpoint(use_reentrant=False)`` while training with gradients enabled; in
@@ -14,17 +14,12 @@ inputs with the same RNG state (dropout), so the gradients are those of the plai
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 PARTS = ("encoder", "decoder", "backbone")
 _CHECKPOINTED_CLASSES: dict[type, type] = {}
-# Children of a backbone (or of its ``body``) that are stages: torchvision ResNet's layer1-4, timm's
-# layers_N / stages_N, the tiny backbone's stem and stageN.
-_STAGE_NAME = re.compile(r"layer\d+|layers_\d+|stages_\d+|stage\d+|stem")
 
 
 def _checkpointed_class(cls: type) -> type:
@@ -54,16 +49,6 @@ def is_checkpointed(module: nn.Module) -> bool:
     return getattr(type(module), "_hdetr_checkpointed", False)
 
 
-def backbone_stages(backbone: nn.Module) -> list[nn.Module]:
-    """The stages of a backbone: its ``checkpoint_stages()`` if it has one, else children named like
-    stages (of ``backbone.body`` when there is one). Empty for precomputed features."""
-    own = getattr(backbone, "checkpoint_stages", None)
-    if callable(own):
-        return list(own())
-    body = getattr(backbone, "body", backbone)
-    return [m for name, m in body.named_children() if _STAGE_NAME.fullmatch(name)]
-
-
 def apply_activation_checkpointing(model: nn.Module, parts) -> list[str]:
     """Checkpoint ``parts`` (a subset of encoder, decoder, backbone) of an ``HDETR``; returns the
     names of the modules now checkpointed."""
@@ -77,7 +62,7 @@ def apply_activation_checkpointing(model: nn.Module, parts) -> list[str]:
         targets += [(f"transformer.decoder_layers.{i}", m) for i, m in enumerate(model.transformer.decoder_layers)]
     if "backbone" in parts:
         names = {id(m): n for n, m in model.backbone.named_modules()}
-        targets += [(f"backbone.{names[id(m)]}", m) for m in backbone_stages(model.backbone)]
+        targets += [(f"backbone.{names[id(m)]}", m) for m in model.backbone.stages()]
     for _, module in targets:
         enable_checkpointing(module)
     return [name for name, _ in targets]

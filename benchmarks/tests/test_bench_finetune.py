@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from hdetr.bench import finetune
+from benchmarks import finetune
 from hdetr.cli import build_parser, main
 from hdetr.data.synthetic import CATEGORIES as SOURCE_CATEGORIES
 from hdetr.data.synthetic_target import CATEGORIES, write_target_dataset
@@ -73,7 +73,7 @@ def test_quick_run_end_to_end(tmp_path, capsys):
 
 
 def test_backbones_speed_quick(tmp_path, capsys):
-    from hdetr.bench import backbones
+    from benchmarks import backbones
 
     out = tmp_path / "bb.json"
     args = build_parser().parse_args(["bench", "backbones", "--quick", "--batch", "1", "--size", "96", "--out", str(out)])

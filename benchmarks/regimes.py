@@ -37,7 +37,7 @@ DESCRIPTIONS = {
 
 
 def regime_budget(name: str, quick: bool = False):
-    from ..errors import UserError
+    from hdetr.errors import UserError
 
     if name not in REGIMES:
         raise UserError(f"--regime: unknown {name!r}; choose from {', '.join(REGIMES)}")

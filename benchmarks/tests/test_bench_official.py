@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from hdetr.bench.official import _StubFinder
+from benchmarks.official import _StubFinder
 from hdetr.cli import main
 from support.fake_official import write_fake_official
 

@@ -18,10 +18,9 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from ..threads import add_threads_argument
+from hdetr.threads import add_threads_argument
 
 CONFIGS = ("plain", "checkpointed", "official")
 CHECKPOINTED_PARTS = ["encoder", "decoder"]
@@ -53,7 +52,7 @@ def _maxrss_bytes() -> int:
 
 
 def _pairs(items, what: str) -> dict:
-    from ..errors import UserError
+    from hdetr.errors import UserError
 
     out = {}
     for item in items:
@@ -76,7 +75,7 @@ def child(config: str, steps: int, image_size, device: str, threads: int, offici
     """One configuration in this (fresh) process."""
     import torch
 
-    from .speed import HYBRID_PRESET, Timer, build, synthetic_inputs
+    from .timing import HYBRID_PRESET, Timer, build, synthetic_inputs
 
     torch.set_num_threads(threads)
     cuda = device.startswith("cuda")
@@ -166,7 +165,7 @@ def _report(args, configs, variants, runs, load_start):
 
 
 def run(args) -> int:
-    from ..errors import UserError
+    from hdetr.errors import UserError
 
     configs = args.configs or (["plain", "checkpointed"] + (["official"] if args.official else []))
     if "official" in configs and args.official is None:
@@ -187,7 +186,7 @@ def run(args) -> int:
                 spec = json.dumps({"config": config, "steps": args.steps, "image_size": args.image_size,
                                    "device": args.device, "threads": args.threads,
                                    "official": str(args.official) if args.official else None})
-                done = subprocess.run([sys.executable, "-m", "hdetr.bench.memory", spec], capture_output=True,
+                done = subprocess.run([sys.executable, "-m", "benchmarks.memory", spec], capture_output=True,
                                       text=True, env={**env, **extra})
                 if done.returncode != 0:
                     raise UserError(f"the {config} process failed:\n{done.stderr.strip()[-2000:]}")

@@ -44,7 +44,7 @@ def test_bench_speed_training_steps_are_paired(tmp_path):
 
 
 def test_interleaved_schedule_alternates_order():
-    from hdetr.bench.speed import _schedule_pairs
+    from benchmarks.speed import _schedule_pairs
 
     pairs = [("hybrid", "fast"), ("baseline", "fast")]
     sched = _schedule_pairs(pairs, repeats=3, warmup=1)

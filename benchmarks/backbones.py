@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .machine import describe
 from .report import write_report
-from .speed import Timer, _schedule_pairs
+from .timing import Timer, schedule_pairs
 
 PRESET = "synthetic_small"
 BACKBONES = ("tiny", "efficientnet_lite0")
@@ -47,10 +47,10 @@ def _overrides(backbone: str) -> list[str]:
 def _build(backbone: str):
     import torch
 
-    from ..config import load_config
-    from ..hybrid import matching_plan
-    from ..losses import SetCriterion
-    from ..models import build_model
+    from hdetr.config import load_config
+    from hdetr.hybrid import matching_plan
+    from hdetr.losses import SetCriterion
+    from hdetr.models import build_model
 
     cfg = load_config(PRESET, _overrides(backbone))
     torch.manual_seed(0)
@@ -80,7 +80,7 @@ def run(args) -> int:
     built = {name: _build(name) for name in BACKBONES}
     images, mask, targets = _batch(args.batch, args.size, built["tiny"][0].model.num_classes)
     times: dict[str, dict[str, list[float]]] = {name: {"wall_s": [], "cpu_s": []} for name in BACKBONES}
-    for rep, order in _schedule_pairs(list(BACKBONES), repeats, warmup=1):
+    for rep, order in schedule_pairs(list(BACKBONES), repeats, warmup=1):
         for name in order:
             cfg, model, criterion, optimizer, plan, params = built[name]
             with Timer() as t:
