@@ -39,8 +39,9 @@ class Backbone(Protocol):
     - ``freeze_stem()``: freeze what stays fixed when ImageNet weights are loaded (ResNet: stem and
       layer1; EfficientNet-Lite0: stem and first stage; nothing for Swin);
     - ``stages()``: the submodules activation recomputation may wrap (``train.checkpoint_activations``);
-    - ``map_weights(state)``: a classification checkpoint's state dict renamed onto this module's own
-      keys (``model.backbone_weights``); keys the backbone does not use may stay, they are reported.
+    - ``map_weights(state)``: a classification checkpoint's state dict renamed onto the keys of the
+      module that takes it (``model.backbone_weights``): ``body`` when the backbone wraps a classification
+      trunk there (ResNet, Swin, Lite0), else the backbone itself; keys it does not use are reported.
     """
 
     spec: BackboneSpec

@@ -1,21 +1,12 @@
-"""Shared fixtures, and the markers of support/kinds.py put on the tests it names.
+"""Shared fixtures. Test kinds are pytest markers in the test files themselves: ``slow`` (over ~20 s on
+a loaded 2-core machine) and ``process`` (starts child processes or servers); ``make test-fast``
+leaves both out.
 
 ``tests/`` is on the import path through pytest's ``pythonpath`` setting (pyproject.toml): tests import
 their helpers from the ``support`` package (tests/support), never from a sibling module.
 """
 
-from pathlib import Path
-
 import pytest
-
-from support.kinds import kinds_of
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        name = getattr(item, "originalname", None) or item.name.split("[")[0]
-        for kind in kinds_of(Path(str(item.fspath)).stem, name):
-            item.add_marker(getattr(pytest.mark, kind))
 
 
 @pytest.fixture(scope="session")

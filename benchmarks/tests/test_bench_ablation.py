@@ -28,6 +28,8 @@ def _args(tmp_path, *extra):
     ])
 
 
+@pytest.mark.process
+@pytest.mark.slow
 def test_micro_ablation_writes_real_numbers_and_resumes(tmp_path, capsys):
     assert ablation.run_ablation(_args(tmp_path)) == 0
     doc = json.loads((tmp_path / "out" / "micro.json").read_text())
@@ -113,6 +115,7 @@ def test_budget_settings_are_checked():
     assert ablation._apply_settings(ablation.DEFAULT, ["epoch_ratio=1/2"]).epoch_ratio == 0.5
 
 
+@pytest.mark.process
 def test_run_folder_lock_is_exclusive_across_processes(tmp_path):
     # A run left training by a killed session holds its folder's lock: another session must see that
     # (None) rather than start the same run twice; once released, the folder can be taken again.
@@ -139,6 +142,7 @@ def test_run_folder_lock_is_exclusive_across_processes(tmp_path):
     lock.close()
 
 
+@pytest.mark.process
 def test_stopping_the_pool_stops_its_runs(tmp_path):
     """SIGTERM to `hdetr bench ablation` (say, from pkill) must not leave its training processes running."""
     import os

@@ -15,6 +15,8 @@ TINY = ["model.backbone=resnet18", "model.enc_layers=1", "model.dec_layers=2", "
         "model.num_queries=10", "model.topk=10", "model.num_classes=3", "hybrid.scheme=none"]
 
 
+@pytest.mark.process
+@pytest.mark.slow
 def test_bench_export_options_reach_the_measuring_process(tmp_path, capsys):
     out = tmp_path / "export.json"
     rc = main(["bench", "export", "--preset", "synthetic_small", "--sizes", "96x128", "--repeats", "2",
@@ -31,6 +33,7 @@ def test_bench_export_options_reach_the_measuring_process(tmp_path, capsys):
 
 
 
+@pytest.mark.process
 def test_runner_hands_the_parsed_options_to_the_child(tmp_path, monkeypatch):
     """Fast companion of the test above: the child sees the options, not a re-parse of sys.argv."""
     import argparse

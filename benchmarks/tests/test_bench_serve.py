@@ -12,6 +12,8 @@ from benchmarks.serve import load, summarise  # noqa: E402
 from hdetr.cli import main as cli_main  # noqa: E402
 from support.serve_helpers import StubDetector, image_bytes, save_tiny_model  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.timeout(300)
 def test_bench_serve_runs_the_cli_server_and_reports_figures(tmp_path, capsys):

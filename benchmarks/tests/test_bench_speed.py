@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import json
 
 from hdetr.cli import main
+
+pytestmark = pytest.mark.slow
 
 
 def test_bench_speed_tiny(tmp_path, capsys):

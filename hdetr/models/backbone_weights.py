@@ -71,7 +71,8 @@ def load_backbone_weights(backbone: nn.Module, name: str, weights: str) -> dict:
         weights = resolve(BACKBONES[name].package_weights_path)()
     if not BACKBONES[name].weights_file:
         raise UserError(f"{KEY}: backbone {name!r} has no weights to load (use it without {KEY})")
-    body = backbone.body
+    # A classification trunk wrapped by the backbone (ResNet, Swin, Lite0) takes the weights; else the backbone.
+    body = getattr(backbone, "body", backbone)
     state = backbone.map_weights(read_state_dict(weights))
     own = body.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]

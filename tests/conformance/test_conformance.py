@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 from support.conformance import run_case
 from support.conformance_cases import IMPLS, KINDS, case_dirs, case_fixture, case_kind
 
+pytestmark = pytest.mark.slow
+
 case = case_fixture("step", lambda path, impl: (path, run_case(path, attention_impl=impl)))
 
 

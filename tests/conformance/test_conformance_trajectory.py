@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 from support.conformance_cases import IMPLS, case_dirs, case_fixture
 from support.conformance_trajectory import official_to_hdetr_name, run_trajectory
 
+pytestmark = pytest.mark.slow
+
 case = case_fixture("trajectory", lambda path, impl: (run_trajectory(path, attention_impl=impl),
                                                       load_file(str(path / "expected.safetensors"))))
 

@@ -32,6 +32,8 @@ from hdetr.api import Detector  # noqa: E402
 from hdetr.errors import UserError  # noqa: E402
 from hdetr.runtime import OnnxBackend  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 ATOL = 1e-4
 TOP = 10  # detections whose (query, label) must be identical
 CLASS_NAMES = ["person", "bicycle", "car", "dog", "cat", "chair", "cup"]

@@ -23,6 +23,8 @@ import torch
 from support.engine_helpers import TINY_MODEL, assert_same_tensors, load_state
 from support.paths import REPO
 
+pytestmark = [pytest.mark.process, pytest.mark.slow]
+
 ITERS = 8  # 2 epochs of 4 steps: the kills fall on both sides of an epoch end
 COMMON = ["train.epochs=3", f"train.max_iters={ITERS}", "train.save_every=1", "train.eval_every=10",
           "train.lr_drop=1", "model.dropout=0.1"]

@@ -16,7 +16,8 @@ from support.serve_browser import (  # noqa: E402
 )
 from support.serve_helpers import CLASS_NAMES, image_bytes, save_tiny_model  # noqa: E402
 
-pytestmark = pytest.mark.skipif(chromium_path() is None, reason="no chromium installed (apt-get install chromium)")
+pytestmark = [pytest.mark.process, pytest.mark.slow,
+              pytest.mark.skipif(chromium_path() is None, reason="no chromium installed (apt-get install chromium)")]
 
 
 @pytest.mark.timeout(180)

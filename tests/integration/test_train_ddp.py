@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 from hdetr.config import load_config
 from hdetr.engine.train import train
 from support.engine_helpers import ddp_worker, free_port, load_state, tiny_overrides
+
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 # One fixed image size (no padding differences between a batch of 2 and two batches of 1).
 SAME_SIZE = ["data.train_scales=[64]", "data.crop=false", "train.epochs=1", "train.eval_every=10"]

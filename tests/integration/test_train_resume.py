@@ -10,6 +10,8 @@ from hdetr.config import load_config
 from hdetr.engine.train import train
 from support.engine_helpers import assert_same_tensors, load_state, tiny_overrides
 
+pytestmark = pytest.mark.slow
+
 # 8 images / batch 2 = 4 steps per epoch: stopping at step 3 and going on to step 6 crosses an epoch
 # end (scheduler step, new shuffle) and resumes mid-epoch on both sides of it. lr_drop=1 makes the
 # scheduler state matter; dropout makes the restored random generators matter.

@@ -1,4 +1,4 @@
-"""What the tests share: the tiny models (``tiny``), the table of test kinds (``kinds``), where things are
+"""What the tests share: the tiny models (``tiny``), where things are
 (``paths``), model and dataset helpers (``helpers``, ``engine_helpers``, ...), the conformance case
 runners and the bad-input corpus.
 
