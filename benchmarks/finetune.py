@@ -2,7 +2,7 @@
 
 A *source* detector (the demo-size model, ``synthetic_small``, ``tiny`` backbone) is trained on
 ``hdetr synth`` data (4 shapes, colour by class). The *target* is another generated dataset
-(hdetr.data.synthetic_target: 3 other shapes, any colour, striped and outlined objects on
+(benchmarks/synthetic_target.py: 3 other shapes, any colour, striped and outlined objects on
 checkerboards), standing in for a user's own classes. On the target, at equal steps, for every seed:
 
 - ``init_from``: the whole source detector (``train.init_from=SOURCE``; no class name matches, so
@@ -246,7 +246,7 @@ def plot(table: dict, path: Path, title: str) -> None:
 
 def run(args) -> int:
     from hdetr.data.synthetic import write_synthetic_dataset
-    from hdetr.data.synthetic_target import write_target_dataset
+    from .synthetic_target import write_target_dataset
     from .machine import describe, one_line
     from .report import write_report
 

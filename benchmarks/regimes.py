@@ -1,6 +1,6 @@
 """The budgets (regimes) ``hdetr bench ablation --regime`` runs, each with its ``--quick`` check.
 
-- ``toy``: the original budget (``ablation.DEFAULT``): a ``tiny`` backbone trained from scratch on the
+- ``toy``: the original budget (``ablation_setup.DEFAULT``): a ``tiny`` backbone trained from scratch on the
   flat shapes dataset (3.4 objects per image), 480 iterations. Kept for comparison with the results
   published for it.
 - ``paper``: the paper's regime scaled to a 2-core CPU (design and reasons: docs/benchmarks.md, "Ablation

@@ -61,13 +61,13 @@ def scene_jpeg(image: Path | None, size: str) -> tuple[bytes, str, tuple[int, in
             raise UserError(f"{image}: not an image ({type(e).__name__}: {e})") from None
     import numpy as np
 
-    from hdetr.data.synthetic import _encode_jpeg, _render
+    from hdetr.data.synthetic import encode_jpeg, render
 
     if not re.fullmatch(r"\d+x\d+", size):
         raise UserError(f"--size must be HxW, e.g. 480x640, got {size!r}")
     h, w = map(int, size.split("x"))
-    im, _ = _render(np.random.default_rng(0), w, h, palette="by_class")
-    return _encode_jpeg(im), f"generated {h}x{w} synthetic scene", (w, h)
+    im, _ = render(np.random.default_rng(0), w, h, palette="by_class")
+    return encode_jpeg(im), f"generated {h}x{w} synthetic scene", (w, h)
 
 
 class ServerProcess:

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from hdetr.data.shapes import place_objects
-from hdetr.data.synthetic import ANNOTATION_FILE, SPLITS, _encode_jpeg, shapes_object_count
+from hdetr.data.synthetic import ANNOTATION_FILE, SPLITS, encode_jpeg, shapes_object_count
 
 CATEGORIES = (
     {"id": 1, "name": "star", "supercategory": "shape"},
@@ -95,7 +95,7 @@ def write_target_dataset(out_dir: str | os.PathLike, num_train: int, num_val: in
             rng = np.random.default_rng([seed, split_idx, i, 7])  # 7: never the source's streams
             img, objects = _render(rng, w, h)
             file_name = f"{split}_{i:06d}.jpg"
-            (split_dir / file_name).write_bytes(_encode_jpeg(img))
+            (split_dir / file_name).write_bytes(encode_jpeg(img))
             images.append({"id": i + 1, "file_name": file_name, "width": w, "height": h})
             for obj in objects:
                 x0, y0, x1, y1 = obj["box"]

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from benchmarks import ablation, ablation_report, ablation_runs, ablation_setup
-from hdetr.cli import build_parser
+from benchmarks.__main__ import build_parser
 from hdetr.hybrid import query_groups
 
 MICRO = [
@@ -21,8 +21,7 @@ SCHEME_KEYS = {"AP", "AP50", "AP75", "curve", "train_s_per_iter", "peak_mem_mb",
 
 
 def _args(tmp_path, *extra):
-    return build_parser().parse_args([
-        "bench", "ablation", "--regime", "toy", "--seeds", "1", "--schemes", "baseline,branch", "--jobs", "0", "--threads", "1",
+    return build_parser().parse_args(["ablation", "--regime", "toy", "--seeds", "1", "--schemes", "baseline,branch", "--jobs", "0", "--threads", "1",
         "--device", "cpu", "--timing-rounds", "1", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--name", "micro",
         *MICRO, *extra,
     ])
@@ -68,7 +67,7 @@ def test_micro_ablation_writes_real_numbers_and_resumes(tmp_path, capsys):
 
 
 def test_scheme_configs_follow_the_paper():
-    b = ablation.DEFAULT
+    b = ablation_setup.DEFAULT
     assert b.seeds >= 3 and b.epochs > b.lr_drop >= b.epochs - 2
     assert ablation_setup.tokens(min(b.train_scales)) >= b.num_queries + b.num_queries_one2many
     from hdetr.config import load_config
@@ -109,10 +108,10 @@ def test_budget_settings_are_checked():
     from hdetr.errors import UserError
 
     with pytest.raises(UserError, match="encoder tokens"):
-        ablation.check_budget(ablation._apply_settings(ablation.DEFAULT, ["image_size=64", "train_scales=64"]))
+        ablation.check_budget(ablation._apply_settings(ablation_setup.DEFAULT, ["image_size=64", "train_scales=64"]))
     with pytest.raises(UserError, match="KEY=VALUE"):
-        ablation._apply_settings(ablation.DEFAULT, ["nope=1"])
-    assert ablation._apply_settings(ablation.DEFAULT, ["epoch_ratio=1/2"]).epoch_ratio == 0.5
+        ablation._apply_settings(ablation_setup.DEFAULT, ["nope=1"])
+    assert ablation._apply_settings(ablation_setup.DEFAULT, ["epoch_ratio=1/2"]).epoch_ratio == 0.5
 
 
 @pytest.mark.process

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from benchmarks import ablation, regimes
-from hdetr.cli import build_parser
+from benchmarks import ablation, ablation_setup, regimes
+from benchmarks.__main__ import build_parser
 from hdetr.errors import UserError
 from support.paths import REPO
 
@@ -23,8 +23,7 @@ SCHEME_KEYS = {"AP", "AP50", "AP75", "curve", "train_s_per_iter", "peak_mem_mb",
 
 
 def _args(tmp_path, *extra):
-    return build_parser().parse_args([
-        "bench", "ablation", "--regime", "paper", "--quick", "--jobs", "0", "--threads", "1", "--device", "cpu",
+    return build_parser().parse_args(["ablation", "--regime", "paper", "--quick", "--jobs", "0", "--threads", "1", "--device", "cpu",
         "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *TINY, *extra,
     ])
 
@@ -65,7 +64,7 @@ def test_paper_regime_follows_the_paper():
     assert b.num_queries_one2many == 5 * b.num_queries and b.k == 6  # N : M = 1 : 5, K = 6
     assert b.lr_drop / b.epochs == pytest.approx(11 / 12)
     assert (b.dec_layers, b.one2many_layers) == (6, 4)  # L1 = 4, L2 = 2
-    assert ablation.tokens(min(b.train_scales)) >= b.num_queries + b.num_queries_one2many
+    assert ablation_setup.tokens(min(b.train_scales)) >= b.num_queries + b.num_queries_one2many
     cfgs = {s: load_config(ablation.PRESET, ablation.run_overrides(s, 0, b, "DATA")) for s in ablation.SCHEMES}
     c = cfgs["baseline"]
     assert c.model.backbone == "efficientnet_lite0" and c.model.backbone_weights == "efficientnet_lite0_imagenet"
@@ -85,10 +84,10 @@ def test_paper_regime_follows_the_paper():
 def test_toy_regime_keeps_the_published_runs():
     # Its budget key (the run folders) is the one of the committed results, and so are its file names.
     published = json.loads((REPO / "benchmarks/results/ablation.json").read_text())
-    assert regimes.regime_budget("toy") == ablation.DEFAULT
-    assert ablation.DEFAULT.key() == published["config"]["budget_key"]
+    assert regimes.regime_budget("toy") == ablation_setup.DEFAULT
+    assert ablation_setup.DEFAULT.key() == published["config"]["budget_key"]
     assert ablation.regime_output_name("toy", False) == "ablation"
-    assert regimes.regime_budget("paper").key() != ablation.DEFAULT.key()
+    assert regimes.regime_budget("paper").key() != ablation_setup.DEFAULT.key()
     assert ablation.regime_output_name("paper", True) == "ablation_paper_quick"
 
 
@@ -103,6 +102,6 @@ def test_paper_regime_keeps_its_run_folders_and_takes_a_smallest_object_size(tmp
     data = ablation._ensure_dataset(tmp_path, dataclasses.replace(bigger, train_images=8, val_images=2))
     assert data.name.endswith("-min0.125")
     assert json.loads((data / "complete.json").read_text())["min_object_size"] == 0.125
-    for bad in (dataclasses.replace(paper, min_object=0.6), dataclasses.replace(ablation.DEFAULT, min_object=0.1)):
+    for bad in (dataclasses.replace(paper, min_object=0.6), dataclasses.replace(ablation_setup.DEFAULT, min_object=0.1)):
         with pytest.raises(UserError, match="min_object"):
             ablation.check_budget(bad)

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from hdetr.cli import main  # noqa: E402
+from benchmarks.__main__ import main  # noqa: E402
 
 TINY = ["model.backbone=resnet18", "model.enc_layers=1", "model.dec_layers=2", "model.dim_feedforward=32",
         "model.num_queries=10", "model.topk=10", "model.num_classes=3", "hybrid.scheme=none"]
@@ -19,7 +19,7 @@ TINY = ["model.backbone=resnet18", "model.enc_layers=1", "model.dec_layers=2", "
 @pytest.mark.slow
 def test_bench_export_options_reach_the_measuring_process(tmp_path, capsys):
     out = tmp_path / "export.json"
-    rc = main(["bench", "export", "--preset", "synthetic_small", "--sizes", "96x128", "--repeats", "2",
+    rc = main(["export", "--preset", "synthetic_small", "--sizes", "96x128", "--repeats", "2",
                "--warmup", "1", "--threads", "1", "--ort-levels", "basic", "--workdir", str(tmp_path / "work"),
                "--out", str(out), *TINY])
     assert rc == 0

@@ -9,9 +9,9 @@ import json
 import pytest
 
 from benchmarks import finetune
-from hdetr.cli import build_parser, main
+from benchmarks.__main__ import build_parser, main
 from hdetr.data.synthetic import CATEGORIES as SOURCE_CATEGORIES
-from hdetr.data.synthetic_target import CATEGORIES, write_target_dataset
+from benchmarks.synthetic_target import CATEGORIES, write_target_dataset
 
 
 def _digest(folder) -> str:
@@ -38,7 +38,7 @@ def test_target_dataset_is_deterministic_with_other_classes(tmp_path):
 
 def test_quick_run_end_to_end(tmp_path, capsys):
     out = tmp_path / "ft.json"
-    argv = ["bench", "finetune", "--quick", "--work", str(tmp_path / "work"), "--out", str(out)]
+    argv = ["finetune", "--quick", "--work", str(tmp_path / "work"), "--out", str(out)]
     assert main(argv) == 0
     doc = json.loads(out.read_text())
     arms = list(finetune.ARMS) if finetune.lite0_available() else [a for a in finetune.ARMS if a != "imagenet_lite0"]
@@ -76,7 +76,7 @@ def test_backbones_speed_quick(tmp_path, capsys):
     from benchmarks import backbones
 
     out = tmp_path / "bb.json"
-    args = build_parser().parse_args(["bench", "backbones", "--quick", "--batch", "1", "--size", "96", "--out", str(out)])
+    args = build_parser().parse_args(["backbones", "--quick", "--batch", "1", "--size", "96", "--out", str(out)])
     assert backbones.run(args) == 0
     doc = json.loads(out.read_text())
     assert set(doc["backbones"]) == {"tiny", "efficientnet_lite0"}

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from benchmarks.official import _StubFinder
-from hdetr.cli import main
+from benchmarks.__main__ import main
 from support.fake_official import write_fake_official
 
 
@@ -29,7 +29,7 @@ def fake_official(tmp_path):
 
 def test_side_by_side_with_fake_official(fake_official, tmp_path, capsys):
     out = tmp_path / "speed_official.json"
-    rc = main(["bench", "speed", "--official", str(fake_official), "--quick", "--image-size", "288", "352",
+    rc = main(["speed", "--official", str(fake_official), "--quick", "--image-size", "288", "352",
                "--threads", "1", "--out", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
@@ -65,7 +65,7 @@ def test_side_by_side_with_fake_official(fake_official, tmp_path, capsys):
 
 
 def test_not_a_checkout_is_a_user_error(tmp_path, capsys):
-    rc = main(["bench", "speed", "--official", str(tmp_path), "--quick", "--image-size", "288", "352",
+    rc = main(["speed", "--official", str(tmp_path), "--quick", "--image-size", "288", "352",
                "--out", str(tmp_path / "x.json")])
     assert rc == 2
     err = capsys.readouterr().err
@@ -76,7 +76,7 @@ def test_not_a_checkout_is_a_user_error(tmp_path, capsys):
 def test_side_by_side_eval_only(fake_official, tmp_path):
     # --only eval: no training step is timed, and nothing compares training steps that did not run.
     out = tmp_path / "speed_eval.json"
-    rc = main(["bench", "speed", "--official", str(fake_official), "--quick", "--only", "eval",
+    rc = main(["speed", "--official", str(fake_official), "--quick", "--only", "eval",
                "--image-size", "288", "352", "--threads", "1", "--out", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())

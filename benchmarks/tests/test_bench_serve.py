@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'hdetr[serve]'")
 
 from benchmarks.serve import load, summarise  # noqa: E402
-from hdetr.cli import main as cli_main  # noqa: E402
+from benchmarks.__main__ import main as cli_main  # noqa: E402
 from support.serve_helpers import StubDetector, image_bytes, save_tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def test_bench_serve_runs_the_cli_server_and_reports_figures(tmp_path, capsys):
     model = save_tiny_model(tmp_path / "model")
     out = tmp_path / "serve.json"
-    assert cli_main(["bench", "serve", str(model), "--clients", "2", "--requests", "6", "--size", "96x128",
+    assert cli_main(["serve", str(model), "--clients", "2", "--requests", "6", "--size", "96x128",
                      "--threads", "1", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["clients"] == 2 and r["warmup_requests"] == 4 and r["warmup_errors"] == 0
@@ -52,9 +52,9 @@ def test_load_counts_refused_requests_as_errors():
 
 
 def test_bench_serve_refuses_a_missing_model_and_an_unreadable_image(tmp_path, capsys):
-    assert cli_main(["bench", "serve", str(tmp_path / "nothing")]) == 2
+    assert cli_main(["serve", str(tmp_path / "nothing")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
     (tmp_path / "model").mkdir()
     (tmp_path / "notes.jpg").write_text("text")
-    assert cli_main(["bench", "serve", str(tmp_path / "model"), "--image", str(tmp_path / "notes.jpg")]) == 2
+    assert cli_main(["serve", str(tmp_path / "model"), "--image", str(tmp_path / "notes.jpg")]) == 2
     assert "notes.jpg: not an image" in capsys.readouterr().err

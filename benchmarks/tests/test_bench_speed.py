@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import json
 
-from hdetr.cli import main
+from benchmarks.__main__ import main
 
 pytestmark = pytest.mark.slow
 
 
 def test_bench_speed_tiny(tmp_path, capsys):
     out = tmp_path / "speed.json"
-    rc = main(["bench", "speed", "--quick", "--impl", "both", "--image-size", "288", "352", "--threads", "1",
+    rc = main(["speed", "--quick", "--impl", "both", "--image-size", "288", "352", "--threads", "1",
                "--only", "attention", "eval", "matcher", "--out", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
@@ -33,7 +33,7 @@ def test_bench_has_subcommands():
 
 def test_bench_speed_training_steps_are_paired(tmp_path):
     out = tmp_path / "speed.json"
-    rc = main(["bench", "speed", "--quick", "--impl", "fast", "--image-size", "288", "352", "--threads", "1",
+    rc = main(["speed", "--quick", "--impl", "fast", "--image-size", "288", "352", "--threads", "1",
                "--repeats", "2", "--only", "hybrid", "baseline", "--out", str(out)])
     assert rc == 0
     fast = json.loads(out.read_text())["results"]["fast"]

@@ -87,7 +87,8 @@ def shapes_object_count(rng: np.random.Generator) -> int:
     return 0 if rng.random() < EMPTY_IMAGE_FRACTION else int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
 
 
-def _render(rng: np.random.Generator, w: int, h: int, palette: str = "random") -> tuple[Image.Image, list[dict]]:
+def render(rng: np.random.Generator, w: int, h: int, palette: str = "random") -> tuple[Image.Image, list[dict]]:
+    """One ``w`` x ``h`` scene of the shapes style and its objects, drawn from ``rng``."""
     import numpy as np
 
     img = _background(rng, w, h)
@@ -101,7 +102,7 @@ def _render(rng: np.random.Generator, w: int, h: int, palette: str = "random") -
     return img, place_objects(rng, shapes_object_count(rng), (w, h), CATEGORIES, shape_mask, paint)
 
 
-def _encode_jpeg(img: Image.Image) -> bytes:
+def encode_jpeg(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
@@ -139,7 +140,7 @@ def write_synthetic_dataset(
         raise ValueError(f"min_object_size applies to style coco_like, not {style!r}")
     else:
         categories, description = CATEGORIES, "hdetr synthetic shapes"
-        render = lambda rng, w, h: _render(rng, w, h, palette)  # noqa: E731
+        render = lambda rng, w, h: render(rng, w, h, palette)  # noqa: E731
     if palette not in PALETTES:
         raise ValueError(f"palette must be one of {', '.join(PALETTES)}, got {palette!r}")
     w, h = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
@@ -160,7 +161,7 @@ def write_synthetic_dataset(
             img, objects = render(rng, w, h)
             image_id = i + 1
             file_name = f"{split}_{i:06d}.jpg"
-            (split_dir / file_name).write_bytes(_encode_jpeg(img))
+            (split_dir / file_name).write_bytes(encode_jpeg(img))
             images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
             for obj in objects:
                 x0, y0, x1, y1 = obj["box"]

@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from ..checkpoint import LoadedWeights, build_detector_model, load_weights
 from ..data.categories import same_categories, CategoryMap
 from ..errors import UserError
@@ -76,15 +78,22 @@ def tiled_detections(loaded, split, cmap, device, options: dict, progress) -> li
 def evaluate_model(checkpoint: str | Path, data: str, split: str = "val", *, device: str | None = None,
                    batch_size: int = 2, workers: int = 2, imgsz: int | None = None, tile: dict | None = None,
                    progress: bool | None = None,
-                   check_split: Callable[[Split], None] | None = None) -> ModelEvaluation:
+                   check_split: Callable[[Split], None] | None = None,
+                   single_process: bool = False) -> ModelEvaluation:
     """Load ``checkpoint``, check it fits ``data``'s ``split``, and run it over every image.
 
     ``tile``: ``Detector.predict`` keyword arguments of sliced inference (one process only).
     ``check_split``: called with the loaded split before any image is run (e.g. to refuse an output
     path inside the dataset before minutes of work).
+    ``single_process``: this process alone runs every image, even under torchrun (the report that
+    rank 0 writes after training).
     """
     loaded = load_weights(checkpoint)
-    info, dev = distributed.init_distributed(device)
+    if single_process:
+        info = distributed.DistInfo()
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    else:
+        info, dev = distributed.init_distributed(device)
     try:
         data_split = load_split(data, split, eval_config(loaded.cfg, imgsz), train=False)
         cmap = check_categories(loaded, data_split, checkpoint)
@@ -99,5 +108,6 @@ def evaluate_model(checkpoint: str | Path, data: str, split: str = "val", *, dev
             loader = eval_loader(data_split.dataset, batch_size, workers, info)
             dets = gather_detections(model, loader, cmap, dev, loaded.cfg.model.topk, progress=progress)
     finally:
-        distributed.cleanup()
+        if not single_process:
+            distributed.cleanup()
     return ModelEvaluation(loaded, data_split, cmap, dets if info.is_main else None)

@@ -290,24 +290,3 @@ def write_report(coco_gt: COCO | dict | str | Path, detections: Sequence[dict], 
                        ("report.md", "\n".join(md))):
         atomic_write(out / name, lambda p, t=text: Path(p).write_text(t + "\n"))
     return doc
-
-
-def report_for_model(model_dir: str | Path, data: str, split: str, out_dir: str | Path, device: str = "cpu",
-                     batch_size: int = 2) -> dict | None:
-    """Run a saved model on a dataset split and write its report (None for LVIS annotations, whose
-    federated evaluation this report does not follow)."""
-    from .distributed import DistInfo
-    from .inference import predict_dataset
-    from .loaders import eval_loader, load_split
-    from ..checkpoint import build_detector_model, load_weights
-
-    loaded = load_weights(model_dir)
-    data_split = load_split(data, split, loaded.cfg, train=False)
-    if data_split.is_lvis:
-        return None
-    cmap = loaded.category_map or data_split.dataset.category_map
-    model = build_detector_model(loaded, device)
-    loader = eval_loader(data_split.dataset, batch_size, 0, DistInfo())
-    dets = predict_dataset(model, loader, cmap, torch.device(device), loaded.cfg.model.topk, progress=False)
-    return write_report(data_split.dataset.coco, dets, out_dir, data_split.dataset.image_path,
-                        title=f"{model_dir} on {data_split.ann_file}")

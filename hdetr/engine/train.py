@@ -36,7 +36,9 @@ from .inference import evaluate
 from .init_from import save_report
 from .init_from import summary as init_summary
 from .loaders import val_spec
+from .model_evaluation import evaluate_model
 from .progress import LossWindow, say, write_window
+from .report import write_report
 from .runlog import PREDICTION_IMAGES, RunLog
 from .setup import build_run
 from .state import TrainState, export_model, restore, save_best, save_last
@@ -264,8 +266,15 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str | 
         if trainer.parts.lock is not None:
             trainer.parts.lock.release()
     if result.best_ap is not None and distributed.current().is_main:
-        from .report import report_for_model  # the evaluation report of the best model, next to it
-
-        report_for_model(result.model_dir, val_spec(cfg), "val", Path(out_dir) / "report",
-                         device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        write_model_report(result.model_dir, val_spec(cfg), Path(out_dir) / "report", device)
     return result
+
+
+def write_model_report(model_dir: Path, data: str, out: Path, device: str | None) -> None:
+    """The evaluation report of the best model, next to it: the same evaluation as ``hdetr eval``
+    (same checks), in this process only. LVIS annotations get none (their federated evaluation is
+    not what the report follows)."""
+    result = evaluate_model(model_dir, data, "val", device=device, workers=0, progress=False, single_process=True)
+    if not result.split.is_lvis:
+        write_report(result.split.dataset.coco, result.detections, out, result.split.dataset.image_path,
+                     title=f"{model_dir} on {result.split.ann_file}")

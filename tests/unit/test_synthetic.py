@@ -97,8 +97,8 @@ def test_generators_give_the_scenes_they_always_gave(style):
     from hdetr.data import coco_like
 
     render = {
-        "shapes": lambda rng: synthetic._render(rng, 72, 64),
-        "shapes_by_class": lambda rng: synthetic._render(rng, 64, 64, "by_class"),
+        "shapes": lambda rng: synthetic.render(rng, 72, 64),
+        "shapes_by_class": lambda rng: synthetic.render(rng, 64, 64, "by_class"),
         "coco_like": lambda rng: coco_like.render(rng, 80, 64),
         "target": lambda rng: synthetic_target._render(rng, 64, 64),
     }[style]
