@@ -7,8 +7,8 @@ Every config dataclass is frozen: a loaded config is what every part of a run re
 it under the others. A variant is a derived copy, ``dataclasses.replace(cfg, model=replace(cfg.model,
 ...))``, or ``build_config(cfg.to_dict(), overrides)`` when it should be validated again.
 
-Over 400 lines because the settings, their coercion and their validation belong together: a new
-setting is one field plus its check, in one file.
+The settings, their coercion and their validation live together: a new setting is one field plus its
+check, in this file.
 """
 
 from __future__ import annotations

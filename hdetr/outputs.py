@@ -14,13 +14,6 @@ from typing import Callable, Iterable
 from .errors import UserError
 
 
-def refuse_inputs_in_folder(out: Path, inputs: Iterable[Path], flag: str = "--out") -> None:
-    """``out`` is a folder that will get files named like ``inputs``: refuse if any input lives there."""
-    target = out.resolve()
-    for p in inputs:
-        if p.resolve().parent == target:
-            raise UserError(f"{flag} {out} holds the input {p.name}, which the output would overwrite; "
-                            "choose another output folder")
 
 
 def refuse_input_path(out: Path, inputs: Iterable[Path], flag: str = "--out") -> None:

@@ -42,9 +42,9 @@ def prefer_passive_waiting(threads: int | None = None) -> None:
     (``OMP_WAIT_POLICY=PASSIVE``); a policy the user set is kept.
 
     GNU OpenMP's default makes a thread that reaches a barrier spin before it sleeps. When other
-    processes compete for the cores, the spinning threads take the CPU time their partners need: a
-    training step's CPU time doubled under load and PASSIVE halved it again; on an idle machine PASSIVE
-    cost 10-20 % of wall time instead (docs/performance.md, "Contention"). So it is chosen only when
+    processes compete for the cores, the spinning threads take the CPU time their partners need; on an
+    idle machine sleeping costs wall time instead (both measured in docs/performance.md, "Contention").
+    So it is chosen only when
     the load average plus our threads exceed the cores. libgomp reads the variable once, when it
     loads: this must run before torch is imported.
     """
@@ -97,8 +97,8 @@ def _cpu_times() -> tuple[int, int] | None:
 def one_thread():
     """Run the block on one intra-op thread: the data loading done in the main process (num_workers=0).
 
-    One image's decoding, augmentation and padding are too small to share between threads: on 2 cores a
-    128-px demo batch took 15 ms to load and collate on one thread and 50-90 ms on two. Loader worker
+    One image's decoding, augmentation and padding are too small to share between threads: two threads
+    load a small batch slower than one (docs/performance.md has the figures). Loader worker
     processes already run on one thread each (PyTorch sets it); this gives the main process the same.
     """
     import torch

@@ -37,7 +37,6 @@ LAYOUTS: dict[str, tuple[str, str]] = {
     "yolo": ("YOLO", "data.yaml (names, train/val) + images/ + labels/*.txt"),
     "voc": ("Pascal VOC", "Annotations/*.xml + JPEGImages/ (+ ImageSets/Main/{split}.txt)"),
 }
-OTHER_SPECS = ("json", "pair")  # layouts named by the spec's form, not detected in a folder
 LAYOUT_TITLES = {**{k: v[0] for k, v in LAYOUTS.items()}, "json": "COCO JSON file",
                  "pair": "IMAGES:ANNOTATIONS pair"}
 SPEC_HELP = (

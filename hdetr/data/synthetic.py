@@ -135,12 +135,12 @@ def write_synthetic_dataset(
         from . import coco_like
 
         categories, description = coco_like.CATEGORIES, "hdetr synthetic COCO-like scenes"
-        render = lambda rng, w, h: coco_like.render(rng, w, h, min_object_size)  # noqa: E731
+        draw_scene = lambda rng, w, h: coco_like.render(rng, w, h, min_object_size)  # noqa: E731
     elif min_object_size:
         raise ValueError(f"min_object_size applies to style coco_like, not {style!r}")
     else:
         categories, description = CATEGORIES, "hdetr synthetic shapes"
-        render = lambda rng, w, h: render(rng, w, h, palette)  # noqa: E731
+        draw_scene = lambda rng, w, h: render(rng, w, h, palette)  # noqa: E731
     if palette not in PALETTES:
         raise ValueError(f"palette must be one of {', '.join(PALETTES)}, got {palette!r}")
     w, h = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
@@ -158,7 +158,7 @@ def write_synthetic_dataset(
         for i in range(counts[split]):
             # A generator per image keeps files stable when counts change.
             rng = np.random.default_rng([seed, split_idx, i])
-            img, objects = render(rng, w, h)
+            img, objects = draw_scene(rng, w, h)
             image_id = i + 1
             file_name = f"{split}_{i:06d}.jpg"
             (split_dir / file_name).write_bytes(encode_jpeg(img))

@@ -25,7 +25,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # defaults (hdetr.config.DataConfig, written once there); the crop branch lives here.
 DEFAULT_SCALES = tuple(DataConfig().train_scales)
 DEFAULT_MAX_SIZE = DataConfig().max_size
-DEFAULT_VAL_SIZE = DataConfig().val_scale
 # (short sides to pick from before cropping, crop min size, crop max size)
 DEFAULT_CROP = ((400, 500, 600), 384, 600)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import logging
 import os
 from collections.abc import Iterable, Sequence
 
@@ -12,7 +11,6 @@ from faster_coco_eval import COCO, COCOeval_faster
 
 from ..postprocess import detections_to_coco  # noqa: F401  (the conversion lives with the post-processing)
 
-logger = logging.getLogger(__name__)
 
 COCO_METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 LVIS_METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf", "AR")

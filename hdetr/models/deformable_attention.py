@@ -330,12 +330,6 @@ def ms_deform_attn_fast(
     return _ms_deform_attn_xy(value, spatial_shapes, sampling_locations.movedim(-1, 0), attention_weights)
 
 
-def ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights, impl: str = "fast") -> Tensor:
-    if impl == "fast":
-        return ms_deform_attn_fast(value, spatial_shapes, sampling_locations, attention_weights)
-    if impl == "reference":
-        return ms_deform_attn_reference(value, spatial_shapes, sampling_locations, attention_weights)
-    raise ValueError(f"unknown attention_impl {impl!r}; choose one of {', '.join(ATTENTION_IMPLS)}")
 
 
 class MultiScaleDeformableAttention(nn.Module):

@@ -73,7 +73,7 @@ def test_the_package_imports_itself_relatively():
 
 
 @pytest.mark.parametrize("importer,target,expected", [
-    ("hdetr.api", "hdetr.engine.weights", False),
+    ("hdetr.api", "hdetr.engine.train", False),
     ("hdetr.runtime", "hdetr.export", False),
     ("hdetr.engine.train", "hdetr.models.detector", True),
     ("hdetr.models.swin", "hdetr.safe_load", True),
