@@ -17,7 +17,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The edit loop: everything but the slow and the process-level tests (tests/support/kinds.py).
+# The edit loop: everything but the tests marked slow or process (pytest markers in the test files).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not process"
 

@@ -367,6 +367,8 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
 
 
 def validate(cfg: Config) -> None:
+    """Kept whole: one rule per line, in the order of the config's sections; the larger sections have functions
+    of their own (``_validate_backbone``, ``_validate_scales``)."""
     m, h, t = cfg.model, cfg.hybrid, cfg.train
 
     def need(cond: bool, msg: str) -> None:

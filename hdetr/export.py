@@ -124,7 +124,11 @@ def export_onnx(
     verbose: bool = False,
     category_map: dict | str | None = None,
 ) -> ExportResult:
-    """Export ``model`` (an ``HDETR``) to ONNX at ``path``; see the module docstring for the graph."""
+    """Export ``model`` (an ``HDETR``) to ONNX at ``path``; see the module docstring for the graph.
+
+    Kept whole: the settings of the one ``torch.onnx`` call, its check and the metadata written into the
+    graph belong together.
+    """
     import onnx  # noqa: F401  (fail early with a clear message if the extra is missing)
 
     if opset < MIN_OPSET:

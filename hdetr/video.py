@@ -87,7 +87,10 @@ def _encoder(av, path: Path, rate, width: int, height: int):
 
 def predict_video(detector, spec: str, out_dir: Path, threshold: float, options: dict, batch_size: int = 1,
                   max_frames: int | None = None, progress: bool | None = None) -> dict:
-    """Run ``detector`` on every frame of ``spec``; returns {frames, seconds, fps, video, jsonl}."""
+    """Run ``detector`` on every frame of ``spec``; returns {frames, seconds, fps, video, jsonl}.
+
+    Kept whole: one loop reads, predicts, draws and writes each frame in turn, with one cleanup for all of it.
+    """
     from .draw import draw_prediction
 
     av = _av()

@@ -89,6 +89,8 @@ def draw_grid(model_dir: Path, images: list[Path], out: Path, threshold: float =
 
 
 def run(args) -> int:
+    """Kept whole: the demo's steps in the order its output shows them (check, data, train, evaluate, draw),
+    each one call."""
     import torch
 
     from ..config import ConfigError, load_config

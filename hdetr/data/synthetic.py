@@ -126,6 +126,9 @@ def write_synthetic_dataset(
     ``hdetr.data.coco_like``; the palette does not apply to it). ``min_object_size`` (coco_like only)
     raises the smallest object side, as a fraction of the short side. Returns a summary dict with per-split
     ``images_dir``, ``ann_file``, ``num_images`` and ``num_annotations``.
+
+    Kept whole: the order of the random draws is part of the output (byte-identical files), and one loop
+    keeps that order in view.
     """
     import numpy as np
 

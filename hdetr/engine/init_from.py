@@ -93,6 +93,8 @@ def init_from(model: nn.Module, cfg: Config, class_names: list[str], loaded: Loa
 
     Returns the report: every tensor of the model is ``loaded``, ``partly_copied`` or ``reinitialised``,
     every tensor of the source is used (loaded or partly copied) or ``unused``.
+
+    Kept whole: one pass over the model's tensors decides each one's fate and fills the report as it goes.
     """
     t = cfg.train
     loaded = loaded or load_weights(t.init_from)

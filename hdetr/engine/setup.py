@@ -81,7 +81,11 @@ def amp_mode(cfg: Config, device: torch.device) -> str:
 
 def build_run(cfg: Config, out: Path, resume: bool, device: str | None) -> RunParts:
     """Join the process group, check the data, load the splits, lock the run folder and build the model,
-    optimizer, schedule, AMP, EMA, DDP wrapper and loaders. Restoring a checkpoint is state.py's."""
+    optimizer, schedule, AMP, EMA, DDP wrapper and loaders. Restoring a checkpoint is state.py's.
+
+    Kept whole: the start-up's order matters (process group before data, lock before model, optimizer before
+    AMP, EMA and DDP) and reads as one sequence of calls.
+    """
     info, dev = distributed.init_distributed(device)
     t = cfg.train
     if not cfg.data.train:

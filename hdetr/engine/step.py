@@ -122,7 +122,11 @@ class TrainStep:
 
     def __call__(self, batches, plan: MatchingPlan, record: dict | None = None) -> StepResult:
         """One step. Pass a dict as ``record`` to receive, per micro-batch, the forward ``outputs``
-        (detached, before the update) and the Hungarian ``matches``, and the ``lr`` of every group."""
+        (detached, before the update) and the Hungarian ``matches``, and the ``lr`` of every group.
+
+        Kept whole: the official step's order (forward, losses, backward, non-finite check, clipping,
+        update), which the conformance cases check, stays in one place.
+        """
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         image_ids: list[int] = []

@@ -109,6 +109,8 @@ class _MSDeformAttnFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
+        """The gradients of one forward, term by term in the forward's order. Kept whole: its intermediate
+        tensors are shared by every term."""
         table, row00, corner_offsets, attn, fx, fy, inside_x, inside_y, wf, hf = ctx.saved_tensors
         n, s_pad, heads, head_dim = table.shape
         bags, k = row00.shape

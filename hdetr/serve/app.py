@@ -94,6 +94,8 @@ def create_app(detector, *, threshold: float = 0.5, max_upload_bytes: int = 20 *
 
     ``threshold`` is the default for requests that give none (and the page's starting slider value);
     uploads over ``max_upload_bytes`` or ``max_pixels`` are refused with 413.
+
+    Kept whole: FastAPI's routes are closures over the detector, its lock and its limits.
     """
     app = FastAPI(title="hdetr", summary="DETR object detection with hybrid matching (H-DETR)")
     gate = InferenceGate(max_waiting)
