@@ -13,7 +13,7 @@ from ..data.categories import CategoryMap
 from ..data.coco import CocoDetection
 from ..data.layouts import DataSource, has_own_split, resolve_source
 from ..data.collate import collate
-from ..data.transforms import build_transforms, eval_transforms
+from ..data.transforms import DEFAULT_CROP, DEFAULT_SCALES, build_transforms, eval_transforms
 from ..errors import UserError
 from .distributed import DistInfo
 from .sampling import EpochBatches, SeededSamples, worker_init
@@ -21,8 +21,6 @@ from .sampling import EpochBatches, SeededSamples, worker_init
 # The official crop branch (resize to 400/500/600, crop 384..600) is tuned for 480..800 scales; other
 # scale ranges get it scaled by the same factor.
 def crop_for_scales(scales: list[int]) -> tuple[tuple[int, ...], int, int]:
-    from ..data.transforms import DEFAULT_CROP, DEFAULT_SCALES  # the official recipe, written there once
-
     f = max(scales) / max(DEFAULT_SCALES)
     pre, lo, hi = DEFAULT_CROP
     return tuple(max(8, round(s * f)) for s in pre), max(8, round(lo * f)), max(8, round(hi * f))
@@ -42,6 +40,20 @@ def val_spec(cfg: Config) -> str | None:
     return cfg.data.train if has_own_split(cfg.data.train, "val") else None
 
 
+def resolve_splits(cfg: Config) -> tuple[DataSource, DataSource | None]:
+    """The run's training source and its validation source (None: nothing to evaluate on), each
+    resolved once: the data check, the datasets and the report read these same sources (a YOLO or VOC
+    source keeps what it read)."""
+    train = locate(cfg.data.train, "train")
+    if cfg.data.val:
+        return train, locate(cfg.data.val, "val")
+    try:
+        val = resolve_source(cfg.data.train, "val")
+    except UserError:
+        return train, None
+    return train, None if val.single_split else val
+
+
 @dataclass
 class Split:
     dataset: CocoDetection
@@ -55,9 +67,11 @@ class Split:
         return (bool(cats) and "frequency" in cats[0]) or "lvis" in self.ann_file.name.lower()
 
 
-def load_split(spec: str, split: str, cfg: Config, train: bool, category_map: CategoryMap | None = None,
+def load_split(spec: str | DataSource, split: str, cfg: Config, train: bool, category_map: CategoryMap | None = None,
                skip_image_ids=()) -> Split:
-    source = locate(spec, split)
+    """The dataset of ``split`` with the run's transforms; ``spec`` as ``data.train`` takes it, or a
+    source already resolved (``resolve_splits``)."""
+    source = spec if isinstance(spec, DataSource) else locate(spec, split)
     d = cfg.data
     if train:
         tf = build_transforms(True, scales=d.train_scales, max_size=d.max_size,

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from ..config import Config, ConfigError, validate
 from ..data.categories import same_categories, CategoryMap
+from ..data.layouts import DataSource
 from ..data.validate import validate_source
 from ..errors import DataError, UserError
 from ..losses import SetCriterion
@@ -28,7 +29,7 @@ from .distributed import DistInfo
 from .ema import ModelEMA
 from .evaluate import COCO_METRIC_KEYS, LVIS_METRIC_KEYS
 from .init_from import build_model_for_source, load_init_source, prepare_model
-from .loaders import Split, eval_loader, load_split, locate, train_loader, val_spec
+from .loaders import Split, eval_loader, load_split, resolve_splits, train_loader
 from .optim import build_optimizer, build_scheduler
 from .progress import say
 from .runlock import RunLock
@@ -93,9 +94,9 @@ def build_run(cfg: Config, out: Path, resume: bool, device: str | None) -> RunPa
 
     # A bad train.init_from fails here, before the data check reads every image.
     init_source = load_init_source(cfg, resume)
-    vspec = val_spec(cfg)
-    skip_ids = check_data(cfg, vspec, info)
-    train_split = load_split(cfg.data.train, "train", cfg, train=True, skip_image_ids=skip_ids["train"])
+    train_source, val_source = resolve_splits(cfg)  # a spec naming no dataset fails here, on every rank
+    skip_ids = check_data(cfg, train_source, val_source, info)
+    train_split = load_split(train_source, "train", cfg, train=True, skip_image_ids=skip_ids["train"])
     cmap = train_split.dataset.category_map
     if cfg.model.num_classes != cmap.num_classes:
         say(info, f"note: model.num_classes {cfg.model.num_classes} -> {cmap.num_classes} "
@@ -108,7 +109,8 @@ def build_run(cfg: Config, out: Path, resume: bool, device: str | None) -> RunPa
             validate(cfg)
         except ConfigError as e:
             raise UserError(f"{e} (model.num_classes was set to {cmap.num_classes} from the data)") from None
-    val_split = load_split(vspec, "val", cfg, train=False, skip_image_ids=skip_ids["val"]) if vspec else None
+    val_split = (load_split(val_source, "val", cfg, train=False, skip_image_ids=skip_ids["val"])
+                 if val_source is not None else None)
     if val_split is not None:
         same_categories(cmap, val_split.dataset.category_map, str(train_split.ann_file), str(val_split.ann_file))
     else:
@@ -153,21 +155,16 @@ def build_run(cfg: Config, out: Path, resume: bool, device: str | None) -> RunPa
                     val_loader)
 
 
-def check_data(cfg: Config, vspec: str | None, info: DistInfo) -> dict[str, list]:
+def check_data(cfg: Config, train: DataSource, val: DataSource | None, info: DistInfo) -> dict[str, list]:
     """Validate the train (and val) split on rank 0 before anything expensive is built; every rank
     gets the verdict. Fatal problems stop here with the report's message (a ``DataError``); with
     ``data.skip_bad_images`` the images with image-level problems are left out, counted."""
     skip = cfg.data.skip_bad_images
     result: dict = {"error": None, "train": [], "val": []}
     if info.is_main:
-        for spec, split in ((cfg.data.train, "train"), (vspec, "val")):
-            if not spec:
+        for source, split in ((train, "train"), (val, "val")):
+            if source is None:
                 continue
-            try:
-                source = locate(spec, split)
-            except UserError as e:  # reported on every rank below, so none waits for the others
-                result["error"], result["spec_error"] = str(e), True
-                break
             report = validate_source(source, check_images=True, num_queries=cfg.model.num_queries)
             repairs = sum(i.count for i in report.repairs.values())
             warnings = sum(i.count for i in report.warnings.values())
@@ -188,8 +185,6 @@ def check_data(cfg: Config, vspec: str | None, info: DistInfo) -> dict[str, list
                 result[split] = sorted(report.bad_image_ids, key=str)
             say(info, line)
     result = distributed.broadcast_object(result)
-    if result.get("spec_error"):  # the same message as every other verb that reads this spec
-        raise DataError(result["error"])
     if result["error"]:
         hint = "" if skip else "\n(or set data.skip_bad_images=true to leave out images that cannot be used)"
         raise DataError(result["error"] + hint)
