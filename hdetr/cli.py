@@ -7,7 +7,10 @@ import errno
 import importlib
 import os
 import re
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 # verb -> module in hdetr.commands exposing ``add_arguments(parser)`` and ``run(args) -> int``.
 VERBS = {
@@ -87,8 +90,28 @@ def _os_error_message(e: OSError) -> str:
     return f"{where}: {what}" if where else what
 
 
+@contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (a scheduler, ``kill``, a container stop) unwinds like Ctrl-C: ``finally`` blocks run, so
+    temporary files are removed and no half-written file is left under a final name; the CLI exits 143.
+    Training installs its own handler inside (it saves a checkpoint first); servers install theirs."""
+    from .errors import Terminated
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .errors import Interrupted, UserError
+    from .errors import Interrupted, Terminated, UserError, cap, child_error
     from .threads import prefer_passive_waiting
 
     parser = build_parser()
@@ -118,24 +141,35 @@ def main(argv: list[str] | None = None) -> int:
         return status
 
     try:
-        check_device(getattr(args, "device", None))
-        return int(args._module.run(args) or 0)
-    except UserError as e:
-        return fail(EXIT_USAGE, f"error: {e}")
-    except Interrupted as e:
-        print(f"{prefix}: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"{prefix}: interrupted", file=sys.stderr)
-        return 130
-    except MemoryError as e:
-        return fail(EXIT_NO_MEMORY, f"error: out of memory ({e or 'MemoryError'}); use smaller images, batches or models")
-    except OSError as e:
-        return fail(EXIT_IO, f"error: {_os_error_message(e)}")
-    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        hint = "" if debug else "; rerun with --debug for the traceback"
-        return fail(EXIT_INTERNAL, f"internal error: {type(e).__name__}: {e}{hint}")
-
+        with terminate_as_interrupt():
+            check_device(getattr(args, "device", None))
+            return int(args._module.run(args) or 0)
+    except BaseException as raised:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if isinstance(raised, SystemExit):
+            raise
+        # An error raised in a DataLoader worker arrives wrapped, with the worker's traceback as its
+        # message: answer it exactly as if this process had raised it.
+        e = child_error(raised)
+        try:
+            raise e
+        except UserError:
+            return fail(EXIT_USAGE, f"error: {e}")
+        except Interrupted:
+            print(f"{prefix}: {e}", file=sys.stderr)
+            return e.exit_code
+        except Terminated:
+            print(f"{prefix}: stopped by SIGTERM", file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt:
+            print(f"{prefix}: interrupted", file=sys.stderr)
+            return 130
+        except MemoryError:
+            return fail(EXIT_NO_MEMORY, f"error: out of memory ({e or 'MemoryError'}); use smaller images, batches or models")
+        except OSError:
+            return fail(EXIT_IO, f"error: {_os_error_message(e)}")
+        except Exception:  # noqa: BLE001
+            hint = "" if debug else "; rerun with --debug for the traceback"
+            return fail(EXIT_INTERNAL, f"internal error: {type(e).__name__}: {cap(str(e), 2000)}{hint}")
 
 if __name__ == "__main__":
     sys.exit(main())
