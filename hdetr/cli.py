@@ -32,6 +32,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERNAL = 70  # a bug in hdetr: the message asks for --debug
 EXIT_NO_MEMORY = 71
 EXIT_IO = 74  # the operating system refused a read or a write (disk full, permissions, not a folder, ...)
+MESSAGE_LIMIT = 4000  # characters of an error message printed (errors.quote caps each quoted value first)
 EXIT_HELP = """\
 exit status:
   0    success
@@ -66,12 +67,12 @@ def terminal_safe(text: str) -> str:
 
 def check_device(device: str | None) -> None:
     """Refuse a --device torch cannot use, before any data is read."""
-    from .errors import UserError
+    from .errors import UserError, quote
 
     if device is None:
         return
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
-        raise UserError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
+        raise UserError(f"--device: expected cpu, cuda or cuda:N, got {quote(device)}")
     if device.startswith("cuda"):
         import torch
 
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(terminal_safe(f"{prefix}: {message}"), file=sys.stderr)
+        # The last cap on input echoed back: a message that quotes a huge value somewhere uncapped.
+        print(terminal_safe(f"{prefix}: {cap(message, MESSAGE_LIMIT)}"), file=sys.stderr)
         return status
 
     try:

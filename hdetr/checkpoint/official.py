@@ -9,6 +9,7 @@ import torch
 
 from ..config import Config, ConfigError, build_config
 from .files import CheckpointError, safe_torch_load
+from ..errors import quote
 
 
 # Official --backbone values; hdetr's backbones of the same names compute the same (docs/backbones.md).
@@ -126,7 +127,7 @@ def official_args_to_config(args: dict, state: dict[str, torch.Tensor]) -> Confi
         },
     }
     if backbone not in OFFICIAL_BACKBONES:
-        raise CheckpointError(f"official backbone {backbone!r} has no hdetr equivalent")
+        raise CheckpointError(f"official backbone {quote(backbone)} has no hdetr equivalent")
     if get("dilation", False):
         raise CheckpointError("official --dilation (a dilated last ResNet stage) has no hdetr equivalent")
     return build_config(data)

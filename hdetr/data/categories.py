@@ -3,17 +3,17 @@
 
 from __future__ import annotations
 
-from ..errors import UserError
+from ..errors import UserError, quote
 
 
 def category_differences(expected, found) -> list[str]:
     """What differs between two CategoryMaps (``expected``: the model's or the training split's)."""
     want = dict(zip(expected.cat_ids, expected.cat_names))
     have = dict(zip(found.cat_ids, found.cat_names))
-    out = [f"id {i} is {want[i]!r} there but {have[i]!r} here" for i in sorted(set(want) & set(have))
+    out = [f"id {i} is {quote(want[i])} there but {quote(have[i])} here" for i in sorted(set(want) & set(have))
            if want[i] != have[i]]
-    out += [f"id {i} ({have[i]!r}) is unknown there" for i in sorted(set(have) - set(want))]
-    out += [f"id {i} ({want[i]!r}) is missing here" for i in sorted(set(want) - set(have))]
+    out += [f"id {i} ({quote(have[i])}) is unknown there" for i in sorted(set(have) - set(want))]
+    out += [f"id {i} ({quote(want[i])}) is missing here" for i in sorted(set(want) - set(have))]
     return out
 
 

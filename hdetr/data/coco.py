@@ -14,7 +14,7 @@ from faster_coco_eval import COCO
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
-from ..errors import BadImageError, DataError
+from ..errors import BadImageError, DataError, quote
 from .sanitize import BOX_KEPT, BOX_MALFORMED, confine_path, image_relpath, not_a_regular_file, sanitize_box
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, DetrTransforms
 
@@ -60,7 +60,7 @@ class CategoryMap:
 
     def __post_init__(self):
         if self.mode not in CATEGORY_MODES:
-            raise ValueError(f"unknown category mode {self.mode!r}; expected one of {CATEGORY_MODES}")
+            raise ValueError(f"unknown category mode {quote(self.mode)}; expected one of {CATEGORY_MODES}")
         if len(self.cat_ids) != len(self.cat_names):
             raise ValueError("cat_ids and cat_names must have the same length")
         if len(set(self.cat_ids)) != len(self.cat_ids):
@@ -241,7 +241,7 @@ class CocoDetection(torch.utils.data.Dataset):
             if outcome == BOX_MALFORMED:
                 raise DataError(
                     f"{self.ann_file}: annotation {ann.get('id')} (image {image_id}): 'bbox' must be 4 numbers "
-                    f"[x, y, w, h], got {ann['bbox']!r}"
+                    f"[x, y, w, h], got {quote(ann['bbox'])}"
                 )
             if outcome not in BOX_KEPT:
                 continue

@@ -283,7 +283,7 @@ def _entry_id(report: DataReport, af: str, section: str, i: int, entry: Any) -> 
         report.add("missing_key", f"{section}[{i}] has no 'id'", file=af)
         return None
     if not _is_int(entry["id"]):
-        report.add("wrong_type", f"{section}[{i}]: 'id' must be an integer, got {entry['id']!r}", file=af)
+        report.add("wrong_type", f"{section}[{i}]: 'id' must be an integer, got {quote(entry['id'])}", file=af)
         return None
     return entry["id"]
 
@@ -382,10 +382,10 @@ def check_sections(c: Checking) -> None:
     """The three top-level lists exist and are lists."""
     for key in ("images", "annotations", "categories"):
         if key not in c.doc:
-            c.report.add("missing_key", f"required top-level key {key!r} is missing", file=c.af)
+            c.report.add("missing_key", f"required top-level key {quote(key)} is missing", file=c.af)
             c.sections[key] = []
         elif not isinstance(c.doc[key], list):
-            c.report.add("wrong_type", f"{key!r} must be a list, got {type(c.doc[key]).__name__}", file=c.af)
+            c.report.add("wrong_type", f"{quote(key)} must be a list, got {type(c.doc[key]).__name__}", file=c.af)
             c.sections[key] = []
         else:
             c.sections[key] = c.doc[key]
@@ -453,7 +453,7 @@ def check_image_entries(c: Checking) -> None:
             continue
         bad_size = [k for k in ("width", "height") if k in info and not _size_value(info[k])]
         if bad_size:
-            report.add("wrong_type", "; ".join(f"{k!r} must be a positive integer, got {quote(info[k])}" for k in bad_size),
+            report.add("wrong_type", "; ".join(f"{quote(k)} must be a positive integer, got {quote(info[k])}" for k in bad_size),
                        file=af, image_id=iid)
             continue
         c.images[iid] = info
@@ -551,7 +551,7 @@ def check_annotations(c: Checking) -> None:
                        image_id=ann.get("image_id"), ann_id=aid)
             continue
         iid, cid, bbox = ann["image_id"], ann["category_id"], ann["bbox"]
-        wrong = [f"{k!r} must be an integer, got {quote(ann[k])}" for k in ("id", "image_id", "category_id")
+        wrong = [f"{quote(k)} must be an integer, got {quote(ann[k])}" for k in ("id", "image_id", "category_id")
                  if not _is_int(ann[k])]
         if sanitize_box(bbox, None, None)[0] == BOX_MALFORMED:
             wrong.append(f"'bbox' must be a list of 4 numbers [x, y, w, h], got {quote(bbox)}")

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import WEIGHT_FILE_BACKBONES
-from ..errors import UserError
+from ..errors import UserError, quote
 from . import efficientnet
 
 KEY = "model.backbone_weights"
@@ -103,7 +103,7 @@ def load_backbone_weights(backbone: nn.Module, name: str, weights: str) -> dict:
             raise UserError(f"{KEY}={weights} holds EfficientNet-Lite0 weights; set model.backbone=efficientnet_lite0")
         weights = efficientnet.package_weights_path()
     if not name.startswith(WEIGHT_FILE_BACKBONES):
-        raise UserError(f"{KEY}: backbone {name!r} has no weights to load (use it without {KEY})")
+        raise UserError(f"{KEY}: backbone {quote(name)} has no weights to load (use it without {KEY})")
     body = backbone.body
     state = _to_backbone_layout(name, read_state_dict(weights), backbone)
     own = body.state_dict()
@@ -111,12 +111,12 @@ def load_backbone_weights(backbone: nn.Module, name: str, weights: str) -> dict:
     for k, v in own.items():  # the first problem in the backbone's own order
         if k in missing:
             raise UserError(
-                f"{KEY}: {weights} does not fit backbone {name!r}: tensor {k!r} is missing "
+                f"{KEY}: {weights} does not fit backbone {quote(name)}: tensor {quote(k)} is missing "
                 f"({len(missing)} of {len(own)} missing; is it a {name} state dict?)"
             )
         if k in state and state[k].shape != v.shape:
             raise UserError(
-                f"{KEY}: {weights} does not fit backbone {name!r}: tensor {k!r} has shape "
+                f"{KEY}: {weights} does not fit backbone {quote(name)}: tensor {quote(k)} has shape "
                 f"{tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
             )
     unused = sorted(k for k in state if k not in own)

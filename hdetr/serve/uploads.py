@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+from ..errors import quote
 
 
 class RequestError(Exception):
@@ -51,7 +52,7 @@ def _number(values: Mapping[str, str], key: str, low: float, high: float, high_o
     except ValueError:
         x = math.nan
     if not (low <= x <= high) or (high_open and x == high):
-        raise RequestError(422, f"{key} must be a number in {bound}, got {text!r}")
+        raise RequestError(422, f"{key} must be a number in {bound}, got {quote(text)}")
     return x
 
 
@@ -62,7 +63,7 @@ def parse_options(values: Mapping[str, str], default_threshold: float) -> dict:
     if "tile" in values:
         text = values["tile"]
         if not text.strip().isdigit() or int(text) < 1:
-            raise RequestError(422, f"tile must be a positive integer (tile side in pixels), got {text!r}")
+            raise RequestError(422, f"tile must be a positive integer (tile side in pixels), got {quote(text)}")
         options["tile"] = int(text)
     overlap = _number(values, "overlap", 0.0, 1.0, high_open=True)
     if overlap is not None:
