@@ -83,11 +83,13 @@ def check_device(device: str | None) -> None:
             raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
 
 
-def _os_error_message(e: OSError) -> str:
+def _os_error_message(e: OSError, verb: str = "") -> str:
     where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
     what = e.strerror or str(e)
     if e.errno == errno.ENOSPC:
-        what += " (the disk is full)"
+        # Every output goes through files.atomic_write: nothing half-written is left under its name.
+        what += " (the disk is full; nothing was left half-written: free some space and run again"
+        what += ", with --resume to continue from the last checkpoint, which is intact)" if verb == "train" else ")"
     return f"{where}: {what}" if where else what
 
 
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         except MemoryError:
             return fail(EXIT_NO_MEMORY, f"error: out of memory ({e or 'MemoryError'}); use smaller images, batches or models")
         except OSError:
-            return fail(EXIT_IO, f"error: {_os_error_message(e)}")
+            return fail(EXIT_IO, f"error: {_os_error_message(e, args.verb)}")
         except Exception:  # noqa: BLE001
             hint = "" if debug else "; rerun with --debug for the traceback"
             return fail(EXIT_INTERNAL, f"internal error: {type(e).__name__}: {cap(str(e), 2000)}{hint}")
