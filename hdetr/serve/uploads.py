@@ -13,23 +13,30 @@ from ..errors import quote
 class RequestError(Exception):
     """A request the server refuses: ``status`` (4xx) and a one-line message for the client."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 def decode_image(data: bytes, file_name: str, max_pixels: int) -> Image.Image:
-    """Upload bytes -> RGB image (EXIF orientation applied), or RequestError."""
+    """Upload bytes -> RGB image (EXIF orientation applied), or RequestError.
+
+    Decompression bombs (a small file declaring a huge image) are refused from the header, before any
+    pixel is decoded, at the server's limit or Pillow's (``Image.MAX_IMAGE_PIXELS``), whichever is lower:
+    Pillow alone only warns between its limit and twice it.
+    """
     if not data:
         raise RequestError(400, f"'{file_name}' is empty (0 bytes)")
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
     try:
         with Image.open(io.BytesIO(data)) as im:
             # The header gives the size before anything is decoded: refuse pixel bombs up front.
             w, h = im.size
-            if w * h > max_pixels:
+            if w * h > limit:
                 raise RequestError(413, f"'{file_name}' is {w}x{h} = {w * h / 1e6:.1f} megapixels; "
-                                        f"this server accepts at most {max_pixels / 1e6:.1f}")
+                                        f"this server accepts at most {limit / 1e6:.1f}")
             im.load()
             return ImageOps.exif_transpose(im).convert("RGB")
     except RequestError:
