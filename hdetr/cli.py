@@ -7,7 +7,10 @@ import errno
 import importlib
 import os
 import re
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 # verb -> module in hdetr.commands exposing ``add_arguments(parser)`` and ``run(args) -> int``.
 VERBS = {
@@ -29,6 +32,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERNAL = 70  # a bug in hdetr: the message asks for --debug
 EXIT_NO_MEMORY = 71
 EXIT_IO = 74  # the operating system refused a read or a write (disk full, permissions, not a folder, ...)
+MESSAGE_LIMIT = 4000  # characters of an error message printed (errors.quote caps each quoted value first)
 EXIT_HELP = """\
 exit status:
   0    success
@@ -65,12 +69,12 @@ def terminal_safe(text: str) -> str:
 
 def check_device(device: str | None) -> None:
     """Refuse a --device torch cannot use, before any data is read."""
-    from .errors import UserError
+    from .errors import UserError, quote
 
     if device is None:
         return
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
-        raise UserError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
+        raise UserError(f"--device: expected cpu, cuda or cuda:N, got {quote(device)}")
     if device.startswith("cuda"):
         import torch
 
@@ -81,12 +85,34 @@ def check_device(device: str | None) -> None:
             raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
 
 
-def _os_error_message(e: OSError) -> str:
+def _os_error_message(e: OSError, verb: str = "") -> str:
     where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
     what = e.strerror or str(e)
     if e.errno == errno.ENOSPC:
-        what += " (the disk is full)"
+        # Every output goes through files.atomic_write: nothing half-written is left under its name.
+        what += " (the disk is full; nothing was left half-written: free some space and run again"
+        what += ", with --resume to continue from the last checkpoint, which is intact)" if verb == "train" else ")"
     return f"{where}: {what}" if where else what
+
+
+@contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (a scheduler, ``kill``, a container stop) unwinds like Ctrl-C: ``finally`` blocks run, so
+    temporary files are removed and no half-written file is left under a final name; the CLI exits 143.
+    Training installs its own handler inside (it saves a checkpoint first); servers install theirs."""
+    from .errors import Terminated
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,40 +139,56 @@ def main(argv: list[str] | None = None) -> int:
         check_device(getattr(args, "device", None))
         return int(args._module.run(args) or 0)
 
-    return guarded(f"hdetr {args.verb}", run, debug)
+    return guarded(f"hdetr {args.verb}", run, debug, args.verb)
 
 
-def guarded(prefix: str, run, debug: bool = False) -> int:
+def guarded(prefix: str, run, debug: bool = False, verb: str = "") -> int:
     """``run()``'s exit status, every error turned into one line on stderr (``prefix: error: ...``) and
     the exit status of its class (EXIT_HELP); ``debug`` adds the traceback. The error boundary of the
-    ``hdetr`` verbs, and of any tool built on hdetr that should answer the same way."""
-    from .errors import Interrupted, UserError
+    ``hdetr`` verbs, and of any tool built on hdetr that should answer the same way. SIGTERM unwinds
+    like Ctrl-C inside it (``terminate_as_interrupt``)."""
+    from .errors import Interrupted, Terminated, UserError, cap, child_error
 
     def fail(status: int, message: str) -> int:
         if debug:
             import traceback
 
             traceback.print_exc()
-        print(terminal_safe(f"{prefix}: {message}"), file=sys.stderr)
+        # The last cap on input echoed back: a message that quotes a huge value somewhere uncapped.
+        print(terminal_safe(f"{prefix}: {cap(message, MESSAGE_LIMIT)}"), file=sys.stderr)
         return status
 
     try:
-        return int(run() or 0)
-    except UserError as e:
-        return fail(EXIT_USAGE, f"error: {e}")
-    except Interrupted as e:
-        print(f"{prefix}: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"{prefix}: interrupted", file=sys.stderr)
-        return 130
-    except MemoryError as e:
-        return fail(EXIT_NO_MEMORY, f"error: out of memory ({e or 'MemoryError'}); use smaller images, batches or models")
-    except OSError as e:
-        return fail(EXIT_IO, f"error: {_os_error_message(e)}")
-    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        hint = "" if debug else "; rerun with --debug for the traceback"
-        return fail(EXIT_INTERNAL, f"internal error: {type(e).__name__}: {e}{hint}")
+        with terminate_as_interrupt():
+            return int(run() or 0)
+    except BaseException as raised:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if isinstance(raised, SystemExit):
+            raise
+        # An error raised in a DataLoader worker arrives wrapped, with the worker's traceback as its
+        # message: answer it exactly as if this process had raised it.
+        e = child_error(raised)
+        try:
+            raise e
+        except UserError:
+            return fail(EXIT_USAGE, f"error: {e}")
+        except Interrupted:
+            print(f"{prefix}: {e}", file=sys.stderr)
+            return e.exit_code
+        except Terminated:
+            print(f"{prefix}: stopped by SIGTERM", file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt:
+            print(f"{prefix}: interrupted", file=sys.stderr)
+            return 130
+        except MemoryError:
+            return fail(EXIT_NO_MEMORY, f"error: out of memory ({e or 'MemoryError'}); use smaller images, batches or models")
+        except OSError:
+            return fail(EXIT_IO, f"error: {_os_error_message(e, verb)}")
+        except Exception:  # noqa: BLE001
+            hint = "" if debug else "; rerun with --debug for the traceback"
+            return fail(EXIT_INTERNAL, f"internal error: {type(e).__name__}: {cap(str(e), 2000)}{hint}")
+
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
+from .errors import quote
 
 from .backbones import BACKBONES, package_weights_names
 
@@ -185,7 +186,7 @@ def parse_parts(spec: str, key: str, allow_all: bool = False) -> tuple[str, ...]
     bad = [p for p in parts if p not in MODEL_PARTS]
     if bad:
         allowed = ", ".join(MODEL_PARTS) + (" or all" if allow_all else "")
-        raise ConfigError(f"{key}: unknown part {bad[0]!r}; join parts with + from {allowed}, e.g. backbone+encoder")
+        raise ConfigError(f"{key}: unknown part {quote(bad[0])}; join parts with + from {allowed}, e.g. backbone+encoder")
     return parts
 # Metrics train.best_metric may name (COCO's, and LVIS's for LVIS datasets); all are higher-is-better.
 BEST_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
@@ -208,14 +209,14 @@ def coerce_value(value: Any, typ: Any, key: str) -> Any:
         if isinstance(value, str):
             value = _safe_yaml(value, key) if value.strip() else {}
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, e.g. {{your_name: source_name}}, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, e.g. {{your_name: source_name}}, got {quote(value)}")
         _, item = get_args(typ)
         return {str(k): coerce_value(v, item, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if isinstance(value, str):
             value = _safe_yaml(value, key)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {quote(value)}")
         (item,) = get_args(typ)
         return [coerce_value(v, item, key) for v in value]
     if typ is bool:
@@ -223,25 +224,25 @@ def coerce_value(value: Any, typ: Any, key: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {quote(value)}")
     if typ is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {quote(value)}")
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+            raise ConfigError(f"{key}: expected an integer, got {quote(value)}") from None
     if typ is float:
         try:
             out = float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{key}: expected a number, got {quote(value)}") from None
         if not math.isfinite(out):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{key}: expected a finite number, got {quote(value)}")
         return out
     if typ is str:
         if not isinstance(value, (str, int, float)):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {quote(value)}")
         return str(value)
     raise ConfigError(f"{key}: unsupported type {typ}")
 
@@ -256,11 +257,11 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown config key {path!r}; allowed keys here: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown config key {quote(path)}; allowed keys here: {', '.join(sorted(names))}")
         typ = hints[key]
         if dataclasses.is_dataclass(typ):
             if not isinstance(value, dict):
-                raise ConfigError(f"{path}: expected a section (mapping), got {value!r}")
+                raise ConfigError(f"{path}: expected a section (mapping), got {quote(value)}")
             values[key] = _build(typ, value, path + ".")
         else:
             values[key] = coerce_value(value, typ, path)
@@ -272,20 +273,20 @@ def parse_overrides(overrides: list[str]) -> dict:
     out: dict = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+            raise ConfigError(f"override {quote(item)} is not of the form section.key=value")
         key, raw = item.split("=", 1)
         node = out
         parts = key.strip().split(".")
         if not all(parts):
-            raise ConfigError(f"override {item!r}: {key.strip()!r} is not a key (expected section.key=value)")
+            raise ConfigError(f"override {quote(item)}: {quote(key.strip())} is not a key (expected section.key=value)")
         for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 where = ".".join(parts[: i + 1])
-                raise ConfigError(f"override {item!r}: {where} is given both a value and sub-keys")
+                raise ConfigError(f"override {quote(item)}: {where} is given both a value and sub-keys")
         if isinstance(node.get(parts[-1]), dict):
-            raise ConfigError(f"override {item!r}: {key.strip()} is given both a value and sub-keys")
-        node[parts[-1]] = _safe_yaml(raw, f"override {item!r}") if raw != "" else ""
+            raise ConfigError(f"override {quote(item)}: {key.strip()} is given both a value and sub-keys")
+        node[parts[-1]] = _safe_yaml(raw, f"override {quote(item)}") if raw != "" else ""
     return out
 
 
@@ -325,7 +326,7 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     base = data.pop("_base_", None)
     if base:
         if not isinstance(base, str):
-            raise ConfigError(f"{path}: '_base_' must be a file name, got {base!r}")
+            raise ConfigError(f"{path}: '_base_' must be a file name, got {quote(base)}")
         merged = load_yaml(path.parent / base, (*_seen, path.resolve()))
         _deep_update(merged, data)
         return merged
@@ -348,7 +349,7 @@ def resolve_preset(name_or_path: str) -> Path:
     if candidate.exists():
         return candidate
     names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith("_")))
-    raise ConfigError(f"no config file or preset named {name_or_path!r}; presets: {names}")
+    raise ConfigError(f"no config file or preset named {quote(name_or_path)}; presets: {names}")
 
 
 def build_config(data: dict | None = None, overrides: list[str] | None = None) -> Config:
@@ -389,8 +390,8 @@ def validate(cfg: Config) -> None:
     need(m.backbone != "precomputed" or bool(m.backbone_channels),
          "model.backbone_channels must list the feature channels when model.backbone is 'precomputed'")
     need(m.attention_impl in ATTENTION_IMPLS,
-         f"model.attention_impl must be one of {', '.join(ATTENTION_IMPLS)}, got {m.attention_impl!r}")
-    need(h.scheme in SCHEMES, f"hybrid.scheme must be one of {', '.join(SCHEMES)}, got {h.scheme!r}")
+         f"model.attention_impl must be one of {', '.join(ATTENTION_IMPLS)}, got {quote(m.attention_impl)}")
+    need(h.scheme in SCHEMES, f"hybrid.scheme must be one of {', '.join(SCHEMES)}, got {quote(h.scheme)}")
     need(h.k >= 1, f"hybrid.k must be >= 1, got {h.k}")
     need(h.num_queries_one2many >= 0, f"hybrid.num_queries_one2many must be >= 0, got {h.num_queries_one2many}")
     need(h.lambda_one2many >= 0, f"hybrid.lambda_one2many must be >= 0, got {h.lambda_one2many}")
@@ -408,8 +409,8 @@ def validate(cfg: Config) -> None:
     need(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
     need(t.grad_accum >= 1, f"train.grad_accum must be >= 1, got {t.grad_accum}")
     need(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
-    need(t.amp in ("none", "bf16", "fp16"), f"train.amp must be one of none, bf16, fp16, got {t.amp!r}")
-    need(t.nonfinite in ("stop", "skip"), f"train.nonfinite must be stop or skip, got {t.nonfinite!r}")
+    need(t.amp in ("none", "bf16", "fp16"), f"train.amp must be one of none, bf16, fp16, got {quote(t.amp)}")
+    need(t.nonfinite in ("stop", "skip"), f"train.nonfinite must be stop or skip, got {quote(t.nonfinite)}")
     bad = [p for p in t.checkpoint_activations if p not in CHECKPOINT_PARTS]
     need(not bad, f"train.checkpoint_activations: unknown part(s) {', '.join(map(repr, bad))}; "
                   f"choose from {', '.join(CHECKPOINT_PARTS)}")
@@ -422,10 +423,10 @@ def validate(cfg: Config) -> None:
     parse_parts(t.init_parts, "train.init_parts", allow_all=True)
     parse_parts(t.freeze, "train.freeze")
     need(t.init_one2many in INIT_ONE2MANY,
-         f"train.init_one2many must be one of {', '.join(INIT_ONE2MANY)}, got {t.init_one2many!r}")
+         f"train.init_one2many must be one of {', '.join(INIT_ONE2MANY)}, got {quote(t.init_one2many)}")
     need(t.patience >= 0, f"train.patience must be >= 0 (0 disables early stopping), got {t.patience}")
     need(t.best_metric in BEST_METRICS,
-         f"train.best_metric must be one of {', '.join(BEST_METRICS)}, got {t.best_metric!r}")
+         f"train.best_metric must be one of {', '.join(BEST_METRICS)}, got {quote(t.best_metric)}")
     bad = [x for x in t.trackers if x not in TRACKERS]
     need(not bad, f"train.trackers: unknown tracker(s) {bad}; available: {', '.join(TRACKERS)} "
                   "(TensorBoard is always on when installed)")
@@ -462,24 +463,24 @@ def _validate_scales(d: DataConfig, need) -> None:
 
 
 def _validate_backbone(m: ModelConfig, need) -> None:
-    need(m.backbone in BACKBONES, f"model.backbone must be one of {', '.join(BACKBONES)}, got {m.backbone!r}")
+    need(m.backbone in BACKBONES, f"model.backbone must be one of {', '.join(BACKBONES)}, got {quote(m.backbone)}")
     entry = BACKBONES[m.backbone]
     need(not m.pretrained_backbone or entry.pretrained_weights,
-         f"model.pretrained_backbone: backbone {m.backbone!r} has no pretrained weights; set it to false")
+         f"model.pretrained_backbone: backbone {quote(m.backbone)} has no pretrained weights; set it to false")
     # Checked here, not when the model is built: a demo or a training run refuses before its data work.
     owner = package_weights_names().get(m.backbone_weights)
     need(owner is None or owner == m.backbone,
-         f"model.backbone_weights={m.backbone_weights} holds {owner} weights, but model.backbone is "
-         f"{m.backbone!r}: set model.backbone={owner}, or model.backbone_weights= (empty) for random weights")
+         f"model.backbone_weights={quote(m.backbone_weights)} holds {owner} weights, but model.backbone is "
+         f"{quote(m.backbone)}: set model.backbone={owner}, or model.backbone_weights= (empty) for random weights")
     need(not m.backbone_weights or entry.weights_file,
-         f"model.backbone_weights: backbone {m.backbone!r} has no weights to load; leave model.backbone_weights empty")
+         f"model.backbone_weights: backbone {quote(m.backbone)} has no weights to load; leave model.backbone_weights empty")
     s = m.swin
     need(0.0 <= s.drop_path_rate < 1.0, f"model.swin.drop_path_rate must be in [0, 1), got {s.drop_path_rate}")
     if m.backbone != "swin":
         for key in SWIN_DIMS:
             need(getattr(s, key) is None,
                  f"model.swin.{key} describes a Swin by its dimensions (model.backbone: swin); "
-                 f"backbone {m.backbone!r} fixes its own, so leave model.swin.{key} unset")
+                 f"backbone {quote(m.backbone)} fixes its own, so leave model.swin.{key} unset")
         return
     for key in SWIN_DIMS:
         need(getattr(s, key) is not None, f"model.swin.{key} must be set when model.backbone is 'swin'")

@@ -102,6 +102,17 @@ def grid(images: list[Tensor], columns: int = 4, pad: int = 4) -> Tensor:
     return make_grid(canvas, nrow=columns, padding=pad, pad_value=255)
 
 
+def save_image(pil: Image.Image, path) -> None:
+    """Save ``pil`` to ``path`` atomically (``files.atomic_write``): a full disk or a stop mid-write
+    leaves no half-written picture under ``path``. The format comes from the suffix, as PIL's own save."""
+    from pathlib import Path
+
+    from .files import atomic_write
+
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    atomic_write(Path(path), lambda p: pil.save(p, format=fmt))
+
+
 def prediction_grid(model_dir, images: list, out, threshold: float = 0.3, scale: int = 1, columns: int = 4):
     """A model folder's detections drawn on ``images`` (paths), as one grid image saved to ``out``."""
     from .api import Detector, as_uint8_image
@@ -115,5 +126,5 @@ def prediction_grid(model_dir, images: list, out, threshold: float = 0.3, scale:
     pil = to_pil(grid(drawn, columns=columns))
     if scale != 1:
         pil = pil.resize((pil.width * scale, pil.height * scale))
-    pil.save(out)
+    save_image(pil, out)
     return out

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
+from .files import atomic_write
 from .graph_metadata import (  # noqa: F401  (read_metadata and MIN_SIDE are also part of this module's API)
     META_CATEGORY_MAP,
     META_CLASS_NAMES,
@@ -199,7 +200,8 @@ def export_onnx(
     program.model.metadata_props.update(meta)
     program.model.producer_name = "hdetr"
     program.model.producer_version = __version__
-    program.save(str(path), external_data=False)
+    # Through a temporary file: a full disk or a stop mid-write leaves no half graph under ``path``.
+    atomic_write(Path(path), lambda p: program.save(str(p), external_data=False))
     seconds = time.perf_counter() - start
 
     result = ExportResult(path, seconds, opset, postprocess, path.stat().st_size)

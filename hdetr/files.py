@@ -6,11 +6,15 @@ answer ``--help`` without torch) can write its outputs this way.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
+# Free space under which a failed write is taken for a full disk (the writer's own error may not say so).
+FULL_DISK_BYTES = 1 << 20
 
 
 def temp_files(path: Path) -> list[Path]:
@@ -32,6 +36,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _disk_full(folder: Path, error: Exception) -> bool:
+    text = str(error)
+    if "No space left on device" in text or "os error 28" in text:
+        return True
+    try:
+        return shutil.disk_usage(folder).free < FULL_DISK_BYTES
+    except OSError:
+        return False
+
+
 def atomic_write(path: Path, write, previous: Path | None = None) -> None:
     """Write via a temporary file in the same folder, fsync, then rename: readers never see half a file.
 
@@ -39,13 +53,25 @@ def atomic_write(path: Path, write, previous: Path | None = None) -> None:
     before the rename leaves it behind and ``path`` untouched. ``previous``: the file ``path`` held is
     first renamed to it, so the last two complete versions exist at every moment (one of them under
     ``previous`` only for the instant between the two renames).
+
+    A full disk is an ``OSError(ENOSPC)`` naming ``path``, whatever the writer raised: torch.save,
+    safetensors, onnx and PIL report it each in their own way (torch.save: "unexpected pos ...").
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except OSError as e:
+            if e.filename is None:  # e.g. PIL's "[Errno 28] No space left on device": name the file
+                raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+            raise
+        except Exception as e:
+            if _disk_full(path.parent, e):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+            raise
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         if previous is not None and path.exists():

@@ -7,11 +7,33 @@ what to do instead.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import UserError
+
+
+def check_writable(out: Path, flag: str = "--out", folder: bool = True) -> None:
+    """Refuse, before any work, an output that cannot be written: a read-only folder or file system, or
+    one without write permission. Tried for real (a file created and removed in the folder that will
+    hold the output, or in its nearest existing parent), since permission bits do not tell: root ignores
+    them, a read-only mount refuses root too. ``folder``: ``out`` is a folder (else a file in one)."""
+    target = Path(out) if folder else Path(out).parent
+    where = next((p for p in (target, *target.parents) if p.exists()), None)
+    if where is None or not where.is_dir():
+        return  # not a folder: the verbs' own checks say so
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".hdetr-write-check-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        why = {errno.EROFS: "the file system is read-only", errno.EACCES: "no permission to write there",
+               errno.EPERM: "no permission to write there", errno.ENOSPC: "the disk is full"}.get(e.errno, e.strerror or str(e))
+        raise UserError(f"{flag} {out}: cannot write in {where} ({why}); choose another output") from None
 
 
 

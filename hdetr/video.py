@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import UserError
+from .files import atomic_write
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".gif"}
 CAMERA_FORMATS = {"linux": "v4l2", "darwin": "avfoundation"}
@@ -78,7 +79,7 @@ def output_paths(spec: str, out_dir: Path) -> tuple[Path, Path]:
 
 
 def _encoder(av, path: Path, rate, width: int, height: int):
-    container = av.open(str(path), "w")
+    container = av.open(str(path), "w", format="mp4")  # a temporary name: the suffix cannot tell the format
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     stream = container.add_stream(codec, rate=rate)
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -94,62 +95,74 @@ def predict_video(detector, spec: str, out_dir: Path, threshold: float, options:
     from .draw import draw_prediction
 
     av = _av()
-    source = open_source(spec)
     name = output_name(spec)
     video_path, jsonl_path = output_paths(spec, out_dir)
+    source = open_source(spec)
+    if not source.streams.video:
+        source.close()
+        raise UserError(f"{spec}: holds no video stream (audio or data only): nothing to detect on")
     stream = source.streams.video[0]
     stream.thread_type = "AUTO"
     rate = stream.average_rate or 25
     total = stream.frames or None
     if max_frames is not None:
         total = min(total, max_frames) if total else max_frames
-    sink = sink_stream = None
     frames, start = 0, time.perf_counter()
     bar = tqdm(total=total, unit="frame", desc=name, dynamic_ncols=True, disable=None if progress is None else not progress)
 
-    def flush(batch: list[tuple[int, float, torch.Tensor]]) -> None:
-        nonlocal sink, sink_stream
-        found = detector.predict_batch([f for _, _, f in batch], threshold, **options)
-        for (index, t, frame), det in zip(batch, found):
-            drawn = draw_prediction(frame, det.boxes, det.labels, det.scores, detector.class_names)
-            h, w = drawn.shape[-2:]
-            drawn = drawn[:, : h - h % 2, : w - w % 2]  # yuv420p needs even sides
-            if sink is None:
-                sink, sink_stream = _encoder(av, video_path, rate, drawn.shape[-1], drawn.shape[-2])
-            image = av.VideoFrame.from_ndarray(drawn.permute(1, 2, 0).contiguous().numpy(), format="rgb24")
-            for packet in sink_stream.encode(image):
-                sink.mux(packet)
-            dets = [{k: v for k, v in d.items() if k != "image_id"} for d in detector.coco_results(det, index)]
-            jsonl.write(json.dumps({"frame": index, "time": round(t, 4), "detections": dets}) + "\n")
-        bar.update(len(batch))
-        bar.set_postfix(fps=f"{frames / max(time.perf_counter() - start, 1e-9):.1f}")
+    def write(video_tmp: str, jsonl_tmp: str) -> None:
+        # Both files are written under temporary names and renamed once complete (files.atomic_write):
+        # an error, an empty video or a stop (Ctrl-C, SIGTERM) leaves nothing under the final names.
+        nonlocal frames
+        sink = sink_stream = None
+
+        def flush(batch: list[tuple[int, float, torch.Tensor]]) -> None:
+            nonlocal sink, sink_stream
+            found = detector.predict_batch([f for _, _, f in batch], threshold, **options)
+            for (index, t, frame), det in zip(batch, found):
+                drawn = draw_prediction(frame, det.boxes, det.labels, det.scores, detector.class_names)
+                h, w = drawn.shape[-2:]
+                drawn = drawn[:, : h - h % 2, : w - w % 2]  # yuv420p needs even sides
+                if sink is None:
+                    sink, sink_stream = _encoder(av, Path(video_tmp), rate, drawn.shape[-1], drawn.shape[-2])
+                image = av.VideoFrame.from_ndarray(drawn.permute(1, 2, 0).contiguous().numpy(), format="rgb24")
+                for packet in sink_stream.encode(image):
+                    sink.mux(packet)
+                dets = [{k: v for k, v in d.items() if k != "image_id"} for d in detector.coco_results(det, index)]
+                jsonl.write(json.dumps({"frame": index, "time": round(t, 4), "detections": dets}) + "\n")
+            bar.update(len(batch))
+            bar.set_postfix(fps=f"{frames / max(time.perf_counter() - start, 1e-9):.1f}")
+
+        try:
+            with open(jsonl_tmp, "w") as jsonl:
+                batch = []
+                for frame in source.decode(stream):
+                    if max_frames is not None and frames >= max_frames:
+                        break
+                    t = float(frame.time) if frame.time is not None else frames / float(rate)
+                    pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
+                    batch.append((frames, t, pixels))
+                    frames += 1
+                    if len(batch) == batch_size:
+                        flush(batch)
+                        batch = []
+                if batch:
+                    flush(batch)
+        finally:
+            if sink is not None:
+                for packet in sink_stream.encode(None):
+                    sink.mux(packet)
+                sink.close()
+        if frames == 0:
+            raise UserError(f"{spec}: no video frames could be read: nothing to detect on")
 
     try:
-        with open(jsonl_path, "w") as jsonl:
-            batch = []
-            for frame in source.decode(stream):
-                if max_frames is not None and frames >= max_frames:
-                    break
-                t = float(frame.time) if frame.time is not None else frames / float(rate)
-                pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
-                batch.append((frames, t, pixels))
-                frames += 1
-                if len(batch) == batch_size:
-                    flush(batch)
-                    batch = []
-            if batch:
-                flush(batch)
+        atomic_write(video_path, lambda v: atomic_write(jsonl_path, lambda j: write(v, j)))
     except av.error.FFmpegError as e:
         raise UserError(f"{spec}: cannot decode the video ({e})") from None
     finally:
         bar.close()
         source.close()
-        if sink is not None:  # also on Ctrl-C: the frames so far make a playable file
-            for packet in sink_stream.encode(None):
-                sink.mux(packet)
-            sink.close()
     seconds = time.perf_counter() - start
-    if frames == 0:
-        raise UserError(f"{spec}: no video frames could be read")
     return {"frames": frames, "seconds": seconds, "fps": frames / max(seconds, 1e-9), "video": video_path,
             "jsonl": jsonl_path}

@@ -20,7 +20,7 @@ import torch
 
 from ..config import Config, ConfigError, build_config
 from ..data.categories import COCO_CATEGORIES, COCO_NUM_CLASSES, UNUSED_CLASS_NAME, CategoryMap
-from ..errors import UserError
+from ..errors import UserError, quote
 from ..run_folder import LOADABLE
 from ..safe_load import CheckpointError, safe_torch_load
 from .model_folder import MODEL_FILE, load_model_files
@@ -75,7 +75,7 @@ def _from_torch_file(path: Path) -> LoadedWeights:
     fmt = ckpt.get("format")
     if isinstance(fmt, str) and fmt.startswith("hdetr-"):
         if fmt not in KNOWN_FORMATS:
-            raise UserError(f"{path}: hdetr checkpoint format {fmt!r} is not one this version reads "
+            raise UserError(f"{path}: hdetr checkpoint format {quote(fmt)} is not one this version reads "
                             f"({', '.join(KNOWN_FORMATS)})")
         cfg = build_config(ckpt["config"])
         state, ema = ckpt["model"], bool(ckpt.get("ema"))

@@ -10,6 +10,7 @@ import torch
 
 from ..backbones import official_backbones
 from ..config import Config, ConfigError, build_config
+from ..errors import quote
 from ..safe_load import CheckpointError, safe_torch_load
 
 
@@ -128,7 +129,7 @@ def official_args_to_config(args: dict, state: dict[str, torch.Tensor]) -> Confi
         },
     }
     if backbone not in OFFICIAL_BACKBONES:
-        raise CheckpointError(f"official backbone {backbone!r} has no hdetr equivalent")
+        raise CheckpointError(f"official backbone {quote(backbone)} has no hdetr equivalent")
     if get("dilation", False):
         raise CheckpointError("official --dilation (a dilated last ResNet stage) has no hdetr equivalent")
     return build_config(data)

@@ -24,9 +24,11 @@ def run(args) -> int:
     from ..config import ConfigError, build_config
     from ..errors import UserError
     from ..models import WeightsMismatchError, build_model_with_weights
+    from ..outputs import check_writable
 
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         raise UserError(f"{args.out}: exists and is not an empty folder; convert writes a new model folder")
+    check_writable(args.out, "out")
     loaded = load_weights(args.official)
     try:
         cfg = build_config({**loaded.cfg.to_dict()}, args.overrides) if args.overrides else loaded.cfg

@@ -99,13 +99,14 @@ def run(args) -> int:
     from ..engine.train import train
     from ..errors import UserError
     from ..files import atomic_write
-    from ..outputs import check_output_file, json_with, vouched_by
+    from ..outputs import check_output_file, check_writable, json_with, vouched_by
 
     start = time.perf_counter()
     out = args.out
     # Before the minutes of training: someone else's metrics.json or predictions.png is never replaced.
     check_output_file(out / "metrics.json", "--out", json_with("AP"))
     check_output_file(out / "predictions.png", "--out", vouched_by(out / "metrics.json", json_with("AP")))
+    check_writable(out)
     if args.device in (None, "cpu") and not torch.cuda.is_available():
         threads, busy = (args.threads, None) if args.threads else pick_threads()
         torch.set_num_threads(threads)

@@ -41,7 +41,7 @@ def run(args) -> int:
     from ..engine.report import REPORT_FILES, check_report_folder, write_report
     from ..errors import UserError
     from ..files import atomic_write
-    from ..outputs import check_output_file, json_with, refuse_input_path
+    from ..outputs import check_output_file, check_writable, json_with, refuse_input_path
 
     apply_threads(args.threads)
     options = tile_options(args)
@@ -56,6 +56,8 @@ def run(args) -> int:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     if args.out is not None and report_dir is None:
         check_output_file(args.out, "--out", json_with("AP"))
+    if args.out is not None:
+        check_writable(args.out, folder=report_dir is not None)
 
     def check_split(split):  # before the evaluation's minutes
         if args.out:

@@ -45,10 +45,11 @@ def run(args) -> int:
     if not args.checkpoint.exists():
         raise UserError(f"{args.checkpoint}: no such model folder or file")
     from ..export import read_metadata
-    from ..outputs import check_output_file
+    from ..outputs import check_output_file, check_writable
 
     # Before the export (minutes), not after it: a folder, or an .onnx file hdetr did not write.
     check_output_file(args.out, "out", lambda p: read_metadata(p)["hdetr_version"] is not None)
+    check_writable(args.out, "out", folder=False)
     try:
         result = export_checkpoint(args.checkpoint, args.out, format=args.format, postprocess=args.postprocess,
                                    opset=DEFAULT_OPSET if args.opset is None else args.opset, mask_dtype=args.mask_dtype, verify=not args.no_verify)

@@ -151,7 +151,7 @@ def check_outputs(out: Path, images: list[Path], drawings: list[str], videos: li
     counts as hdetr's when the folder's detections.json does, a NAME.mp4 when its NAME.jsonl does.
     """
     from ..errors import UserError
-    from ..outputs import check_output_file, json_with, jsonl_with, vouched_by
+    from ..outputs import check_output_file, check_writable, json_with, jsonl_with, vouched_by
     from ..video import output_paths
 
     if out.is_dir() and any(p.parent.resolve() == out.resolve() for p in images):
@@ -166,6 +166,7 @@ def check_outputs(out: Path, images: list[Path], drawings: list[str], videos: li
         video, jsonl = output_paths(spec, out)
         check_output_file(jsonl, "--out", jsonl_with("frame", "detections"))
         check_output_file(video, "--out", vouched_by(jsonl, jsonl_with("frame", "detections")))
+    check_writable(out)
 
 
 def explain_empty(path, threshold: float, det) -> str:
@@ -180,7 +181,7 @@ def run(args) -> int:
 
     from ..api import as_uint8_image
     from ..files import atomic_write
-    from ..draw import draw_prediction, to_pil
+    from ..draw import draw_prediction, save_image, to_pil
     from ..errors import UserError
     from ..video import is_video, predict_video
 
@@ -226,7 +227,7 @@ def run(args) -> int:
             if gt is not None and truth is None:
                 print(f"{path}: not in {args.show_gt}, drawn without ground truth")
             drawn = draw_prediction(image, det.boxes, det.labels, det.scores, detector.class_names, truth)
-            to_pil(drawn).save(args.out / name)
+            save_image(to_pil(drawn), args.out / name)
             print(f"{path}: {len(det)} detection(s)" if len(det) else explain_empty(path, args.threshold, det))
     text = json.dumps(results, indent=1) + "\n"
     atomic_write(args.out / "detections.json", lambda p: Path(p).write_text(text))

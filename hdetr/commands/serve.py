@@ -24,6 +24,12 @@ def add_arguments(p):
     p.add_argument("--max-megapixels", type=float, default=50.0, help="largest accepted image in megapixels (default: 50)")
     p.add_argument("--max-waiting", type=int, default=8,
                    help="requests queued behind the running inference before the server answers 503 (default: 8)")
+    p.add_argument("--read-timeout", type=float, default=30.0,
+                   help="seconds a client has to send its whole upload before 408 (default: 30)")
+    p.add_argument("--max-connections", type=int, default=64,
+                   help="open connections before new ones get 503 (default: 64)")
+    p.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN call the API (repeatable; default: none, CORS off)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level; 'warning' drops the per-request access log (default: info)")
 
@@ -38,6 +44,10 @@ def run(args) -> int:
     for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-megapixels", args.max_megapixels)):
         if not value > 0:
             raise UserError(f"{flag} must be > 0, got {value}")
+    if not args.read_timeout > 0:
+        raise UserError(f"--read-timeout must be > 0, got {args.read_timeout}")
+    if args.max_connections < 1:
+        raise UserError(f"--max-connections must be >= 1, got {args.max_connections}")
     if args.max_waiting < 0:
         raise UserError(f"--max-waiting must be >= 0, got {args.max_waiting}")
     if args.threads is not None and args.threads < 1:
@@ -56,8 +66,8 @@ def run(args) -> int:
     detector = Detector.from_checkpoint(args.checkpoint, device=args.device)
     app = create_app(detector, threshold=args.threshold, max_upload_bytes=int(args.max_upload_mb * 2**20),
                      max_pixels=int(args.max_megapixels * 1e6), max_waiting=args.max_waiting,
-                     source=str(args.checkpoint))
+                     source=str(args.checkpoint), read_timeout=args.read_timeout, cors_origins=args.cors)
     sock = bind(args.host, args.port)
     print(f"hdetr serve: {args.checkpoint} ({len(detector.class_names)} classes) on {url_of(sock)}/", flush=True)
-    run_server(app, sock, log_level=args.log_level)
+    run_server(app, sock, log_level=args.log_level, max_connections=args.max_connections)
     return 0

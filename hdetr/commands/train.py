@@ -42,11 +42,12 @@ def run(args) -> int:
     out = args.out or Path("runs") / Path(args.config).stem
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a run folder")
-    from ..outputs import refuse_input_path
+    from ..outputs import check_writable, refuse_input_path
 
     data = [p for spec in (cfg.data.train, cfg.data.val) if spec
             for p in ([Path(spec)] if Path(spec).exists() else map(Path, spec.split(":"))) if p.exists()]
     refuse_input_path(out, data + [Path(p) for p in (args.config,) if Path(p).is_file()])
+    check_writable(out)
     try:
         result = train(cfg, out, resume=args.resume, device=args.device,
                        progress=False if args.no_progress else None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UserError
+from ..errors import UserError, quote
 
 if TYPE_CHECKING:
     from faster_coco_eval import COCO
@@ -37,10 +37,10 @@ def category_differences(expected, found) -> list[str]:
     """What differs between two CategoryMaps (``expected``: the model's or the training split's)."""
     want = dict(zip(expected.cat_ids, expected.cat_names))
     have = dict(zip(found.cat_ids, found.cat_names))
-    out = [f"id {i} is {want[i]!r} there but {have[i]!r} here" for i in sorted(set(want) & set(have))
+    out = [f"id {i} is {quote(want[i])} there but {quote(have[i])} here" for i in sorted(set(want) & set(have))
            if want[i] != have[i]]
-    out += [f"id {i} ({have[i]!r}) is unknown there" for i in sorted(set(have) - set(want))]
-    out += [f"id {i} ({want[i]!r}) is missing here" for i in sorted(set(want) - set(have))]
+    out += [f"id {i} ({quote(have[i])}) is unknown there" for i in sorted(set(have) - set(want))]
+    out += [f"id {i} ({quote(want[i])}) is missing here" for i in sorted(set(want) - set(have))]
     return out
 
 
@@ -79,7 +79,7 @@ class CategoryMap:
 
     def __post_init__(self):
         if self.mode not in CATEGORY_MODES:
-            raise ValueError(f"unknown category mode {self.mode!r}; expected one of {CATEGORY_MODES}")
+            raise ValueError(f"unknown category mode {quote(self.mode)}; expected one of {CATEGORY_MODES}")
         if len(self.cat_ids) != len(self.cat_names):
             raise ValueError("cat_ids and cat_names must have the same length")
         if len(set(self.cat_ids)) != len(self.cat_ids):

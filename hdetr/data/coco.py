@@ -12,7 +12,7 @@ from faster_coco_eval import COCO
 from PIL import Image
 from torchvision.transforms import v2
 
-from ..errors import BadImageError, DataError
+from ..errors import BadImageError, DataError, quote
 from .categories import CategoryMap
 from .images import load_image
 from .sanitize import BOX_KEPT, BOX_MALFORMED, confine_path, image_relpath, sanitize_box
@@ -87,7 +87,7 @@ class CocoDetection(torch.utils.data.Dataset):
             if outcome == BOX_MALFORMED:
                 raise DataError(
                     f"{self.ann_file}: annotation {ann.get('id')} (image {image_id}): 'bbox' must be 4 numbers "
-                    f"[x, y, w, h], got {ann['bbox']!r}"
+                    f"[x, y, w, h], got {quote(ann['bbox'])}"
                 )
             if outcome not in BOX_KEPT:
                 continue

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import DataError, UserError
+from ..errors import DataError, UserError, quote
 from .readers import ReadResult
 
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -99,7 +99,7 @@ def normalise_split(split: str) -> str:
     try:
         return SPLIT_ALIASES[str(split).lower()]
     except KeyError:
-        raise BadSplit(f"unknown split {split!r}; expected one of {sorted(SPLIT_ALIASES)}") from None
+        raise BadSplit(f"unknown split {quote(split)}; expected one of {sorted(SPLIT_ALIASES)}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -204,7 +204,7 @@ def _yolo_file(yaml_path: Path, split: str) -> DataSource:
     doc = load_yaml(yaml_path)
     entries = split_entries(doc, yaml_path, split)
     if entries is None:
-        raise DataError(f"{yaml_path} has no {split!r} entry")
+        raise DataError(f"{yaml_path} has no {quote(split)} entry")
     src = DataSource("yolo", split, images_folder(doc, yaml_path, entries), yaml_path)
     src.reader = lambda: read_yolo(yaml_path, split)[1]
     return src
@@ -266,10 +266,10 @@ def resolve_source(spec: Any, split: str) -> DataSource:
                 return resolve_source(spec[key], split)
         if "images" in spec and ("json" in spec or "annotations" in spec):
             return _with_split(_explicit(spec["images"], spec.get("json", spec.get("annotations"))), split)
-        raise BadSplit(f"dataset spec {spec!r} has no entry for split {split!r} nor 'images'+'json' keys")
+        raise BadSplit(f"dataset spec {quote(spec)} has no entry for split {quote(split)} nor 'images'+'json' keys")
     if isinstance(spec, (list, tuple)):
         if len(spec) != 2:
-            raise BadSplit(f"explicit dataset spec must be (images_dir, json), got {spec!r}")
+            raise BadSplit(f"explicit dataset spec must be (images_dir, json), got {quote(spec)}")
         return _with_split(_explicit(*spec), split)
 
     text = os.fspath(spec)
@@ -301,7 +301,7 @@ def resolve_source(spec: Any, split: str) -> DataSource:
         if found is not None:
             return found
     what = f" in {LAYOUTS[forced][0]} layout" if forced else ""
-    raise DatasetNotFound(f"no {split!r} split found{what} under {path}; {_tried(path, split, forced)}")
+    raise DatasetNotFound(f"no {quote(split)} split found{what} under {path}; {_tried(path, split, forced)}")
 
 
 def _with_split(src: DataSource, split: str) -> DataSource:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, quote
 
 # Outcomes of sanitize_box. "ok" and "clipped" keep the box; the others drop it.
 BOX_OK = "ok"
@@ -80,7 +80,7 @@ def image_relpath(info: dict) -> str:
     name = info.get("file_name")
     if name:
         if not isinstance(name, str):
-            raise DataError(f"image {info.get('id')}: 'file_name' must be a string, got {name!r}")
+            raise DataError(f"image {info.get('id')}: 'file_name' must be a string, got {quote(name)}")
         return name
     url = info.get("coco_url")
     if url and isinstance(url, str):
@@ -98,12 +98,12 @@ def confine_path(root: str | os.PathLike, relpath: str) -> Path:
     symlink loop is refused. A missing file is returned as is (the caller reports it as missing).
     """
     if "\x00" in relpath:
-        raise DataError(f"file name {relpath!r} contains a NUL byte")
+        raise DataError(f"file name {quote(relpath)} contains a NUL byte")
     root = Path(root)
     lexical = os.path.normpath(relpath)
     if os.path.isabs(relpath) or lexical == ".." or lexical.startswith(".." + os.sep):
         raise DataError(
-            f"file name {relpath!r} escapes the images folder {root} (no '..' climbing out of it and no "
+            f"file name {quote(relpath)} escapes the images folder {root} (no '..' climbing out of it and no "
             "absolute paths; a symlink inside the folder may point elsewhere)"
         )
     candidate = root / lexical

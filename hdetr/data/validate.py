@@ -11,8 +11,8 @@ the image id and the annotation id:
   negative size, boxes fully outside and boxes with NaN/inf coordinates are dropped.
 * ``warnings``: worth reading, not blocking (many boxes dropped, images without a size, ...).
 
-Over 400 lines because ``validate_dataset`` walks one annotation document once, section by section
-(images, categories, annotations, files on disk), and its findings share one report.
+``validate_dataset`` runs ``CHECKS`` in order, one function per check (sections, categories, category
+names, image entries, image files, annotations, what is left for training); they share a ``Checking``.
 
 Images without any box are valid training images (counted, not an error); crowd annotations are
 counted and ignored for training, like the COCO evaluator ignores them. The table of kinds is ``KINDS``;
@@ -31,7 +31,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import DataError, cap, quote
 from .images import EXIF_ORIENTATION_TAG, EXIF_SWAPS_SIZE
 from .readers import SOURCE_KEY
 from .sanitize import (
@@ -75,7 +75,9 @@ KINDS: dict[str, tuple[str, str]] = {
     BOX_NONFINITE: (REPAIR, "box with a NaN or infinite coordinate: dropped"),
     "many_dropped": (WARNING, "a large share of the boxes was dropped: the export may be broken"),
     "no_size": (WARNING, "image has no width/height in the annotation file and was not opened: boxes not checked against its bounds"),
-    "duplicate_file_name": (WARNING, "two image entries use the same file"),
+    "duplicate_file_name": (WARNING, "two image entries use the same file: the image is listed twice"),
+    "duplicate_category_name": (WARNING, "several category ids share one name: their predictions cannot be told apart"),
+    "similar_category_names": (WARNING, "category names that differ only by case or whitespace"),
     "images_not_checked": (WARNING, "image files were not opened (check_images=False)"),
     # YOLO / Pascal VOC label files (hdetr.data.yolo, hdetr.data.voc)
     "label_unreadable": (ERROR, "label file cannot be read (not text, not well-formed XML, or refused)"),
@@ -85,6 +87,8 @@ KINDS: dict[str, tuple[str, str]] = {
     "label_missing": (WARNING, "image without a label file: used as a background image"),
     "too_many_objects": (WARNING, "an image has more objects than the model has one-to-one queries: the surplus cannot be detected"),
 }
+# Metadata that makes results ambiguous: training prints these warnings too (engine.setup).
+AMBIGUOUS_KINDS = ("duplicate_category_name", "similar_category_names", "duplicate_file_name")
 # Problems confined to one image: with ``allow_bad_images`` they skip that image instead of stopping.
 IMAGE_KINDS = ("path_escape", "missing_image", "corrupt_image", "size_mismatch", "exif_size_swap")
 MANY_DROPPED_FRACTION = 0.10
@@ -279,7 +283,7 @@ def _entry_id(report: DataReport, af: str, section: str, i: int, entry: Any) -> 
         report.add("missing_key", f"{section}[{i}] has no 'id'", file=af)
         return None
     if not _is_int(entry["id"]):
-        report.add("wrong_type", f"{section}[{i}]: 'id' must be an integer, got {entry['id']!r}", file=af)
+        report.add("wrong_type", f"{section}[{i}]: 'id' must be an integer, got {quote(entry['id'])}", file=af)
         return None
     return entry["id"]
 
@@ -348,6 +352,289 @@ def validate_source(source, *, num_queries: int | None = None, **kwargs) -> Data
                             num_queries=num_queries, **kwargs)
 
 
+@dataclass
+class Checking:
+    """What the checks of one dataset share: the inputs, the report they fill, and what the earlier
+    checks found (each check reads the fields the checks before it set)."""
+
+    report: DataReport
+    images_dir: Path
+    ann_file: Path
+    doc: dict
+    from_reader: bool  # a YOLO / VOC reader built ``doc``: annotations name their label file
+    check_images: bool
+    workers: int | None
+    sections: dict[str, list] = field(default_factory=dict)  # images / annotations / categories
+    images: dict[Any, dict] = field(default_factory=dict)  # usable image entries by id
+    paths: dict[Any, Path] = field(default_factory=dict)  # their files, confined to images_dir
+    sizes: dict[Any, tuple[float, float]] = field(default_factory=dict)  # (width, height) by image id
+    boxes_per_image: Counter = field(default_factory=Counter)
+    per_class: Counter = field(default_factory=Counter)
+    dropped: int = 0
+    tiny_boxes: int = 0  # kept boxes whose corners are all <= 1 px: normalised coordinates
+
+    @property
+    def af(self) -> str:
+        return str(self.ann_file)
+
+
+def check_sections(c: Checking) -> None:
+    """The three top-level lists exist and are lists."""
+    for key in ("images", "annotations", "categories"):
+        if key not in c.doc:
+            c.report.add("missing_key", f"required top-level key {quote(key)} is missing", file=c.af)
+            c.sections[key] = []
+        elif not isinstance(c.doc[key], list):
+            c.report.add("wrong_type", f"{quote(key)} must be a list, got {type(c.doc[key]).__name__}", file=c.af)
+            c.sections[key] = []
+        else:
+            c.sections[key] = c.doc[key]
+    c.report.num_annotations = len(c.sections["annotations"])
+
+
+def check_categories(c: Checking) -> None:
+    """Category entries: an integer id each, no id twice, at least one."""
+    report = c.report
+    for i, cat in enumerate(c.sections["categories"]):
+        cid = _entry_id(report, c.af, "categories", i, cat)
+        if cid is None:
+            continue
+        if cid in report.category_names:
+            report.add("duplicate_category_id", f"category id {cid} appears more than once", file=c.af)
+            continue
+        name = cat.get("name", str(cid))
+        report.category_names[cid] = name if isinstance(name, str) else str(name)
+    if "categories" in c.doc and not report.category_names:
+        report.add("no_categories", "no usable category: nothing to train", file=c.af)
+
+
+def _name_key(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+def check_category_names(c: Checking) -> None:
+    """Names that cannot be told apart: the same name on several ids (their predictions look alike), or
+    names that differ only by case or whitespace (likely one class split in two by a typo)."""
+    by_name: dict[str, list[int]] = {}
+    by_key: dict[str, list[int]] = {}
+    for cid, name in c.report.category_names.items():
+        by_name.setdefault(name, []).append(cid)
+        by_key.setdefault(_name_key(name), []).append(cid)
+    for name, ids in by_name.items():
+        if len(ids) > 1:
+            c.report.add("duplicate_category_name", f"categories {cap(', '.join(map(str, ids)))} are all named "
+                         f"{quote(name)}: their predictions cannot be told apart", file=c.af)
+    for ids in by_key.values():
+        names = {c.report.category_names[i] for i in ids}
+        if len(names) > 1:
+            shown = ", ".join(f"{i} {quote(c.report.category_names[i])}" for i in ids)
+            c.report.add("similar_category_names", f"categories {cap(shown)} differ only by case or whitespace",
+                         file=c.af)
+
+
+def check_image_entries(c: Checking) -> None:
+    """Image entries: id, file name, size; the file stays inside the images folder; no file listed twice."""
+    report, af = c.report, c.af
+    seen_files: dict[Path, Any] = {}
+    for i, info in enumerate(c.sections["images"]):
+        iid = _entry_id(report, af, "images", i, info)
+        if iid is None:
+            continue
+        if iid in c.images:
+            report.add("duplicate_image_id",
+                       f"image id {iid} is used by {quote(image_relpath_or(c.images[iid]))} and "
+                       f"{quote(image_relpath_or(info))}", file=af, image_id=iid)
+            continue
+        if "file_name" not in info and not info.get("coco_url"):
+            report.add("missing_key", "image entry has no 'file_name'", file=af, image_id=iid)
+            continue
+        if "file_name" in info and not isinstance(info["file_name"], str):
+            report.add("wrong_type", f"'file_name' must be a string, got {quote(info['file_name'])}", file=af, image_id=iid)
+            continue
+        bad_size = [k for k in ("width", "height") if k in info and not _size_value(info[k])]
+        if bad_size:
+            report.add("wrong_type", "; ".join(f"{quote(k)} must be a positive integer, got {quote(info[k])}" for k in bad_size),
+                       file=af, image_id=iid)
+            continue
+        c.images[iid] = info
+        if "width" in info and "height" in info:
+            c.sizes[iid] = (float(info["width"]), float(info["height"]))
+        rel = image_relpath(info)
+        try:
+            c.paths[iid] = confine_path(c.images_dir, rel)
+        except DataError as e:
+            report.add("path_escape", str(e), file=af, image_id=iid)
+            report.bad_image_ids.add(iid)
+            continue
+        # By the resolved file: 'a.jpg' and './a.jpg' are one image listed twice.
+        first = seen_files.setdefault(c.paths[iid], iid)
+        if first != iid:
+            report.add("duplicate_file_name", f"file {quote(rel)} is also used by image {first}: the image is "
+                       "listed twice", file=af, image_id=iid)
+    report.num_images = len(c.images)
+    if "images" in c.doc and isinstance(c.doc["images"], list) and not c.images:
+        report.add("no_images", "no usable image entry", file=af)
+
+
+def check_image_files(c: Checking) -> None:
+    """Every image file opened and decoded (threads): found, readable, the size the file says."""
+    report = c.report
+    if not c.check_images:
+        report.add("images_not_checked", "image files were not opened: missing or corrupt images are not detected",
+                   file=str(c.images_dir))
+        return
+    anns_per_image = Counter(a.get("image_id") for a in c.sections["annotations"] if isinstance(a, dict))
+    report.images_checked = True
+    modes: Counter = Counter()
+    ids = list(c.paths)
+    n_workers = default_workers() if c.workers is None else max(1, int(c.workers))
+    if n_workers > 1 and len(ids) > 1:
+        with ThreadPoolExecutor(max_workers=n_workers) as pool:
+            results = list(pool.map(lambda i: _inspect_image(c.paths[i]), ids))
+    else:
+        results = [_inspect_image(c.paths[i]) for i in ids]
+    for iid, (status, value) in zip(ids, results):
+        path, n_anns = str(c.paths[iid]), anns_per_image.get(iid, 0)
+        lost = f" ({n_anns} annotation(s) on it)" if n_anns else ""
+        if status != "ok":
+            report.add(f"{status}_image", value + lost, file=path, image_id=iid)
+            report.bad_image_ids.add(iid)
+            continue
+        mode, stored, shown, rotated = value
+        modes[mode] += 1
+        report.exif_rotated += int(rotated)
+        info = c.images[iid]
+        if iid not in c.sizes:
+            c.sizes[iid] = (float(shown[0]), float(shown[1]))
+            continue
+        want = c.sizes[iid]
+        if want == (float(shown[0]), float(shown[1])):
+            continue
+        report.bad_image_ids.add(iid)
+        stated = f"{info['width']}x{info['height']}"
+        if want == (float(stored[0]), float(stored[1])) and stored != shown:
+            report.add(
+                "exif_size_swap",
+                f"the annotation file says {stated}, the stored pixels are {stored[0]}x{stored[1]} but the EXIF "
+                f"orientation tag turns the image to {shown[0]}x{shown[1]}, which training uses: the boxes were "
+                "probably drawn on the unrotated pixels. Fix: save the image with the rotation applied and rotate "
+                "its boxes, or remove the EXIF orientation tag" + lost,
+                file=path, image_id=iid,
+            )
+        else:
+            report.add(
+                "size_mismatch",
+                f"the annotation file says {stated} but the image is {shown[0]}x{shown[1]}"
+                f"{' after EXIF orientation' if rotated else ''}: its boxes would be misplaced" + lost,
+                file=path, image_id=iid,
+            )
+    report.image_modes = dict(modes)
+
+
+def check_annotations(c: Checking) -> None:
+    """Annotation entries: keys, types, unique ids, known image and category; each box kept, clipped or
+    dropped by ``sanitize_box``, as training will."""
+    report = c.report
+    seen_ann_ids: set = set()
+    no_size_reported: set = set()
+    for i, ann in enumerate(c.sections["annotations"]):
+        af = c.af
+        if not isinstance(ann, dict):
+            report.add("wrong_type", f"annotations[{i}] must be an object, got {type(ann).__name__}", file=af)
+            continue
+        aid = ann.get("id")
+        if c.from_reader:  # name the label file (and line / element), not the document the reader built
+            af = str(ann.get(SOURCE_KEY) or c.ann_file)
+        missing = [k for k in ("id", "image_id", "category_id", "bbox") if k not in ann]
+        if missing:
+            report.add("missing_key", f"annotations[{i}] lacks {', '.join(repr(k) for k in missing)}", file=af,
+                       image_id=ann.get("image_id"), ann_id=aid)
+            continue
+        iid, cid, bbox = ann["image_id"], ann["category_id"], ann["bbox"]
+        wrong = [f"{quote(k)} must be an integer, got {quote(ann[k])}" for k in ("id", "image_id", "category_id")
+                 if not _is_int(ann[k])]
+        if sanitize_box(bbox, None, None)[0] == BOX_MALFORMED:
+            wrong.append(f"'bbox' must be a list of 4 numbers [x, y, w, h], got {quote(bbox)}")
+        if wrong:
+            report.add("wrong_type", "; ".join(wrong), file=af, image_id=iid, ann_id=aid)
+            continue
+        if aid in seen_ann_ids:
+            report.add("duplicate_annotation_id", f"annotation id {aid} appears more than once", file=af,
+                       image_id=iid, ann_id=aid)
+            continue
+        seen_ann_ids.add(aid)
+        if iid not in c.images:
+            if iid not in report.bad_image_ids:  # an image entry refused above is already reported
+                report.add("unknown_image", f"image id {iid} is not in 'images'", file=af, image_id=iid, ann_id=aid)
+            continue
+        if cid not in report.category_names:
+            report.add("unknown_category",
+                       f"category id {cid} is not in 'categories' (known ids: {cap(str(sorted(report.category_names)))})",
+                       file=af, image_id=iid, ann_id=aid)
+            continue
+        if ann.get("iscrowd", 0) not in (0, 1):  # "0" as a string would count as crowd
+            report.add("wrong_type", f"'iscrowd' must be 0 or 1, got {quote(ann['iscrowd'])}", file=af, image_id=iid,
+                       ann_id=aid)
+            continue
+        if ann.get("iscrowd", 0):
+            report.num_crowd += 1
+            continue
+        size = c.sizes.get(iid)
+        if size is None and iid not in no_size_reported and iid not in report.bad_image_ids:
+            no_size_reported.add(iid)
+            report.add("no_size", "no width/height given and the image was not opened; boxes are clipped when "
+                       "training loads the image", file=af, image_id=iid)
+        outcome, box = sanitize_box(bbox, *(size or (None, None)))
+        if outcome not in BOX_KEPT or outcome == BOX_CLIPPED:
+            after = f" -> {[round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2), round(box[3] - box[1], 2)]}" if box else ""
+            bounds = f" (image {size[0]:g}x{size[1]:g})" if size else ""
+            report.add(outcome, f"bbox {bbox}{after}{bounds}", file=af, image_id=iid, ann_id=aid)
+        if outcome not in BOX_KEPT:
+            c.dropped += 1
+            continue
+        if iid in report.bad_image_ids:
+            continue
+        c.boxes_per_image[iid] += 1
+        c.per_class[cid] += 1
+        if max(box[2], box[3]) <= 1.0 and size and min(size) > 32:
+            c.tiny_boxes += 1
+
+
+def check_boxes_left(c: Checking) -> None:
+    """What training is left with: some box at all, boxes in pixels, not too many dropped, objects per
+    image within the model's one-to-one queries."""
+    report, af = c.report, c.af
+    report.num_boxes = sum(c.per_class.values())
+    if c.images and report.num_boxes == 0:
+        report.add("no_boxes", f"{report.num_annotations} annotation(s), {report.num_crowd} crowd: none is a box "
+                   "training can use", file=af)
+    elif report.num_boxes and c.tiny_boxes == report.num_boxes:
+        report.add("normalised_boxes", f"all {report.num_boxes} boxes lie within [0, 1] on images larger than 32 px: "
+                   "convert them to pixels [x, y, w, h]", file=af)
+    report.boxes_per_class = {k: c.per_class.get(k, 0) for k in report.category_names}
+    usable = [i for i in c.images if i not in report.bad_image_ids]
+    report.images_without_boxes = sum(1 for i in usable if c.boxes_per_image.get(i, 0) == 0)
+    if usable:
+        counts = [c.boxes_per_image.get(i, 0) for i in usable]
+        report.objects_mean, report.objects_max = sum(counts) / len(counts), max(counts)
+        queries = report.num_queries
+        if queries and report.objects_max > queries:
+            for iid in sorted((i for i in usable if c.boxes_per_image.get(i, 0) > queries),
+                              key=lambda i: -c.boxes_per_image[i]):
+                report.add("too_many_objects", f"{c.boxes_per_image[iid]} objects, the model has {queries} "
+                           "one-to-one queries (raise model.num_queries)", file=str(c.paths.get(iid, af)),
+                           image_id=iid)
+    trainable = report.num_annotations - report.num_crowd
+    if trainable and c.dropped > MANY_DROPPED_FRACTION * trainable:
+        report.add("many_dropped", f"{c.dropped} of {trainable} boxes ({100 * c.dropped / trainable:.0f}%) were dropped",
+                   file=af)
+
+
+# The checks, in order: each one fills the report and the ``Checking`` fields the next ones read.
+CHECKS = (check_sections, check_categories, check_category_names, check_image_entries, check_image_files,
+          check_annotations, check_boxes_left)
+
+
 def validate_dataset(
     images_dir: str | os.PathLike,
     ann_file: str | os.PathLike,
@@ -371,8 +658,6 @@ def validate_dataset(
     images_dir, ann_file = Path(images_dir), Path(ann_file)
     report = DataReport(str(images_dir), str(ann_file), max_examples=max_examples, layout=layout,
                         num_queries=num_queries)
-    af = str(ann_file)
-    from_reader = findings is not None
     for f in findings or ():
         report.add(f.kind, f.message, file=f.file, image_id=f.image_id)
     if doc is None:
@@ -380,223 +665,13 @@ def validate_dataset(
     if doc is None:
         return report
     if not isinstance(doc, dict):
-        report.add("wrong_type", f"top level must be an object with images/annotations/categories, got {type(doc).__name__}", file=af)
+        report.add("wrong_type", f"top level must be an object with images/annotations/categories, got {type(doc).__name__}",
+                   file=str(ann_file))
         return report
-
-    sections = {}
-    for key in ("images", "annotations", "categories"):
-        if key not in doc:
-            report.add("missing_key", f"required top-level key {key!r} is missing", file=af)
-            sections[key] = []
-        elif not isinstance(doc[key], list):
-            report.add("wrong_type", f"{key!r} must be a list, got {type(doc[key]).__name__}", file=af)
-            sections[key] = []
-        else:
-            sections[key] = doc[key]
-
-    # -- categories -----------------------------------------------------------
-    for i, cat in enumerate(sections["categories"]):
-        cid = _entry_id(report, af, "categories", i, cat)
-        if cid is None:
-            continue
-        if cid in report.category_names:
-            report.add("duplicate_category_id", f"category id {cid} appears more than once", file=af)
-            continue
-        name = cat.get("name", str(cid))
-        report.category_names[cid] = name if isinstance(name, str) else str(name)
-    if "categories" in doc and not report.category_names:
-        report.add("no_categories", "no usable category: nothing to train", file=af)
-
-    # -- images ---------------------------------------------------------------
-    images: dict[Any, dict] = {}
-    paths: dict[Any, Path] = {}
-    seen_files: dict[str, Any] = {}
-    for i, info in enumerate(sections["images"]):
-        iid = _entry_id(report, af, "images", i, info)
-        if iid is None:
-            continue
-        if iid in images:
-            report.add("duplicate_image_id",
-                       f"image id {iid} is used by {image_relpath_or(images[iid])!r} and {image_relpath_or(info)!r}",
-                       file=af, image_id=iid)
-            continue
-        if "file_name" not in info and not info.get("coco_url"):
-            report.add("missing_key", "image entry has no 'file_name'", file=af, image_id=iid)
-            continue
-        if "file_name" in info and not isinstance(info["file_name"], str):
-            report.add("wrong_type", f"'file_name' must be a string, got {info['file_name']!r}", file=af, image_id=iid)
-            continue
-        bad_size = [k for k in ("width", "height") if k in info and not _size_value(info[k])]
-        if bad_size:
-            report.add("wrong_type", "; ".join(f"{k!r} must be a positive integer, got {info[k]!r}" for k in bad_size),
-                       file=af, image_id=iid)
-            continue
-        images[iid] = info
-        rel = image_relpath(info)
-        try:
-            paths[iid] = confine_path(images_dir, rel)
-        except DataError as e:
-            report.add("path_escape", str(e), file=af, image_id=iid)
-            report.bad_image_ids.add(iid)
-            continue
-        if rel in seen_files:
-            report.add("duplicate_file_name", f"file {rel!r} is also used by image {seen_files[rel]}", file=af, image_id=iid)
-        else:
-            seen_files[rel] = iid
-    report.num_images = len(images)
-    if "images" in doc and isinstance(doc["images"], list) and not images:
-        report.add("no_images", "no usable image entry", file=af)
-
-    anns = sections["annotations"]
-    report.num_annotations = len(anns)
-    anns_per_image = Counter(a.get("image_id") for a in anns if isinstance(a, dict))
-
-    # -- image files ----------------------------------------------------------
-    sizes: dict[Any, tuple[float, float]] = {}
-    for iid, info in images.items():
-        if "width" in info and "height" in info:
-            sizes[iid] = (float(info["width"]), float(info["height"]))
-    if check_images:
-        report.images_checked = True
-        modes: Counter = Counter()
-        ids = list(paths)
-        n_workers = default_workers() if workers is None else max(1, int(workers))
-        if n_workers > 1 and len(ids) > 1:
-            with ThreadPoolExecutor(max_workers=n_workers) as pool:
-                results = list(pool.map(lambda i: _inspect_image(paths[i]), ids))
-        else:
-            results = [_inspect_image(paths[i]) for i in ids]
-        for iid, (status, value) in zip(ids, results):
-            path, n_anns = str(paths[iid]), anns_per_image.get(iid, 0)
-            lost = f" ({n_anns} annotation(s) on it)" if n_anns else ""
-            if status != "ok":
-                report.add(f"{status}_image", value + lost, file=path, image_id=iid)
-                report.bad_image_ids.add(iid)
-                continue
-            mode, stored, shown, rotated = value
-            modes[mode] += 1
-            report.exif_rotated += int(rotated)
-            info = images[iid]
-            if iid not in sizes:
-                sizes[iid] = (float(shown[0]), float(shown[1]))
-                continue
-            want = sizes[iid]
-            if want == (float(shown[0]), float(shown[1])):
-                continue
-            report.bad_image_ids.add(iid)
-            stated = f"{info['width']}x{info['height']}"
-            if want == (float(stored[0]), float(stored[1])) and stored != shown:
-                report.add(
-                    "exif_size_swap",
-                    f"the annotation file says {stated}, the stored pixels are {stored[0]}x{stored[1]} but the EXIF "
-                    f"orientation tag turns the image to {shown[0]}x{shown[1]}, which training uses: the boxes were "
-                    "probably drawn on the unrotated pixels. Fix: save the image with the rotation applied and rotate "
-                    "its boxes, or remove the EXIF orientation tag" + lost,
-                    file=path, image_id=iid,
-                )
-            else:
-                report.add(
-                    "size_mismatch",
-                    f"the annotation file says {stated} but the image is {shown[0]}x{shown[1]}"
-                    f"{' after EXIF orientation' if rotated else ''}: its boxes would be misplaced" + lost,
-                    file=path, image_id=iid,
-                )
-        report.image_modes = dict(modes)
-    else:
-        report.add("images_not_checked", "image files were not opened: missing or corrupt images are not detected",
-                   file=str(images_dir))
-
-    # -- annotations ----------------------------------------------------------
-    seen_ann_ids: set = set()
-    boxes_per_image: Counter = Counter()
-    per_class: Counter = Counter()
-    no_size_reported: set = set()
-    dropped = 0
-    tiny_boxes = 0  # kept boxes whose corners are all <= 1 px: normalised coordinates
-    for i, ann in enumerate(anns):
-        if not isinstance(ann, dict):
-            report.add("wrong_type", f"annotations[{i}] must be an object, got {type(ann).__name__}", file=af)
-            continue
-        aid = ann.get("id")
-        if from_reader:  # name the label file (and line / element), not the document the reader built
-            af = str(ann.get(SOURCE_KEY) or ann_file)
-        missing = [k for k in ("id", "image_id", "category_id", "bbox") if k not in ann]
-        if missing:
-            report.add("missing_key", f"annotations[{i}] lacks {', '.join(repr(k) for k in missing)}", file=af,
-                       image_id=ann.get("image_id"), ann_id=aid)
-            continue
-        iid, cid, bbox = ann["image_id"], ann["category_id"], ann["bbox"]
-        wrong = [f"{k!r} must be an integer, got {ann[k]!r}" for k in ("id", "image_id", "category_id")
-                 if not _is_int(ann[k])]
-        if sanitize_box(bbox, None, None)[0] == BOX_MALFORMED:
-            wrong.append(f"'bbox' must be a list of 4 numbers [x, y, w, h], got {bbox!r}")
-        if wrong:
-            report.add("wrong_type", "; ".join(wrong), file=af, image_id=iid, ann_id=aid)
-            continue
-        if aid in seen_ann_ids:
-            report.add("duplicate_annotation_id", f"annotation id {aid} appears more than once", file=af,
-                       image_id=iid, ann_id=aid)
-            continue
-        seen_ann_ids.add(aid)
-        if iid not in images:
-            if iid not in report.bad_image_ids:  # an image entry refused above is already reported
-                report.add("unknown_image", f"image id {iid} is not in 'images'", file=af, image_id=iid, ann_id=aid)
-            continue
-        if cid not in report.category_names:
-            report.add("unknown_category",
-                       f"category id {cid} is not in 'categories' (known ids: {sorted(report.category_names)})",
-                       file=af, image_id=iid, ann_id=aid)
-            continue
-        if ann.get("iscrowd", 0) not in (0, 1):  # "0" as a string would count as crowd
-            report.add("wrong_type", f"'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}", file=af, image_id=iid,
-                       ann_id=aid)
-            continue
-        if ann.get("iscrowd", 0):
-            report.num_crowd += 1
-            continue
-        size = sizes.get(iid)
-        if size is None and iid not in no_size_reported and iid not in report.bad_image_ids:
-            no_size_reported.add(iid)
-            report.add("no_size", "no width/height given and the image was not opened; boxes are clipped when "
-                       "training loads the image", file=af, image_id=iid)
-        outcome, box = sanitize_box(bbox, *(size or (None, None)))
-        if outcome not in BOX_KEPT or outcome == BOX_CLIPPED:
-            after = f" -> {[round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2), round(box[3] - box[1], 2)]}" if box else ""
-            bounds = f" (image {size[0]:g}x{size[1]:g})" if size else ""
-            report.add(outcome, f"bbox {bbox}{after}{bounds}", file=af, image_id=iid, ann_id=aid)
-        if outcome not in BOX_KEPT:
-            dropped += 1
-            continue
-        if iid in report.bad_image_ids:
-            continue
-        boxes_per_image[iid] += 1
-        per_class[cid] += 1
-        if max(box[2], box[3]) <= 1.0 and size and min(size) > 32:
-            tiny_boxes += 1
-    report.num_boxes = sum(per_class.values())
-    if images and report.num_boxes == 0:
-        report.add("no_boxes", f"{report.num_annotations} annotation(s), {report.num_crowd} crowd: none is a box "
-                   "training can use", file=af)
-    elif report.num_boxes and tiny_boxes == report.num_boxes:
-        report.add("normalised_boxes", f"all {report.num_boxes} boxes lie within [0, 1] on images larger than 32 px: "
-                   "convert them to pixels [x, y, w, h]", file=af)
-    report.boxes_per_class = {c: per_class.get(c, 0) for c in report.category_names}
-    usable = [i for i in images if i not in report.bad_image_ids]
-    report.images_without_boxes = sum(1 for i in usable if boxes_per_image.get(i, 0) == 0)
-    af = str(ann_file)
-    if usable:
-        counts = [boxes_per_image.get(i, 0) for i in usable]
-        report.objects_mean, report.objects_max = sum(counts) / len(counts), max(counts)
-        if num_queries and report.objects_max > num_queries:
-            for iid in sorted((i for i in usable if boxes_per_image.get(i, 0) > num_queries),
-                              key=lambda i: -boxes_per_image[i]):
-                report.add("too_many_objects", f"{boxes_per_image[iid]} objects, the model has {num_queries} "
-                           "one-to-one queries (raise model.num_queries)", file=str(paths.get(iid, af)),
-                           image_id=iid)
-    trainable = report.num_annotations - report.num_crowd
-    if trainable and dropped > MANY_DROPPED_FRACTION * trainable:
-        report.add("many_dropped", f"{dropped} of {trainable} boxes ({100 * dropped / trainable:.0f}%) were dropped",
-                   file=af)
+    checking = Checking(report, images_dir, ann_file, doc, from_reader=findings is not None,
+                        check_images=check_images, workers=workers)
+    for check in CHECKS:
+        check(checking)
     return report
 
 

@@ -21,6 +21,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .readers import IMAGE_SUFFIXES, ReadResult, add_box, image_size, new_doc
+from ..errors import quote
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -67,7 +68,7 @@ def _number(node: ET.Element, path: str, where: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise _Bad(f"{where}<{path}> is {text!r}, not a number") from None
+        raise _Bad(f"{where}<{path}> is {quote(text)}, not a number") from None
 
 
 def _class_file(root: Path) -> list[str] | None:
@@ -154,13 +155,13 @@ def read_voc(root: Path, split: str) -> tuple[Path, ReadResult] | None:
                 box = [_number(obj, f"bndbox/{c}", where) for c in ("xmin", "ymin", "xmax", "ymax")]
                 difficult = obj.findtext("difficult", "0").strip() or "0"
                 if difficult not in ("0", "1"):
-                    raise _Bad(f"{where}<difficult> is {difficult!r}, not 0 or 1")
+                    raise _Bad(f"{where}<difficult> is {quote(difficult)}, not 0 or 1")
             except _Bad as e:
                 msg = str(e) if str(e).startswith(where) else f"{where}{e}"
                 result.add("label_malformed", msg, xml_path, image_id)
                 continue
             if name not in cat_ids:
-                result.add("label_unknown_class", f"{where}<name> {name!r} is not in the class list "
+                result.add("label_unknown_class", f"{where}<name> {quote(name)} is not in the class list "
                            f"({', '.join(names)})", xml_path, image_id)
                 continue
             xmin, ymin, xmax, ymax = box

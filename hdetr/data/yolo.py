@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import DataError
+from ..errors import DataError, quote
 from .readers import ReadResult, add_box, image_size, is_image_file, list_images, new_doc
 
 YAML_NAMES = ("data.yaml", "dataset.yaml", "data.yml", "dataset.yml")
@@ -63,7 +63,7 @@ def class_names(doc: dict, path: Path) -> list[tuple[int, str]]:
         raise DataError(f"{path}: 'names' has a negative class index")
     nc = doc.get("nc")
     if nc is not None and nc != len(out):
-        raise DataError(f"{path}: 'nc' is {nc!r} but 'names' lists {len(out)} classes")
+        raise DataError(f"{path}: 'nc' is {quote(nc)} but 'names' lists {len(out)} classes")
     return [(i + 1, str(n)) for i, n in out]
 
 
@@ -73,7 +73,7 @@ def dataset_root(doc: dict, yaml_path: Path) -> Path:
     if p in (None, ""):
         return base
     if not isinstance(p, str):
-        raise DataError(f"{yaml_path}: 'path' must be a folder name, got {p!r}")
+        raise DataError(f"{yaml_path}: 'path' must be a folder name, got {quote(p)}")
     p = Path(p).expanduser()
     return p if p.is_absolute() else base / p
 
@@ -85,8 +85,8 @@ def split_entries(doc: dict, yaml_path: Path, split: str) -> list[Path] | None:
         return None
     items = value if isinstance(value, list) else [value]
     if not all(isinstance(v, str) for v in items):
-        raise DataError(f"{yaml_path}: {split!r} must be a folder, a .txt list of images or a list of those, "
-                        f"got {value!r}")
+        raise DataError(f"{yaml_path}: {quote(split)} must be a folder, a .txt list of images or a list of those, "
+                        f"got {quote(value)}")
     root = dataset_root(doc, yaml_path)
     out = []
     for v in items:
@@ -94,7 +94,7 @@ def split_entries(doc: dict, yaml_path: Path, split: str) -> list[Path] | None:
         if not p.exists() and v.startswith("../"):
             p = root / v[3:]
         if not p.exists():
-            raise DataError(f"{yaml_path}: {split!r} entry {v!r}: {p} does not exist")
+            raise DataError(f"{yaml_path}: {quote(split)} entry {quote(v)}: {p} does not exist")
         out.append(p)
     return out
 
@@ -143,11 +143,11 @@ def _parse_line(values: list[str]) -> tuple[int, list[float]] | str:
         cls_f = float(values[0])
         nums = [float(v) for v in values[1:]]
     except ValueError:
-        return f"not numbers: {' '.join(values)!r}"
+        return f"not numbers: {quote(' '.join(values))}"
     if not cls_f.is_integer() or cls_f < 0:
-        return f"class {values[0]!r} is not a class index (0, 1, ...)"
+        return f"class {quote(values[0])} is not a class index (0, 1, ...)"
     if not all(math.isfinite(v) for v in nums):
-        return f"non-finite value in {' '.join(values)!r}"
+        return f"non-finite value in {quote(' '.join(values))}"
     if len(nums) == 4:
         return int(cls_f), nums
     xs, ys = nums[0::2], nums[1::2]
@@ -161,7 +161,7 @@ def read_yolo(yaml_path: Path, split: str) -> tuple[Path, ReadResult]:
     cats = class_names(doc, yaml_path)
     entries = split_entries(doc, yaml_path, split)
     if entries is None:
-        raise DataError(f"{yaml_path} has no {split!r} entry")
+        raise DataError(f"{yaml_path} has no {quote(split)} entry")
     images = [p for e in entries for p in _images_of(e, yaml_path) if is_image_file(p.name)]
     images_dir = images_folder(doc, yaml_path, entries)
     known = {cid - 1 for cid, _ in cats}

@@ -9,7 +9,7 @@ import threading
 
 import torch
 
-from ..errors import BadImageError, DataError, UserError
+from ..errors import BadImageError, DataError, UserError, child_error
 from . import distributed
 
 
@@ -72,15 +72,6 @@ def nonfinite(what: str, terms: dict, image_ids: list[int], *, skip: bool, skipp
 
 
 # -- images that cannot be loaded mid-epoch ---------------------------------------------------------
-def worker_message(message: str) -> str:
-    """A DataLoader worker's exception arrives with the worker's traceback as its message; keep the
-    original message (its last line) so the user sees the file and the problem only."""
-    if "Original Traceback" not in message:
-        return message
-    last = message.rstrip().splitlines()[-1]
-    return last.split("Error: ", 1)[1] if "Error: " in last else last
-
-
 def next_group(batches, count: int, info: distributed.DistInfo, device) -> tuple[list, BadImageError | None]:
     """The step's ``count`` batches, and the first image error met (agreed across ranks). All of them are
     drawn even when one fails to load, so the data position stays (epoch, step) exactly, as resume
@@ -89,8 +80,9 @@ def next_group(batches, count: int, info: distributed.DistInfo, device) -> tuple
     for _ in range(count):
         try:
             group.append(next(batches))
-        except BadImageError as e:  # DataLoader workers re-raise it in this process
-            bad = bad or BadImageError(worker_message(str(e)), getattr(e, "path", None), getattr(e, "image_id", None))
+        except BadImageError as e:  # from a DataLoader worker, already unwrapped by engine.loaders.Loader
+            e = child_error(e)
+            bad = bad or BadImageError(str(e), getattr(e, "path", None), getattr(e, "image_id", None))
     if info.enabled and distributed.any_true(bad is not None, device):
         messages = [m for m in distributed.gather_objects(str(bad) if bad is not None else None) if m]
         bad = bad or BadImageError(f"on another process: {messages[0]}")

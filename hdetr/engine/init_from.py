@@ -26,7 +26,7 @@ from torch import nn
 from ..checkpoint import LoadedWeights, load_weights
 from ..config import Config, parse_parts
 from ..data.categories import UNUSED_CLASS_NAME
-from ..errors import UserError
+from ..errors import UserError, quote
 from ..files import atomic_write
 from ..run_folder import INIT_REPORT
 from ..hybrid import query_groups
@@ -51,10 +51,10 @@ def class_rows(target_names: list[str], source_names: list[str], class_map: dict
     explicit = {_key(k): _key(v) for k, v in class_map.items()}
     for mine, theirs in explicit.items():
         if mine not in targets:
-            raise UserError(f"train.init_class_map: {mine!r} is not a class of the training data "
+            raise UserError(f"train.init_class_map: {quote(mine)} is not a class of the training data "
                             f"(classes: {', '.join(n for n in target_names if n != UNUSED_CLASS_NAME)})")
         if theirs not in src_index:
-            raise UserError(f"train.init_class_map: {theirs!r} is not a class of {where} "
+            raise UserError(f"train.init_class_map: {quote(theirs)} is not a class of {where} "
                             f"(e.g. {', '.join(n for n in source_names if n != UNUSED_CLASS_NAME)[:200]})")
     rows = []
     for j, n in enumerate(target_names):

@@ -14,7 +14,7 @@ from ..data.coco import CocoDetection
 from ..data.layouts import DataSource, has_own_split, resolve_source
 from ..data.collate import collate
 from ..data.transforms import DEFAULT_CROP, DEFAULT_SCALES, build_transforms, eval_transforms
-from ..errors import UserError
+from ..errors import UserError, child_error
 from .distributed import DistInfo
 from .sampling import EpochBatches, SeededSamples, worker_init
 
@@ -52,6 +52,34 @@ def resolve_splits(cfg: Config) -> tuple[DataSource, DataSource | None]:
     except UserError:
         return train, None
     return train, None if val.single_split else val
+class Loader(DataLoader):
+    """A DataLoader whose workers' errors arrive as the worker raised them: same type, the worker's own
+    message (``errors.child_error``), not "Caught X in DataLoader worker process N" and its traceback."""
+
+    def __iter__(self):
+        return _Unwrapping(super().__iter__())
+
+
+class _Unwrapping:
+    def __init__(self, it):
+        self._it = it
+
+    def __iter__(self):
+        return self
+
+    def __len__(self):
+        return len(self._it)
+
+    def __next__(self):
+        try:
+            return next(self._it)
+        except StopIteration:
+            raise
+        except Exception as e:
+            unwrapped = child_error(e)
+            if unwrapped is e:
+                raise
+            raise unwrapped from e
 
 
 @dataclass
@@ -95,7 +123,7 @@ def train_loader(ds, cfg: Config, info: DistInfo) -> tuple[DataLoader, EpochBatc
             f"the training set has {len(ds)} images: too few for {info.world_size} process(es) x "
             f"batch {t.batch_size} x grad_accum {t.grad_accum}"
         )
-    loader = DataLoader(
+    loader = Loader(
         SeededSamples(ds),
         batch_sampler=sampler,
         collate_fn=collate,
@@ -112,5 +140,5 @@ def train_loader(ds, cfg: Config, info: DistInfo) -> tuple[DataLoader, EpochBatc
 
 def eval_loader(ds, batch_size: int, num_workers: int, info: DistInfo) -> DataLoader:
     sampler = EpochBatches(len(ds), batch_size, 0, info.rank, info.world_size, shuffle=False, drop_last=False)
-    return DataLoader(SeededSamples(ds), batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+    return Loader(SeededSamples(ds), batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                       worker_init_fn=worker_init, pin_memory=torch.cuda.is_available())

@@ -59,6 +59,19 @@ def check_categories(loaded: LoadedWeights, split: Split, checkpoint) -> Categor
     return cmap
 
 
+def check_something_to_evaluate(split: Split) -> None:
+    """Refuse a split that leaves nothing to measure: no images, or no ground-truth box (every COCO
+    metric would be undefined and print as n/a)."""
+    coco = split.dataset.coco
+    if len(split.dataset) == 0:
+        raise UserError(f"{split.ann_file}: the split lists no images: nothing to evaluate")
+    boxes = sum(1 for a in coco.anns.values() if not a.get("iscrowd", 0))
+    if boxes == 0:
+        crowd = f" ({len(coco.anns)} crowd region(s) only)" if coco.anns else ""
+        raise UserError(f"{split.ann_file}: the split has {len(split.dataset)} image(s) but no annotated "
+                        f"object{crowd}: the metrics would be undefined; evaluate on a split with annotations")
+
+
 def tiled_detections(loaded, split, cmap, device, options: dict, progress) -> list[dict]:
     """Sliced inference over the split, image by image, through ``Detector`` (the path of hdetr predict)."""
     from tqdm import tqdm
@@ -96,6 +109,7 @@ def evaluate_model(checkpoint: str | Path, data: str, split: str = "val", *, dev
         info, dev = distributed.init_distributed(device)
     try:
         data_split = load_split(data, split, eval_config(loaded.cfg, imgsz), train=False)
+        check_something_to_evaluate(data_split)
         cmap = check_categories(loaded, data_split, checkpoint)
         if check_split is not None:
             check_split(data_split)

@@ -151,7 +151,7 @@ def plot_pr_curves(ev, rows: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
 
 
@@ -178,7 +178,7 @@ def plot_confusion(matrix: np.ndarray, names: list[str], conf: float, iou: float
     ax.set(xlabel="predicted", ylabel="true",
            title=f"confusion matrix (score >= {conf}, IoU >= {iou})\ncolour: share of the true class's row")
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
 
 
@@ -186,7 +186,7 @@ def draw_gallery(errors: dict, key: str, coco_gt: COCO, images_dir, names: dict[
                  path: Path) -> list[dict]:
     """The ``count`` images with the most ``key`` (missed / false) errors, GT green, predictions red."""
     from ..data.images import load_image
-    from ..draw import draw_errors, grid, to_pil
+    from ..draw import draw_errors, grid, save_image, to_pil
     from torchvision.transforms.v2.functional import pil_to_tensor
 
     worst = sorted((i for i in errors if errors[i][key] > 0), key=lambda i: (-errors[i][key], i))[:count]
@@ -204,7 +204,7 @@ def draw_gallery(errors: dict, key: str, coco_gt: COCO, images_dir, names: dict[
         drawn.append(draw_errors(image, dt, gt))
         listed.append({"image_id": image_id, "file_name": file_name, "missed": e["missed"], "false": e["false"]})
     if drawn:
-        to_pil(grid(drawn, columns=4, pad=6)).save(path)
+        save_image(to_pil(grid(drawn, columns=4, pad=6)), path)
     return listed
 
 

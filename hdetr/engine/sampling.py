@@ -97,6 +97,9 @@ def worker_init(worker_id: int) -> None:
     """DataLoader workers: derive numpy/python seeds from torch's per-worker seed (for user transforms)."""
     # Ctrl-C reaches the whole process group: the main process saves and stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The CLI's SIGTERM handler (hdetr.cli.terminate_as_interrupt) is inherited through fork; a worker
+    # told to stop just stops, and the main process answers for the run.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)

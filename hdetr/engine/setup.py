@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from ..config import Config, ConfigError, validate
 from ..data.categories import same_categories, CategoryMap
 from ..data.layouts import DataSource
-from ..data.validate import validate_source
+from ..data.validate import AMBIGUOUS_KINDS, validate_source
 from ..errors import DataError, UserError
 from ..losses import SetCriterion
 from ..models import build_model
@@ -170,6 +170,10 @@ def check_data(cfg: Config, train: DataSource, val: DataSource | None, info: Dis
             warnings = sum(i.count for i in report.warnings.values())
             line = (f"data check {split} ({source.title}): {report.num_images} images, {report.num_boxes} "
                     f"boxes, {repairs} box repair(s), {warnings} warning(s)")
+            for kind in AMBIGUOUS_KINDS:
+                if report.count(kind):
+                    issue = report.warnings[kind]
+                    say(info, f"warning: {split}: {issue.count} x {issue.description}, e.g. {issue.examples[0]}")
             if report.count("too_many_objects"):
                 say(info, f"warning: {report.count('too_many_objects')} {split} image(s) have more objects "
                           f"(up to {report.objects_max}) than model.num_queries={report.num_queries}")

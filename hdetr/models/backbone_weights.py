@@ -22,7 +22,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from ..backbones import BACKBONES, package_weights_names, resolve
-from ..errors import UserError
+from ..errors import UserError, quote
 
 KEY = "model.backbone_weights"
 DOWNLOAD_TIMEOUT_S = 15
@@ -70,7 +70,7 @@ def load_backbone_weights(backbone: nn.Module, name: str, weights: str) -> dict:
             raise UserError(f"{KEY}={weights} holds {shortcuts[weights]} weights; set model.backbone={shortcuts[weights]}")
         weights = resolve(BACKBONES[name].package_weights_path)()
     if not BACKBONES[name].weights_file:
-        raise UserError(f"{KEY}: backbone {name!r} has no weights to load (use it without {KEY})")
+        raise UserError(f"{KEY}: backbone {quote(name)} has no weights to load (use it without {KEY})")
     # A classification trunk wrapped by the backbone (ResNet, Swin, Lite0) takes the weights; else the backbone.
     body = getattr(backbone, "body", backbone)
     state = backbone.map_weights(read_state_dict(weights))
@@ -79,12 +79,12 @@ def load_backbone_weights(backbone: nn.Module, name: str, weights: str) -> dict:
     for k, v in own.items():  # the first problem in the backbone's own order
         if k in missing:
             raise UserError(
-                f"{KEY}: {weights} does not fit backbone {name!r}: tensor {k!r} is missing "
+                f"{KEY}: {weights} does not fit backbone {quote(name)}: tensor {quote(k)} is missing "
                 f"({len(missing)} of {len(own)} missing; is it a {name} state dict?)"
             )
         if k in state and state[k].shape != v.shape:
             raise UserError(
-                f"{KEY}: {weights} does not fit backbone {name!r}: tensor {k!r} has shape "
+                f"{KEY}: {weights} does not fit backbone {quote(name)}: tensor {quote(k)} has shape "
                 f"{tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
             )
     unused = sorted(k for k in state if k not in own)

@@ -30,17 +30,23 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def run_server(app, sock: socket.socket, log_level: str = "info") -> None:
+# Open connections beyond this many get 503 from uvicorn before any request is read.
+MAX_CONNECTIONS = 64
+
+
+def run_server(app, sock: socket.socket, log_level: str = "info", max_connections: int = MAX_CONNECTIONS) -> None:
     """Serve until Ctrl-C / SIGTERM (uvicorn handles both and finishes the requests in flight)."""
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10,
+                                           limit_concurrency=max_connections, timeout_keep_alive=5))
     server.run(sockets=[sock])
 
 
 @contextmanager
-def background_server(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", timeout: float = 30):
+def background_server(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", timeout: float = 30,
+                      max_connections: int = MAX_CONNECTIONS):
     """Yields the base URL of ``app`` served by uvicorn in a daemon thread; stops it on exit."""
     sock = bind(host, port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, limit_concurrency=max_connections))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="hdetr-serve")
     thread.start()
     try:
