@@ -437,6 +437,22 @@ def validate(cfg: Config) -> None:
     _validate_scales(cfg.data, need)
 
 
+def cap_topk(cfg: Config) -> tuple[Config, str | None]:
+    """``cfg`` with ``model.topk`` at most queries x classes, and a one-line note when it was lowered.
+
+    The post-processing keeps the top-k of all (query, class) pairs, so a larger k keeps every pair
+    anyway; lowering it says so in the config a run saves. For a class count derived from the data:
+    a config that contradicts itself (its own ``num_classes``) is still refused by ``validate``.
+    """
+    m = cfg.model
+    pairs = m.num_queries * m.num_classes
+    if m.topk <= pairs:
+        return cfg, None
+    note = (f"model.topk {m.topk} -> {pairs}: the post-processing keeps the top-k of model.num_queries x "
+            f"model.num_classes = {m.num_queries} x {m.num_classes} query-class pairs, so all {pairs} are kept")
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, topk=pairs)), note
+
+
 # The smallest image side the network takes: the deepest feature level has stride 32.
 MIN_SCALE = 32
 

@@ -7,7 +7,7 @@ answer ``--help`` without torch) can write its outputs this way.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
@@ -32,6 +32,22 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _create_temp(path: Path) -> str:
+    """Create ``.<name>.<random>.tmp`` beside ``path``, exclusively, with mode 0666 less the umask.
+
+    Not ``tempfile.mkstemp``: its files are 0600, and the rename would hand that mode to ``path``, so
+    another user (or a container running as another uid) could not read what hdetr wrote.
+    """
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return str(tmp)
+
+
 def atomic_write(path: Path, write, previous: Path | None = None) -> None:
     """Write via a temporary file in the same folder, fsync, then rename: readers never see half a file.
 
@@ -42,8 +58,7 @@ def atomic_write(path: Path, write, previous: Path | None = None) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
+    tmp = _create_temp(path)
     try:
         write(tmp)
         with open(tmp, "rb") as f:

@@ -15,7 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..config import Config, ConfigError, validate
+from ..config import Config, ConfigError, cap_topk, validate
 from ..data.categories import same_categories
 from ..data.coco import CategoryMap
 from ..data.validate import validate_source
@@ -99,8 +99,13 @@ def build_run(cfg: Config, out: Path, resume: bool, device: str | None) -> RunPa
                   f"({cmap.mode} categories of {train_split.ann_file})")
         # A derived copy: the caller's config stays as it was loaded.
         cfg = replace(cfg, model=replace(cfg.model, num_classes=cmap.num_classes))
-        # Settings valid for the preset's class count may not be for the data's (model.topk): refuse
-        # now, not after a training whose model eval and predict would then refuse.
+        # A top-k over fewer query-class pairs than the preset's: keep them all (what the official
+        # post-processing gives anyway), saying so, rather than refuse a preset for the data's class count.
+        cfg, note = cap_topk(cfg)
+        if note:
+            say(info, f"note: {note}")
+        # Other settings valid for the preset's class count may not be for the data's: refuse now, not
+        # after a training whose model eval and predict would then refuse.
         try:
             validate(cfg)
         except ConfigError as e:
