@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..devices import add_device_argument
+
 
 def add_arguments(p):
     p.add_argument("checkpoint", type=Path, help="model folder, run folder, .pt or official .pth")
@@ -18,7 +20,7 @@ def add_arguments(p):
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="score threshold of requests that give none, and the page's starting value (default: 0.5)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    add_device_argument(p)
     p.add_argument("--threads", type=int, default=None, help="PyTorch intra-op threads (default: PyTorch's own)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload in MiB (default: 20)")
     p.add_argument("--max-megapixels", type=float, default=50.0, help="largest accepted image in megapixels (default: 50)")

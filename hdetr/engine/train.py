@@ -24,6 +24,7 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..devices import resolve_device
 from ..files import atomic_write
 from ..config import Config
 from ..data.coco import CategoryMap
@@ -265,6 +266,12 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str | 
     if result.best_ap is not None and distributed.current().is_main:
         from .report import report_for_model  # the evaluation report of the best model, next to it
 
-        report_for_model(result.model_dir, val_spec(cfg), "val", Path(out_dir) / "report",
-                         device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        from ..checkpoint.model_folder import write_threshold
+
+        doc = report_for_model(result.model_dir, val_spec(cfg), "val", Path(out_dir) / "report",
+                               device=resolve_device(device))
+        if doc is not None:  # the best-F1 threshold travels with the model: predict --threshold best
+            write_threshold(result.model_dir, {**doc["threshold"], "found_on": f"{val_spec(cfg)} (val)"})
+            print(f"score threshold of the best F1 on the validation set: {doc['threshold']['threshold']:.2f} "
+                  f"(F1 {doc['threshold']['f1']:.3f}); stored with the model, use predict --threshold best")
     return result
