@@ -59,8 +59,11 @@ def atomic_write(path: Path, write, previous: Path | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temp(path)
+    mode = os.stat(tmp).st_mode & 0o777  # 0666 less the umask
     try:
         write(tmp)
+        # Writers that replace the file themselves (safetensors' save_file does) leave their own mode.
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         if previous is not None and path.exists():

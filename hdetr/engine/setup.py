@@ -99,17 +99,17 @@ def build_run(cfg: Config, out: Path, resume: bool, device: str | None) -> RunPa
                   f"({cmap.mode} categories of {train_split.ann_file})")
         # A derived copy: the caller's config stays as it was loaded.
         cfg = replace(cfg, model=replace(cfg.model, num_classes=cmap.num_classes))
-        # A top-k over fewer query-class pairs than the preset's: keep them all (what the official
-        # post-processing gives anyway), saying so, rather than refuse a preset for the data's class count.
-        cfg, note = cap_topk(cfg)
-        if note:
-            say(info, f"note: {note}")
-        # Other settings valid for the preset's class count may not be for the data's: refuse now, not
+        # Settings valid for the preset's class count may not be for the data's: refuse now, not
         # after a training whose model eval and predict would then refuse.
         try:
             validate(cfg)
         except ConfigError as e:
             raise UserError(f"{e} (model.num_classes was set to {cmap.num_classes} from the data)") from None
+    # A top-k over more query-class pairs than there are (a preset's k, the data's fewer classes): keep
+    # them all, which the official post-processing gives anyway, and say so rather than refuse.
+    cfg, note = cap_topk(cfg)
+    if note:
+        say(info, f"note: {note}")
     val_split = load_split(vspec, "val", cfg, train=False, skip_image_ids=skip_ids["val"]) if vspec else None
     if val_split is not None:
         same_categories(cmap, val_split.dataset.category_map, str(train_split.ann_file), str(val_split.ann_file))

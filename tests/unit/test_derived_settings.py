@@ -23,6 +23,9 @@ def test_topk_within_the_pairs_is_left_alone():
     assert same is cfg and note is None
 
 
-def test_a_config_contradicting_itself_is_still_refused():
-    with pytest.raises(ConfigError, match=r"model\.topk \(10\) exceeds"):
-        build_config({}, ["model.num_queries=2", "model.num_classes=3", "model.topk=10"])
+def test_a_config_above_its_own_pairs_is_accepted_and_capped():
+    cfg = build_config({}, ["model.num_queries=2", "model.num_classes=3", "model.topk=10"])
+    capped, note = cap_topk(cfg)
+    assert (cfg.model.topk, capped.model.topk) == (10, 6) and note.startswith("model.topk 10 -> 6")
+    with pytest.raises(ConfigError, match=r"model\.topk must be >= 1, got 0"):
+        build_config({}, ["model.topk=0"])

@@ -38,3 +38,15 @@ def test_replacing_a_file_keeps_the_previous_version(tmp_path, umask):
     atomic_write(path, lambda p: Path(p).write_bytes(b"2"), previous=previous)
     assert (path.read_bytes(), previous.read_bytes()) == (b"2", b"1")
     assert stat.S_IMODE(path.stat().st_mode) == 0o644 == stat.S_IMODE(previous.stat().st_mode)
+
+
+def test_a_writer_that_replaces_the_file_gets_the_umask_too(tmp_path, umask):
+    """safetensors' save_file writes its own file (0600) in place of the temporary one."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    umask(0o022)
+    path = tmp_path / "model.safetensors"
+    atomic_write(path, lambda p: save_file({"w": torch.ones(2)}, p))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert torch.equal(load_file(path)["w"], torch.ones(2))
