@@ -211,7 +211,7 @@ def explain_empty(path, threshold: float, det) -> str:
     if not det.best_below:
         return f"{path}: no detection (the model returned no scores)"
     best = ", ".join(f"{name} {score:.3f}" for name, score in det.best_below)
-    return f"{path}: nothing scored >= {threshold:g}; highest scores: {best} (lower --threshold to keep them)"
+    return f"{path}: nothing scored >= {threshold}; highest scores: {best} (lower --threshold to keep them)"
 
 
 def run(args) -> int:
@@ -242,7 +242,7 @@ def run(args) -> int:
 
     for spec in videos:
         done = predict_video(detector, spec, args.out, threshold, options, args.batch_size, args.max_frames,
-                             progress)
+                             progress, args.draw_min_side)
         print(f"{spec}: {done['frames']} frames in {done['seconds']:.1f} s ({done['fps']:.2f} frames/s) -> "
               f"{done['video']}, {done['jsonl']}")
     if not images:
