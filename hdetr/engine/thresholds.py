@@ -5,7 +5,11 @@ and each of its 101 recall points, COCO's (interpolated) precision and the score
 reaches that recall (``eval['precision']`` and ``eval['scores']``, (T, R, K, A, M)). Keeping the
 detections scoring >= c reaches the largest recall point whose score is >= c, at that point's precision.
 The best threshold is the one of the highest F1 averaged over the classes that have objects (the
-confidence grid in steps of 0.01), as the per-class curves of Ultralytics and YOLOv5 pick theirs.
+confidence grid in steps of 0.01), as the per-class curves of Ultralytics and YOLOv5 pick theirs; of
+thresholds with the same F1 the highest is taken: COCO's precision is the best at that recall or any
+higher one, so the curves are flat down to the next recall point, and the top of a flat run is the
+score of the detection that reaches the recall, where that precision holds (below it, the
+false detections scoring between the two points are kept too).
 
 ``hdetr eval`` prints and draws these; the end of training stores the best threshold with the model
 (``threshold.json`` in the model folder, ``checkpoint.model_folder.write_threshold``), which ``predict --threshold best`` and
@@ -20,6 +24,11 @@ import numpy as np
 
 GRID = np.round(np.arange(1, 100) / 100, 2)  # 0.01 .. 0.99
 IOU = 0.5
+
+
+def highest_best(f1: np.ndarray) -> int:
+    """Index of the largest F1; of equal ones (within float rounding) the last, the highest threshold."""
+    return int(np.nonzero(f1 >= f1.max() - 1e-9)[0][-1])
 
 
 def confidence_curves(ev, names: list[str], iou: float = IOU) -> dict:
@@ -43,7 +52,7 @@ def confidence_curves(ev, names: list[str], iou: float = IOU) -> dict:
                 if len(reached):
                     prec[i], rec[i] = p[reached[-1]], rec_axis[reached[-1]]
         f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros(len(GRID)), where=prec + rec > 0)
-        best = int(np.argmax(f1))
+        best = highest_best(f1)
         per_class.append({"name": name, "objects": has_objects, "precision": prec, "recall": rec, "f1": f1,
                           "best_threshold": float(GRID[best]), "best_f1": float(f1[best])})
     counted = [c for c in per_class if c["objects"]]
@@ -51,7 +60,7 @@ def confidence_curves(ev, names: list[str], iou: float = IOU) -> dict:
         mean = {key: np.mean([c[key] for c in counted], axis=0) for key in ("precision", "recall", "f1")}
     else:
         mean = {key: np.zeros(len(GRID)) for key in ("precision", "recall", "f1")}
-    best = int(np.argmax(mean["f1"]))
+    best = highest_best(mean["f1"])
     return {"grid": GRID, "iou": float(ev.params.iouThrs[t]), "per_class": per_class, "mean": mean,
             "best": {"threshold": float(GRID[best]), "f1": float(mean["f1"][best]),
                      "precision": float(mean["precision"][best]), "recall": float(mean["recall"][best])}}
