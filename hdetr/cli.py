@@ -71,10 +71,10 @@ def check_device(device: str | None) -> None:
     """Refuse a --device torch cannot use, before any data is read."""
     from .errors import UserError, quote
 
-    if device is None:
+    if device is None or device == "auto":
         return
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
-        raise UserError(f"--device: expected cpu, cuda or cuda:N, got {quote(device)}")
+        raise UserError(f"--device: expected auto, cpu, cuda or cuda:N, got {quote(device)}")
     if device.startswith("cuda"):
         import torch
 

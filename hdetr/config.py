@@ -136,7 +136,9 @@ class TrainConfig:
     # Early stopping: end the run after this many evaluations without improvement of best_metric (0: off).
     patience: int = 0
     best_metric: str = "AP"  # the evaluation metric that picks best.pt and drives patience
-    trackers: list[str] = field(default_factory=list)  # mlflow | wandb (offline; TensorBoard always when installed)
+    # mlflow | wandb | tensorboard (all offline). TensorBoard also writes whenever it is installed; naming it
+    # makes its absence an error before training.
+    trackers: list[str] = field(default_factory=list)
     # Parts whose activations are recomputed in the backward pass instead of kept (less memory, about
     # one more forward of those parts): any of encoder, decoder, backbone (each layer / stage).
     checkpoint_activations: list[str] = field(default_factory=list)
@@ -191,7 +193,7 @@ def parse_parts(spec: str, key: str, allow_all: bool = False) -> tuple[str, ...]
 # Metrics train.best_metric may name (COCO's, and LVIS's for LVIS datasets); all are higher-is-better.
 BEST_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
                 "APr", "APc", "APf", "AR")
-TRACKERS = ("mlflow", "wandb")
+TRACKERS = ("mlflow", "wandb", "tensorboard")
 ATTENTION_IMPLS = ("fast", "reference")
 CHECKPOINT_PARTS = ("encoder", "decoder", "backbone")  # hdetr.models.recompute.PARTS
 
@@ -402,9 +404,8 @@ def validate(cfg: Config) -> None:
         need(0 <= h.one2many_layers <= m.dec_layers,
              f"hybrid.one2many_layers (L1) must be in [0, model.dec_layers={m.dec_layers}] so that "
              f"L1 + L2 = {m.dec_layers}, got {h.one2many_layers}")
-    # The post-processing takes the top-k over queries x classes.
-    need(m.topk <= m.num_queries * m.num_classes,
-         f"model.topk ({m.topk}) exceeds model.num_queries x model.num_classes ({m.num_queries * m.num_classes})")
+    # A model.topk above queries x classes is not refused: the post-processing keeps all the pairs then,
+    # and a run lowers it with a note (cap_topk), since the class count usually comes from the data.
     need(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
     need(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
     need(t.grad_accum >= 1, f"train.grad_accum must be >= 1, got {t.grad_accum}")
@@ -428,8 +429,7 @@ def validate(cfg: Config) -> None:
     need(t.best_metric in BEST_METRICS,
          f"train.best_metric must be one of {', '.join(BEST_METRICS)}, got {quote(t.best_metric)}")
     bad = [x for x in t.trackers if x not in TRACKERS]
-    need(not bad, f"train.trackers: unknown tracker(s) {bad}; available: {', '.join(TRACKERS)} "
-                  "(TensorBoard is always on when installed)")
+    need(not bad, f"train.trackers: unknown tracker(s) {bad}; available: {', '.join(TRACKERS)}")
     need(t.clip_max_norm >= 0, f"train.clip_max_norm must be >= 0 (0 disables clipping), got {t.clip_max_norm}")
     # Negative rates and decays are refused, not clamped: a sign typo must not train something else.
     need(t.lr_backbone >= 0, f"train.lr_backbone must be >= 0 (0 freezes the backbone), got {t.lr_backbone}")
@@ -442,6 +442,22 @@ def validate(cfg: Config) -> None:
         need(getattr(cfg.loss, key) >= 0, f"loss.{key} must be >= 0, got {getattr(cfg.loss, key)}")
     need(0.0 <= cfg.loss.focal_alpha <= 1.0, f"loss.focal_alpha must be in [0, 1], got {cfg.loss.focal_alpha}")
     _validate_scales(cfg.data, need)
+
+
+def cap_topk(cfg: Config) -> tuple[Config, str | None]:
+    """``cfg`` with ``model.topk`` at most queries x classes, and a one-line note when it was lowered.
+
+    The post-processing keeps the top-k of all (query, class) pairs, so a larger k keeps every pair
+    anyway; lowering it says so, and puts the k actually used in the config a run saves. Training calls
+    it once the class count is taken from the data.
+    """
+    m = cfg.model
+    pairs = m.num_queries * m.num_classes
+    if m.topk <= pairs:
+        return cfg, None
+    note = (f"model.topk {m.topk} -> {pairs}: the post-processing keeps the top-k of model.num_queries x "
+            f"model.num_classes = {m.num_queries} x {m.num_classes} query-class pairs, so all {pairs} are kept")
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, topk=pairs)), note
 
 
 # The smallest image side the network takes: the deepest feature level has stride 32.

@@ -1,8 +1,9 @@
 """Drawing detections and ground truth onto images (predict, the evaluation report, the demo, the experiment trackers).
 
 Labels use a TrueType font scaled to the image (DejaVu Sans, shipped with matplotlib), on a filled
-background, so they stay readable on a 64 px thumbnail and on a 6000 px aerial image alike; images
-smaller than ``MIN_DRAWN_SIDE`` are enlarged by a whole factor before drawing.
+background, so they stay readable on a 64 px thumbnail and on a 6000 px aerial image alike. A drawing
+keeps its input's size unless asked otherwise (``min_side``: ``hdetr predict --draw-min-side``, e.g.
+``MIN_DRAWN_SIDE``, enlarges small images by a whole factor); the report's gallery enlarges its thumbnails.
 """
 
 from __future__ import annotations
@@ -67,10 +68,11 @@ def draw_detections(image: Tensor, boxes: Tensor, labels: Tensor, scores: Tensor
 
 
 def draw_prediction(image: Tensor, boxes: Tensor, labels: Tensor, scores: Tensor, names: list[str],
-                    gt: tuple[Tensor, list[str]] | None = None) -> Tensor:
-    """What ``hdetr predict`` saves: the (enlarged if small) image with its detections, and with
-    ``gt = (boxes, names)`` the ground truth drawn on a second copy beside it."""
-    big, k = enlarge_small(image)
+                    gt: tuple[Tensor, list[str]] | None = None, min_side: int = 0) -> Tensor:
+    """What ``hdetr predict`` saves: the image, at its size, with its detections, and with ``gt = (boxes,
+    names)`` the ground truth drawn on a second copy beside it. ``min_side`` > 0: an image whose long
+    side is shorter is first enlarged by a whole factor (nearest neighbour) to reach it."""
+    big, k = enlarge_small(image, min_side) if min_side > 0 else (image, 1)
     drawn = draw_detections(big, boxes * k, labels, scores, names)
     if gt is None:
         return drawn
@@ -111,20 +113,3 @@ def save_image(pil: Image.Image, path) -> None:
 
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
     atomic_write(Path(path), lambda p: pil.save(p, format=fmt))
-
-
-def prediction_grid(model_dir, images: list, out, threshold: float = 0.3, scale: int = 1, columns: int = 4):
-    """A model folder's detections drawn on ``images`` (paths), as one grid image saved to ``out``."""
-    from .api import Detector, as_uint8_image
-
-    det = Detector.from_checkpoint(model_dir)
-    drawn = []
-    for path in images:
-        image = as_uint8_image(path)
-        found = det.predict(image, threshold=threshold)
-        drawn.append(draw_detections(image, found.boxes, found.labels, found.scores, det.class_names))
-    pil = to_pil(grid(drawn, columns=columns))
-    if scale != 1:
-        pil = pil.resize((pil.width * scale, pil.height * scale))
-    save_image(pil, out)
-    return out

@@ -16,6 +16,11 @@ silently bake Python ints into the graph). ``verify_onnx`` runs the saved graph 
 sizes different from the export example and compares it with eager PyTorch.
 
 Class names, the hdetr version and the config travel in the model's ``metadata_props``.
+
+``fp16=True`` converts the exported graph's weights and arithmetic to float16 (onnxruntime's own
+converter, ``onnxruntime.transformers.float16``) keeping float32 inputs and outputs, so it is fed and
+read like the float32 graph; ``FP16_KEPT_FP32`` ops stay in float32. Half the file size; meant for GPU
+execution providers (CUDA, TensorRT). Its parity with float32 is in docs/export.md.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ DEFAULT_OPSET = 18  # GridSample needs >= 16; 18 is well supported by onnxruntim
 MIN_OPSET = 16
 MAX_SIDE = 8192
 MAX_BATCH = 1024
+# Ops an fp16 graph keeps in float32: sampling positions (GridSample's normalised grid loses the pixel
+# grid in fp16), index arithmetic and selection (TopK, Range, CumSum), and onnxruntime's own list.
+FP16_KEPT_FP32 = ("GridSample", "TopK", "Range", "CumSum", "Resize", "NonMaxSuppression", "RoiAlign")
+FP16_ATOL = 2e-2  # verify_onnx's tolerance for an fp16 graph (float16 has ~3 significant digits)
+META_PRECISION = "precision"  # "fp32" | "fp16"
 # Export example: distinct sizes (no 0/1 or equal dims that the tracer could merge), padding on one image.
 EXAMPLE_SHAPE = (2, 352, 416)
 
@@ -124,6 +134,7 @@ def export_onnx(
     verify: bool = True,
     verbose: bool = False,
     category_map: dict | str | None = None,
+    fp16: bool = False,
 ) -> ExportResult:
     """Export ``model`` (an ``HDETR``) to ONNX at ``path``; see the module docstring for the graph.
 
@@ -197,19 +208,49 @@ def export_onnx(
     images_shape = program.model.graph.inputs[0].shape
     program.rename_axes({images_shape[0]: "batch", images_shape[2]: "height", images_shape[3]: "width"})
     meta["onnxscript_optimized"] = str(optimized).lower()
+    meta[META_PRECISION] = "fp16" if fp16 else "fp32"
     program.model.metadata_props.update(meta)
     program.model.producer_name = "hdetr"
     program.model.producer_version = __version__
     # Through a temporary file: a full disk or a stop mid-write leaves no half graph under ``path``.
-    atomic_write(Path(path), lambda p: program.save(str(p), external_data=False))
+    def save(p):
+        program.save(str(p), external_data=False)
+        if fp16:
+            convert_to_fp16(p, p)
+
+    atomic_write(Path(path), save)
     seconds = time.perf_counter() - start
 
     result = ExportResult(path, seconds, opset, postprocess, path.stat().st_size)
     if verify:
-        result.verification = verify_onnx(path, model, postprocess=postprocess, topk=topk, mask_dtype=mask_dtype)
+        result.verification = verify_onnx(path, model, postprocess=postprocess, topk=topk, mask_dtype=mask_dtype,
+                                          atol=FP16_ATOL if fp16 else 1e-4)
         if not result.verification["ok"]:
             raise ExportError(f"{path}: the exported graph does not match PyTorch: {result.verification}")
     return result
+
+
+def convert_to_fp16(src: str | Path, dst: str | Path) -> None:
+    """A float32 graph from ``export_onnx`` -> the same graph in float16 at ``dst`` (float32 inputs and
+    outputs, ``FP16_KEPT_FP32`` ops in float32), its metadata kept with ``precision`` fp16."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    # The exporter's recorded intermediate types would contradict the converted nodes: let them be inferred.
+    del model.graph.value_info[:]
+    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP16_KEPT_FP32))
+    props = {p.key: p.value for p in model.metadata_props}
+    props[META_PRECISION] = "fp16"
+    del half.metadata_props[:]
+    for key, value in props.items():
+        half.metadata_props.add(key=key, value=value)
+    tmp = Path(dst).with_name(f".{Path(dst).name}.fp16.tmp")
+    try:
+        onnx.save(half, str(tmp))
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # onnxscript rewrite rules that produce an invalid graph for this model (onnxscript 0.7): fusing the
@@ -290,7 +331,8 @@ def verify_onnx(path, model: nn.Module, *, postprocess: bool = False, topk: int 
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = "onnx", postprocess: bool = False,
-                      opset: int = DEFAULT_OPSET, mask_dtype: str = "bool", verify: bool = True) -> ExportResult:
+                      opset: int = DEFAULT_OPSET, mask_dtype: str = "bool", verify: bool = True,
+                      fp16: bool = False) -> ExportResult:
     """Load anything ``load_weights`` reads (model folder, run folder, .pt, official .pth) and export it
     (what ``hdetr export`` runs)."""
     from .checkpoint import build_detector_model, load_weights
@@ -301,4 +343,4 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
     model = build_detector_model(loaded)
     cmap = loaded.category_map.to_dict() if loaded.category_map is not None else None
     return export_onnx(model, out, config=loaded.cfg, class_names=loaded.class_names, postprocess=postprocess,
-                       opset=opset, mask_dtype=mask_dtype, verify=verify, category_map=cmap)
+                       opset=opset, mask_dtype=mask_dtype, verify=verify, category_map=cmap, fp16=fp16)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
@@ -44,6 +44,20 @@ def _disk_full(folder: Path, error: Exception) -> bool:
         return shutil.disk_usage(folder).free < FULL_DISK_BYTES
     except OSError:
         return False
+def _create_temp(path: Path) -> str:
+    """Create ``.<name>.<random>.tmp`` beside ``path``, exclusively, with mode 0666 less the umask.
+
+    Not ``tempfile.mkstemp``: its files are 0600, and the rename would hand that mode to ``path``, so
+    another user (or a container running as another uid) could not read what hdetr wrote.
+    """
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return str(tmp)
 
 
 def atomic_write(path: Path, write, previous: Path | None = None) -> None:
@@ -59,8 +73,8 @@ def atomic_write(path: Path, write, previous: Path | None = None) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
+    tmp = _create_temp(path)
+    mode = os.stat(tmp).st_mode & 0o777  # 0666 less the umask
     try:
         try:
             write(tmp)
@@ -72,6 +86,8 @@ def atomic_write(path: Path, write, previous: Path | None = None) -> None:
             if _disk_full(path.parent, e):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
             raise
+        # Writers that replace the file themselves (safetensors' save_file does) leave their own mode.
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         if previous is not None and path.exists():

@@ -87,8 +87,9 @@ def _encoder(av, path: Path, rate, width: int, height: int):
 
 
 def predict_video(detector, spec: str, out_dir: Path, threshold: float, options: dict, batch_size: int = 1,
-                  max_frames: int | None = None, progress: bool | None = None) -> dict:
-    """Run ``detector`` on every frame of ``spec``; returns {frames, seconds, fps, video, jsonl}.
+                  max_frames: int | None = None, progress: bool | None = None, draw_min_side: int = 0) -> dict:
+    """Run ``detector`` on every frame of ``spec``; returns {frames, seconds, fps, video, jsonl}. The drawn
+    video has the frames' size (``draw_min_side``: enlarge small frames, as ``draw_prediction``).
 
     Kept whole: one loop reads, predicts, draws and writes each frame in turn, with one cleanup for all of it.
     """
@@ -120,7 +121,8 @@ def predict_video(detector, spec: str, out_dir: Path, threshold: float, options:
             nonlocal sink, sink_stream
             found = detector.predict_batch([f for _, _, f in batch], threshold, **options)
             for (index, t, frame), det in zip(batch, found):
-                drawn = draw_prediction(frame, det.boxes, det.labels, det.scores, detector.class_names)
+                drawn = draw_prediction(frame, det.boxes, det.labels, det.scores, detector.class_names,
+                                        min_side=draw_min_side)
                 h, w = drawn.shape[-2:]
                 drawn = drawn[:, : h - h % 2, : w - w % 2]  # yuv420p needs even sides
                 if sink is None:

@@ -23,7 +23,7 @@ from ..data.categories import COCO_CATEGORIES, COCO_NUM_CLASSES, UNUSED_CLASS_NA
 from ..errors import UserError, quote
 from ..run_folder import LOADABLE
 from ..safe_load import CheckpointError, safe_torch_load
-from .model_folder import MODEL_FILE, load_model_files
+from .model_folder import MODEL_FILE, load_model_files, read_threshold
 from .official import load_official_checkpoint
 
 # Training state written by ``last.pt``/``prev.pt`` and the evaluated weights written as ``best.pt``.
@@ -42,6 +42,7 @@ class LoadedWeights:
     source: Path  # the file or model folder actually read
     kind: str  # "model folder", "best.pt", "training checkpoint" or "official checkpoint"
     ema: bool = False  # the state is a training checkpoint's EMA weights
+    threshold: float | None = None  # a model folder's stored best-F1 score threshold (threshold.json)
 
 
 def _cmap(d) -> CategoryMap | None:
@@ -110,8 +111,9 @@ def load_weights(path: str | Path) -> LoadedWeights:
             cfg, state, meta = load_model_files(path)
             cmap = _cmap(meta.get("category_map"))
             names = list(meta.get("class_names") or []) or (cmap.names if cmap else [])
+            folder = path if path.is_dir() else path.parent
             return LoadedWeights(cfg, state, cmap, names or coco_class_names(cfg.model.num_classes), path,
-                                 "model folder")
+                                 "model folder", threshold=read_threshold(folder))
         return _from_torch_file(path)
     except (CheckpointError, ConfigError) as e:
         raise UserError(str(e)) from None

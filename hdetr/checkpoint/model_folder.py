@@ -1,6 +1,8 @@
 """hdetr model folders: ``model.safetensors`` (weights only: loading runs no code) + ``config.yaml``.
 
-The class names and the category map travel in the safetensors metadata.
+The class names and the category map travel in the safetensors metadata. ``threshold.json`` (optional):
+the score threshold of the best F1 on the validation set, found at the end of training
+(``hdetr.engine.thresholds``); ``--threshold best`` reads it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..safe_load import CheckpointError
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
+THRESHOLD_FILE = "threshold.json"
 
 
 def save_model(out_dir: str | Path, cfg: Config, state: dict[str, torch.Tensor], class_names: list[str] | None = None,
@@ -69,3 +72,25 @@ def load_model_files(path: str | Path) -> tuple[Config, dict[str, torch.Tensor],
     if not isinstance(meta["class_names"], list) or not all(isinstance(n, str) for n in meta["class_names"]):
         raise CheckpointError(f"{weights}: the metadata's class_names must be a list of names")
     return cfg, state, meta
+
+
+def write_threshold(model_dir: str | Path, doc: dict) -> Path:
+    """``doc`` (with a ``threshold`` in [0, 1]) as the model folder's ``threshold.json``."""
+    path = Path(model_dir) / THRESHOLD_FILE
+    text = json.dumps(doc, indent=1) + "\n"
+    atomic_write(path, lambda p: Path(p).write_text(text))
+    return path
+
+
+def read_threshold(model_dir: str | Path) -> float | None:
+    """The stored best threshold of a model folder; None when it has none. A damaged file is an error."""
+    path = Path(model_dir) / THRESHOLD_FILE
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())["threshold"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a readable threshold file ({type(e).__name__}: {e})") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise CheckpointError(f"{path}: threshold must be a number in [0, 1], got {value!r}")
+    return float(value)

@@ -6,7 +6,9 @@ eval take), opens and decodes every image, and prints what training would see: t
 fatal errors (bad JSON or label files, dangling or duplicate ids, unknown categories, missing/corrupt
 images, paths leaving the images folder, wrong image sizes), the box repairs training applies (clipped /
 dropped boxes, counted) and warnings, e.g. images with more objects than the one-to-one queries of the
-model (--config). Exit status: 0 usable, 1 fatal problems found, 2 usage error.
+model. ``--config PRESET [overrides]``: the config that would train (as given to ``hdetr train``); the
+report ends with its one-to-one queries and the top-k it keeps for this data's classes. Exit status: 0
+usable, 1 fatal problems found, 2 usage error.
 """
 
 from __future__ import annotations
@@ -22,13 +24,35 @@ def add_arguments(p):
                    "or YOLO data.yaml")
     p.add_argument("--split", default="train", choices=["train", "val", "valid", "test"],
                    help="split to check (default: train)")
-    p.add_argument("--config", default=None, help="preset or YAML config whose model.num_queries the objects per "
-                   "image are compared with (default: the default config's)")
+    p.add_argument("--config", default=None, help="preset or YAML config that would train on this data: its "
+                   "model.num_queries is compared with the objects per image (default: the built-in defaults, "
+                   "300 queries)")
+    p.add_argument("overrides", nargs="*", help="config overrides, as for hdetr train, e.g. model.num_queries=100")
     p.add_argument("--json", type=Path, default=None, metavar="REPORT.json", help="also write the report as JSON")
     p.add_argument("--fix-report", action="store_true",
                    help="list every repair (each clipped or dropped box, before -> after), not only a few examples")
     p.add_argument("--no-images", action="store_true", help="check the annotation file only, do not open the images")
     p.add_argument("--workers", type=int, default=None, help="threads decoding images (default: up to 8)")
+
+
+def model_line(cfg, config_name: str | None, report) -> str:
+    """The queries and top-k that training ``cfg`` on this data would use (its class count from the data)."""
+    from dataclasses import replace
+
+    from ..config import cap_topk
+    from ..data.categories import CategoryMap
+
+    name = config_name or "built-in defaults; pass --config PRESET for the one you train"
+    m = cfg.model
+    try:
+        cats = [{"id": c, "name": n} for c, n in report.category_names.items()]
+        classes = CategoryMap.from_categories(cats).num_classes if cats else m.num_classes
+    except (ValueError, TypeError):  # the categories are broken: the report above says how
+        classes = m.num_classes
+    capped, note = cap_topk(replace(cfg, model=replace(m, num_classes=classes)))
+    line = (f"model ({name}): {m.num_queries} one-to-one queries, {classes} classes, "
+            f"topk {capped.model.topk}")
+    return line + (f" ({note})" if note else "")
 
 
 def run(args) -> int:
@@ -41,7 +65,7 @@ def run(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         raise UserError(str(e)) from None
     source = resolve_source(args.data, args.split)
@@ -53,6 +77,7 @@ def run(args) -> int:
         max_examples=None if args.fix_report else DEFAULT_MAX_EXAMPLES, num_queries=cfg.model.num_queries,
     )
     print(terminal_safe(report.format()))
+    print(model_line(cfg, args.config, report))
     if args.json:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)

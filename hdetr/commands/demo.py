@@ -18,6 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ..devices import add_device_argument
 from ..run_folder import RUN_FILES
 from ..threads import add_threads_argument
 
@@ -36,7 +37,7 @@ def add_arguments(p):
     p.add_argument("--from-scratch", action="store_true",
                    help="train the tiny backbone from random weights (synthetic_small: 900 steps instead of 450)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_device_argument(p)
     p.add_argument("--no-progress", action="store_true")
     add_threads_argument(p, extra=" (CPU default: the cores the load average leaves free)")
 
@@ -82,7 +83,7 @@ def pick_preset(from_scratch: bool) -> str:
 
 
 def draw_grid(model_dir: Path, images: list[Path], out: Path, threshold: float = GRID_THRESHOLD) -> Path:
-    from ..draw import prediction_grid
+    from ..api import prediction_grid
 
     # Upscaled: 128 px images with 8 px shapes are hard to see otherwise.
     return prediction_grid(model_dir, images, out, threshold=threshold, scale=2)
@@ -107,7 +108,7 @@ def run(args) -> int:
     check_output_file(out / "metrics.json", "--out", json_with("AP"))
     check_output_file(out / "predictions.png", "--out", vouched_by(out / "metrics.json", json_with("AP")))
     check_writable(out)
-    if args.device in (None, "cpu") and not torch.cuda.is_available():
+    if args.device in ("auto", "cpu") and not torch.cuda.is_available():
         threads, busy = (args.threads, None) if args.threads else pick_threads()
         torch.set_num_threads(threads)
         others = f", {busy:.1f} busy with other work" if busy is not None else ""

@@ -3,9 +3,11 @@
 CHECKPOINT is a model folder (from training or hdetr convert), a training run folder, last.pt /
 best.pt, or an official .pth. DATA is a dataset folder (COCO, Roboflow or LVIS layout) or an
 annotation .json with its images beside it. Only the one-to-one queries run, as at deployment.
-Prints the COCO metrics (LVIS metrics for LVIS annotations). ``--out FILE.json`` writes them as JSON;
-``--out DIR`` writes DIR/metrics.json and the evaluation report (per-class table, precision-recall
-curves, confusion matrix, AP by object size, galleries of the worst images; see hdetr.engine.report);
+Prints the COCO metrics (LVIS metrics for LVIS annotations), the per-class table and the score threshold
+of the best F1. ``--out FILE.json`` writes the metrics as JSON; ``--out DIR`` writes DIR/metrics.json
+and the evaluation report (per-class table, precision-recall curves, precision / recall / F1 against the
+score threshold, confusion matrix, AP by object size, galleries of the worst images, and every scored
+detection as COCO results in DIR/detections.json; see hdetr.engine.report);
 the folder may hold other files, but none of the report's names that hdetr did not write.
 ``--tile`` evaluates sliced inference (one process).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..devices import add_device_argument
 from ..threads import add_threads_argument, apply_threads
 from .predict import add_tile_arguments, tile_options
 
@@ -27,7 +30,7 @@ def add_arguments(p):
                    help="a .json file for the metrics, or a folder for the metrics and the report")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_device_argument(p)
     p.add_argument("--conf", type=float, default=0.3,
                    help="report: score threshold of the confusion matrix and the galleries (default: 0.3)")
     add_tile_arguments(p)
@@ -38,7 +41,9 @@ def add_arguments(p):
 def run(args) -> int:
     from ..engine.evaluate import format_metrics_table
     from ..engine.model_evaluation import evaluate_model
-    from ..engine.report import REPORT_FILES, check_report_folder, write_report
+    from ..engine.report import REPORT_FILES, check_report_folder, per_class_text, summarize, write_report
+    from ..engine.thresholds import best_line
+    from ..cli import terminal_safe
     from ..errors import UserError
     from ..files import atomic_write
     from ..outputs import check_output_file, check_writable, json_with, refuse_input_path
@@ -76,12 +81,22 @@ def run(args) -> int:
     if report_dir is not None and split.is_lvis:
         print("LVIS annotations: the report (per-class curves, confusion matrix) is written for COCO-style "
               "evaluation only; writing the metrics")
+    doc = None
     if report_dir is not None and not split.is_lvis:
-        metrics = write_report(split.dataset.coco, dets, report_dir, split.dataset.image_path, conf=args.conf,
-                               title=f"{args.checkpoint} on {split.ann_file}")["metrics"]
+        doc = write_report(split.dataset.coco, dets, report_dir, split.dataset.image_path, conf=args.conf,
+                           title=f"{args.checkpoint} on {split.ann_file}")
+        metrics = doc["metrics"]
+    elif not split.is_lvis:
+        doc = summarize(split.dataset.coco, dets)
+        metrics = doc["metrics"]
     else:
         metrics = result.metrics()
     print(format_metrics_table(metrics))
+    if doc is not None:
+        print()
+        print(terminal_safe(per_class_text(doc["per_class"], doc["threshold"])))
+        t = doc["threshold"]
+        print(best_line({"best": t, "iou": t["iou"]}))
     if report_dir is not None:
         if split.is_lvis:
             report_dir.mkdir(parents=True, exist_ok=True)

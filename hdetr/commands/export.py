@@ -4,7 +4,8 @@ The graph takes images (B, 3, H, W) float32 normalised and mask (B, H, W) bool, 
 returns pred_logits and pred_boxes; with --postprocess it also takes orig_sizes (B, 2) int64 (h, w)
 and returns the top-k scores, labels and xyxy pixel boxes. Class names, the hdetr version and the
 config are stored in the ONNX metadata. After export the graph is run with onnxruntime at two other
-sizes and compared with PyTorch (skip with --no-verify).
+sizes and compared with PyTorch (skip with --no-verify). --fp16: weights and arithmetic in float16
+(inputs and outputs stay float32), half the size, for GPU execution providers (docs/export.md).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ def add_arguments(p):
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18, minimum 16)")
     p.add_argument("--mask-dtype", default="bool", choices=["bool", "uint8"], help="element type of the mask input")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check after export")
+    p.add_argument("--fp16", action="store_true",
+                   help="float16 weights and arithmetic (float32 inputs and outputs): half the size, for CUDA / "
+                        "TensorRT execution providers; verified with tolerance 2e-2")
 
 
 def run(args) -> int:
@@ -52,10 +56,11 @@ def run(args) -> int:
     check_writable(args.out, "out", folder=False)
     try:
         result = export_checkpoint(args.checkpoint, args.out, format=args.format, postprocess=args.postprocess,
-                                   opset=DEFAULT_OPSET if args.opset is None else args.opset, mask_dtype=args.mask_dtype, verify=not args.no_verify)
+                                   opset=DEFAULT_OPSET if args.opset is None else args.opset, mask_dtype=args.mask_dtype, verify=not args.no_verify,
+                                   fp16=args.fp16)
     except (CheckpointError, ConfigError, ExportError) as e:
         raise UserError(str(e)) from None
-    kind = "with post-processing" if result.postprocess else "raw outputs"
+    kind = ("with post-processing" if result.postprocess else "raw outputs") + (", fp16" if args.fp16 else "")
     print(f"exported {args.checkpoint} -> {result.path} ({result.size_bytes / 2**20:.1f} MiB, opset {result.opset}, "
           f"{kind}, {result.seconds:.0f} s)")
     v = result.verification

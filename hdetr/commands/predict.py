@@ -1,14 +1,19 @@
 """Detect objects in images and videos: hdetr predict CHECKPOINT INPUTS... [--threshold 0.5] [--out DIR].
 
 ``--backend torch`` (eager PyTorch; CHECKPOINT is a model folder, run folder, .pt or .pth) or
-``--backend onnxruntime`` (CHECKPOINT is a raw-output ``.onnx`` from ``hdetr export``; CPU only). A
-CHECKPOINT ending in ``.onnx`` selects onnxruntime by itself. Both go through ``hdetr.api.Detector``, so
-the outputs are the same.
+``--backend onnxruntime`` (CHECKPOINT is a raw-output ``.onnx`` from ``hdetr export``; ``--providers``
+picks onnxruntime's execution providers, CPU by default). A CHECKPOINT ending in ``.onnx`` selects
+onnxruntime by itself. Both go through ``hdetr.api.Detector``, so the outputs are the same.
+``--threshold best``: the threshold of the best F1 on the validation set, stored with the model at the
+end of training.
 
 INPUTS are image files, folders (searched recursively for .jpg/.jpeg/.png/.bmp/.webp/.tif), video
 files (.mp4, .avi, .mov, .mkv, .webm, ...), a camera index (0) or a stream URL (rtsp://...). Images:
-DIR/detections.json (COCO results format plus file_name and category_name) and a copy of every image
-with its boxes drawn. Videos: DIR/NAME.mp4 (frames with boxes) and DIR/NAME.jsonl (one line per frame).
+DIR/detections.jsonl (one line per image, written as it goes), DIR/detections.json at the end (COCO
+results format plus file_name and category_name) and a copy of every image, at its size, with its boxes
+drawn. An image that cannot be read is named in one line and skipped; the others are written and the
+exit status is 1 at the end. Videos: DIR/NAME.mp4 (frames with boxes) and DIR/NAME.jsonl (one line per
+frame).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..devices import add_device_argument
 from ..threads import positive_int
 
 BACKENDS = ("torch", "onnxruntime")
@@ -26,9 +32,11 @@ def add_arguments(p):
     p.add_argument("checkpoint", type=Path, help="model folder, run folder, .pt or official .pth; or an .onnx file")
     p.add_argument("images", nargs="+", metavar="INPUTS",
                    help="image files or folders, video files, a camera index or a stream URL")
-    p.add_argument("--threshold", type=float, default=0.5, help="minimum score (default: 0.5)")
+    p.add_argument("--threshold", type=threshold_arg, default=0.5,
+                   help="minimum score in [0, 1], or 'best': the best-F1 threshold stored with the model by "
+                        "training (default: 0.5)")
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu; torch backend only)")
+    add_device_argument(p, "; torch backend only")
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="torch or onnxruntime (default: onnxruntime for a .onnx CHECKPOINT, else torch)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
@@ -37,11 +45,33 @@ def add_arguments(p):
                    help="inference short side in pixels (default: the model's data.val_scale)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images (or video frames) per network call, padded together (default: 1)")
+    add_providers_argument(p)
     add_tile_arguments(p)
+    p.add_argument("--draw-min-side", type=int, default=0, metavar="PX",
+                   help="enlarge drawings of images whose long side is under PX by a whole factor (default: 0, "
+                        "drawings keep the input's size)")
     p.add_argument("--show-gt", type=Path, default=None, metavar="ANNOTATIONS",
                    help="COCO annotation file: draw each image's ground truth beside its predictions")
     p.add_argument("--max-frames", type=int, default=None, help="stop a video or stream after this many frames")
     p.add_argument("--no-progress", action="store_true")
+
+
+def threshold_arg(text: str) -> float | str:
+    """``--threshold``: a number (checked in ``run``) or ``best``."""
+    import argparse
+
+    if text.strip().lower() == "best":
+        return "best"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'best', got {text!r}") from None
+
+
+def add_providers_argument(p):
+    p.add_argument("--providers", default=None, metavar="LIST",
+                   help="onnxruntime execution providers in order of preference, comma-separated: cpu, cuda, "
+                        "tensorrt or full names (default: cpu; onnxruntime backend only)")
 
 
 def add_tile_arguments(p):
@@ -91,19 +121,23 @@ def load_detector(args):
 
     is_onnx = args.checkpoint.suffix.lower() == ".onnx"
     backend = args.backend or ("onnxruntime" if is_onnx else "torch")
+    providers = getattr(args, "providers", None)
     if backend == "onnxruntime":
         if not is_onnx:
             raise UserError(f"--backend onnxruntime needs an .onnx file from hdetr export, got {args.checkpoint}")
-        if args.device != "cpu":
-            raise UserError("--backend onnxruntime runs on the CPU only; drop --device")
+        if args.device not in ("auto", "cpu"):
+            raise UserError(f"--device {args.device} is for the torch backend; onnxruntime picks its device "
+                            "with --providers (e.g. --providers cuda)")
     elif is_onnx:
         raise UserError(f"{args.checkpoint} is an ONNX graph: use --backend onnxruntime (or leave --backend out)")
+    elif providers is not None:
+        raise UserError("--providers is for the onnxruntime backend (an .onnx CHECKPOINT); use --device for torch")
     if backend == "onnxruntime":
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
             raise UserError("--backend onnxruntime needs onnxruntime: pip install 'hdetr[export]'") from None
-        return Detector.from_onnx(args.checkpoint, threads=args.threads)
+        return Detector.from_onnx(args.checkpoint, threads=args.threads, providers=providers)
     from ..threads import apply_threads
 
     apply_threads(args.threads)
@@ -160,8 +194,13 @@ def check_outputs(out: Path, images: list[Path], drawings: list[str], videos: li
         raise UserError(f"--out {out} is a file; give a folder")
     detections = out / "detections.json"
     check_output_file(detections, "--out", json_with())
-    for name in drawings:
-        check_output_file(out / name, "--out", vouched_by(detections, json_with()))
+    lines = out / "detections.jsonl"
+    check_output_file(lines, "--out", jsonl_with("file_name", "image_id"))
+    by_json, by_lines = vouched_by(detections, json_with()), vouched_by(lines, jsonl_with("file_name", "image_id"))
+    for name in drawings:  # a run stopped before detections.json leaves its drawings vouched by the lines
+        check_output_file(out / name, "--out", lambda p: by_json(p) or by_lines(p))
+    if images and any(video.name == lines.name for video in (output_paths(v, out)[1] for v in videos)):
+        raise UserError(f"a video's detections and the images' would both go to {lines}; predict them separately")
     for spec in videos:
         video, jsonl = output_paths(spec, out)
         check_output_file(jsonl, "--out", jsonl_with("frame", "detections"))
@@ -177,18 +216,18 @@ def explain_empty(path, threshold: float, det) -> str:
 
 
 def run(args) -> int:
-    from PIL import UnidentifiedImageError
-
     from ..api import as_uint8_image
     from ..files import atomic_write
     from ..draw import draw_prediction, save_image, to_pil
     from ..errors import UserError
     from ..video import is_video, predict_video
 
-    if not 0.0 <= args.threshold <= 1.0:
-        raise UserError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.threshold != "best" and not 0.0 <= args.threshold <= 1.0:
+        raise UserError(f"--threshold must be in [0, 1] or 'best', got {args.threshold}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.draw_min_side < 0:
+        raise UserError(f"--draw-min-side must be >= 0, got {args.draw_min_side}")
     options = tile_options(args)
     videos = [s for s in args.images if is_video(s)]
     images = find_images([Path(s) for s in args.images if s not in videos])
@@ -196,40 +235,64 @@ def run(args) -> int:
     drawings = drawing_names(images)
     check_outputs(args.out, images, drawings, videos)
     detector = load_detector(args)
+    threshold = detector.resolve_threshold(args.threshold)
+    if args.threshold == "best":
+        print(f"--threshold best: {threshold:.2f}, the best F1 on the validation set (stored with the model)")
     args.out.mkdir(parents=True, exist_ok=True)
     progress = False if args.no_progress else None
 
     for spec in videos:
-        done = predict_video(detector, spec, args.out, args.threshold, options, args.batch_size, args.max_frames,
-                             progress)
+        done = predict_video(detector, spec, args.out, threshold, options, args.batch_size, args.max_frames,
+                             progress, args.draw_min_side)
         print(f"{spec}: {done['frames']} frames in {done['seconds']:.1f} s ({done['fps']:.2f} frames/s) -> "
               f"{done['video']}, {done['jsonl']}")
     if not images:
         return 0
 
-    results = []
-    for start in range(0, len(images), args.batch_size):
-        paths = images[start:start + args.batch_size]
-        batch = []
-        for path in paths:
+    results, failed = [], []
+    # One line per image as it is done (a crash or Ctrl-C keeps what was found); detections.json at the end.
+    with open(args.out / "detections.jsonl", "w") as lines:
+        def record(entry: dict) -> None:
+            lines.write(json.dumps(entry) + "\n")
+            lines.flush()
+
+        def fail(image_id: int, path: Path, message: str) -> None:
+            print(message)
+            failed.append(str(path))
+            record({"file_name": str(path), "image_id": image_id, "error": message})
+
+        for start in range(0, len(images), args.batch_size):
+            batch = []
+            for image_id, path in enumerate(images[start:start + args.batch_size], start=start + 1):
+                try:
+                    batch.append((image_id, path, as_uint8_image(path)))
+                except UserError as e:  # names the file: missing, unreadable, not an image
+                    fail(image_id, path, f"skipped: {e}")
+            if not batch:
+                continue
             try:
-                batch.append(as_uint8_image(path))
-            except (UnidentifiedImageError, OSError) as e:
-                raise UserError(f"{path}: cannot read the image ({e})") from None
-        try:
-            found = detector.predict_batch(batch, threshold=args.threshold, **options)
-        except ValueError as e:  # e.g. an image too small for the exported graph
-            raise UserError(f"{', '.join(map(str, paths))}: {e}") from None
-        for image_id, (path, image, det) in enumerate(zip(paths, batch, found), start=start + 1):
-            results += [{**d, "file_name": str(path)} for d in detector.coco_results(det, image_id)]
-            name = drawings[image_id - 1]
-            truth = None if gt is None else gt.get(str(path)) or gt.get(path.name)
-            if gt is not None and truth is None:
-                print(f"{path}: not in {args.show_gt}, drawn without ground truth")
-            drawn = draw_prediction(image, det.boxes, det.labels, det.scores, detector.class_names, truth)
-            save_image(to_pil(drawn), args.out / name)
-            print(f"{path}: {len(det)} detection(s)" if len(det) else explain_empty(path, args.threshold, det))
+                found = detector.predict_batch([image for _, _, image in batch], threshold=threshold, **options)
+            except ValueError as e:  # e.g. an image too small for the exported graph
+                for image_id, path, _ in batch:
+                    fail(image_id, path, f"skipped: {path}: {e}")
+                continue
+            for (image_id, path, image), det in zip(batch, found):
+                dets = [{**d, "file_name": str(path)} for d in det.to_coco(image_id)]
+                results += dets
+                record({"file_name": str(path), "image_id": image_id, "detections": dets})
+                truth = None if gt is None else gt.get(str(path)) or gt.get(path.name)
+                if gt is not None and truth is None:
+                    print(f"{path}: not in {args.show_gt}, drawn without ground truth")
+                drawn = draw_prediction(image, det.boxes, det.labels, det.scores, detector.class_names, truth,
+                                        min_side=args.draw_min_side)
+                save_image(to_pil(drawn), args.out / drawings[image_id - 1])
+                print(f"{path}: {len(det)} detection(s)" if len(det) else explain_empty(path, threshold, det))
     text = json.dumps(results, indent=1) + "\n"
     atomic_write(args.out / "detections.json", lambda p: Path(p).write_text(text))
-    print(f"{len(results)} detections in {len(images)} image(s) -> {args.out / 'detections.json'}")
+    done = len(images) - len(failed)
+    print(f"{len(results)} detections in {done} image(s) -> {args.out / 'detections.json'}")
+    if failed:
+        print(f"{len(failed)} of {len(images)} image(s) could not be read: {', '.join(failed[:5])}"
+              f"{' ...' if len(failed) > 5 else ''}")
+        return 1
     return 0

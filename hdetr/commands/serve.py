@@ -3,7 +3,8 @@
 Endpoints: POST /predict (multipart image upload in the field 'image' -> detections as JSON; threshold,
 tile and overlap as form fields or query parameters), GET /health, GET /model (class names, input size,
 config summary) and a web page at / to drop an image and filter the boxes with a threshold slider.
-MODEL is a model folder, run folder, .pt or .pth (as for hdetr predict). Needs the serve extra:
+MODEL is a model folder, run folder, .pt or .pth (as for hdetr predict), or a raw-output .onnx from hdetr
+export, run by onnxruntime on ``--providers`` (CPU by default). Needs the serve extra:
 pip install 'hdetr[serve]'. Listens on localhost only unless --host says otherwise.
 """
 
@@ -11,14 +12,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..devices import add_device_argument
+from .predict import add_providers_argument
+
 
 def add_arguments(p):
-    p.add_argument("checkpoint", type=Path, help="model folder, run folder, .pt or official .pth")
+    p.add_argument("checkpoint", type=Path, help="model folder, run folder, .pt or official .pth; or an .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="score threshold of requests that give none, and the page's starting value (default: 0.5)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    add_device_argument(p, "; torch models")
+    add_providers_argument(p)
     p.add_argument("--threads", type=int, default=None, help="PyTorch intra-op threads (default: PyTorch's own)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload in MiB (default: 20)")
     p.add_argument("--max-megapixels", type=float, default=50.0, help="largest accepted image in megapixels (default: 50)")
@@ -57,13 +62,10 @@ def run(args) -> int:
         from ..serve.server import bind, run_server, url_of
     except ImportError as e:
         raise UserError(f"hdetr serve needs the serve extra ({e.name} is missing): pip install 'hdetr[serve]'") from None
-    import torch
+    from .predict import load_detector
 
-    from ..api import Detector
-
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    detector = Detector.from_checkpoint(args.checkpoint, device=args.device)
+    args.backend = None  # the checkpoint's suffix picks it: onnxruntime for .onnx, else torch
+    detector = load_detector(args)
     app = create_app(detector, threshold=args.threshold, max_upload_bytes=int(args.max_upload_mb * 2**20),
                      max_pixels=int(args.max_megapixels * 1e6), max_waiting=args.max_waiting,
                      source=str(args.checkpoint), read_timeout=args.read_timeout, cors_origins=args.cors)

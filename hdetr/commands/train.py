@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..config import ConfigError, load_config
 from ..errors import UserError
+from ..devices import add_device_argument
 from ..threads import add_threads_argument, apply_threads
 
 
@@ -25,7 +26,7 @@ def add_arguments(p):
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. data.train=path/to/dataset train.epochs=24")
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_device_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     add_threads_argument(p)
 

@@ -7,8 +7,13 @@ know which detection met which object, which the evaluator does not expose per c
 match detections (score >= ``conf``) to ground truth greedily by IoU (>= ``iou``), ignoring the class,
 with ``torchvision.ops.box_iou``.
 
+Precision, recall and F1 against the score threshold, per class, and the threshold of the best F1 come
+from the same evaluator (``thresholds.py``).
+
 Files (``REPORT_FILES``): report.md (all tables, the pictures linked), metrics.json, per_class.csv,
-report.json, pr_curves.png, confusion_matrix.png, gallery_missed.png, gallery_false.png. ``hdetr eval
+report.json, pr_curves.png, threshold_curves.png, confusion_matrix.png, gallery_missed.png,
+gallery_false.png, and detections.json: every scored detection in the COCO results format (``image_id``,
+``category_id``, ``bbox`` [x, y, w, h], ``score``), which pycocotools' ``loadRes``, FiftyOne and TIDE read. ``hdetr eval
 --out DIR`` first refuses a DIR holding a file of one of these names that hdetr did not write
 (``check_report_folder``); the end of training writes into its own run folder.
 """
@@ -26,6 +31,7 @@ from torchvision.ops import box_convert, box_iou
 
 from ..files import atomic_write
 from .evaluate import COCO, as_coco, coco_evaluation, format_metrics_table, metrics_of
+from .thresholds import best_line, confidence_curves, plot_confidence_curves, summary
 
 SIZES = ("small", "medium", "large")  # COCO's area ranges 1..3 (index 0 is "all")
 MAX_CURVES = 20
@@ -221,7 +227,7 @@ def _markdown_table(rows: list[dict], keys: list[str]) -> str:
 # The files write_report writes. The two JSON files say by their content that hdetr wrote them; the
 # others count as hdetr's when the report.json beside them does.
 REPORT_FILES = ("metrics.json", "report.json", "report.md", "per_class.csv", "pr_curves.png", "confusion_matrix.png",
-                "gallery_missed.png", "gallery_false.png")
+                "gallery_missed.png", "gallery_false.png", "threshold_curves.png", "detections.json")
 
 
 def check_report_folder(out_dir: Path, flag: str = "--out", names=REPORT_FILES) -> None:
@@ -230,10 +236,38 @@ def check_report_folder(out_dir: Path, flag: str = "--out", names=REPORT_FILES) 
     from ..outputs import check_output_file, json_with, vouched_by
 
     out_dir = Path(out_dir)
-    ours = {"metrics.json": json_with("AP"), "report.json": json_with("metrics", "per_class", "confusion_matrix")}
+    ours = {"metrics.json": json_with("AP"), "report.json": json_with("metrics", "per_class", "confusion_matrix"),
+            "detections.json": json_with()}
     others = vouched_by(out_dir / "report.json", ours["report.json"])
     for name in names:
         check_output_file(out_dir / name, flag, ours.get(name, others))
+
+
+def per_class_text(rows: list[dict], thresholds: dict | None = None) -> str:
+    """The per-class table as fixed-width text (what ``hdetr eval`` prints), with each class's best-F1
+    threshold when ``thresholds`` (``summary``) is given."""
+    keys = ["name", "objects", "detections", "AP", "AP50", "AR100"]
+    best = (thresholds or {}).get("per_class", {})
+    table = [[*keys, *(["best F1 @ thr"] if best else [])]]
+    for r in rows:
+        cells = [_fmt(r[k]) for k in keys]
+        if best:
+            b = best.get(r["name"])
+            cells.append(f"{b['f1']:.3f} @ {b['threshold']:.2f}" if b else "-")
+        table.append(cells)
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in
+                               enumerate(zip(row, widths))) for row in table)
+
+
+def summarize(coco_gt: COCO | dict | str | Path, detections: Sequence[dict]) -> dict:
+    """Metrics, per-class rows and the threshold curves of ``detections``, without writing anything."""
+    coco_gt = as_coco(coco_gt)
+    ev = coco_evaluation(coco_gt, detections)
+    rows = per_class_table(ev)
+    curves = confidence_curves(ev, [r["name"] for r in rows])
+    return {"coco_gt": coco_gt, "ev": ev, "metrics": metrics_of(ev), "per_class": rows, "curves": curves,
+            "threshold": summary(curves)}
 
 
 def write_report(coco_gt: COCO | dict | str | Path, detections: Sequence[dict], out_dir: str | Path, images_dir,
@@ -243,14 +277,13 @@ def write_report(coco_gt: COCO | dict | str | Path, detections: Sequence[dict], 
     (``CocoDetection.image_path``); None skips the gallery."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    coco_gt = as_coco(coco_gt)
-    ev = coco_evaluation(coco_gt, detections)
-    metrics = metrics_of(ev)
-    rows = per_class_table(ev)
+    evaluated = summarize(coco_gt, detections)
+    coco_gt, ev, metrics, rows, curves = (evaluated[k] for k in ("coco_gt", "ev", "metrics", "per_class", "curves"))
     cat_ids = [int(c) for c in ev.params.catIds]
     names = {c: coco_gt.cats[c]["name"] for c in cat_ids}
     matrix, errors = error_analysis(coco_gt, detections, cat_ids, conf, iou)
     plot_pr_curves(ev, rows, out / "pr_curves.png")
+    plot_confidence_curves(curves, out / "threshold_curves.png")
     plot_confusion(matrix, [names[c] for c in cat_ids], conf, iou, out / "confusion_matrix.png")
     galleries = {}
     if images_dir is not None:
@@ -264,7 +297,7 @@ def write_report(coco_gt: COCO | dict | str | Path, detections: Sequence[dict], 
            "confusion_matrix": {"labels": [*(names[c] for c in cat_ids), "background"], "rows": "true",
                                 "columns": "predicted", "score_threshold": conf, "iou_threshold": iou,
                                 "counts": matrix.tolist()},
-           "gallery": galleries}
+           "threshold": evaluated["threshold"], "gallery": galleries}
     keys = ["name", "objects", "detections", "AP", "AP50", "AP75", "AR100", *(f"AP_{s}" for s in SIZES)]
 
     def write_csv(p):
@@ -280,12 +313,17 @@ def write_report(coco_gt: COCO | dict | str | Path, detections: Sequence[dict], 
           "## By object size (COCO areas: small < 32², medium < 96², large)", "",
           _markdown_table(by_size, ["size", "objects", "AP", "AR100"]), "",
           "## Precision-recall curves", "", "![precision-recall curves](pr_curves.png)", "",
+          "## Choosing a score threshold", "", best_line(curves), "",
+          "Precision, recall and F1 against the score threshold (IoU 0.5; each class's best F1 in report.json):", "",
+          "![threshold curves](threshold_curves.png)", "",
           "## Confusion matrix", "", "![confusion matrix](confusion_matrix.png)", ""]
     for key, what in (("missed", "most missed objects"), ("false", "most false detections")):
         if galleries.get(key):
             md += [f"## Images with the {what}", "", "ground truth green, predictions red", "",
                    f"![{what}](gallery_{key}.png)", ""]
     atomic_write(out / "per_class.csv", write_csv)
+    results = json.dumps([{k: d[k] for k in ("image_id", "category_id", "bbox", "score")} for d in detections])
+    atomic_write(out / "detections.json", lambda p: Path(p).write_text(results + "\n"))
     for name, text in (("metrics.json", json.dumps(metrics, indent=2)), ("report.json", json.dumps(doc, indent=1)),
                        ("report.md", "\n".join(md))):
         atomic_write(out / name, lambda p, t=text: Path(p).write_text(t + "\n"))

@@ -91,7 +91,7 @@ class RunLog:
         (predictions.png), the picture a curve cannot give."""
         if self.trackers is None or not images:
             return None
-        from ..draw import prediction_grid
+        from ..api import prediction_grid
 
         path = prediction_grid(model_dir, images, self.out_dir / PREDICTIONS_FILE)
         self.trackers.image(path, step)

@@ -15,7 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..config import Config, ConfigError, validate
+from ..config import Config, ConfigError, cap_topk, validate
 from ..data.categories import same_categories, CategoryMap
 from ..data.layouts import DataSource
 from ..data.validate import AMBIGUOUS_KINDS, validate_source
@@ -103,12 +103,17 @@ def build_run(cfg: Config, out: Path, resume: bool, device: str | None) -> RunPa
                   f"({cmap.mode} categories of {train_split.ann_file})")
         # A derived copy: the caller's config stays as it was loaded.
         cfg = replace(cfg, model=replace(cfg.model, num_classes=cmap.num_classes))
-        # Settings valid for the preset's class count may not be for the data's (model.topk): refuse
-        # now, not after a training whose model eval and predict would then refuse.
+        # Settings valid for the preset's class count may not be for the data's: refuse now, not
+        # after a training whose model eval and predict would then refuse.
         try:
             validate(cfg)
         except ConfigError as e:
             raise UserError(f"{e} (model.num_classes was set to {cmap.num_classes} from the data)") from None
+    # A top-k over more query-class pairs than there are (a preset's k, the data's fewer classes): keep
+    # them all, which the official post-processing gives anyway, and say so rather than refuse.
+    cfg, note = cap_topk(cfg)
+    if note:
+        say(info, f"note: {note}")
     val_split = (load_split(val_source, "val", cfg, train=False, skip_image_ids=skip_ids["val"])
                  if val_source is not None else None)
     if val_split is not None:

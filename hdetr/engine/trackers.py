@@ -1,7 +1,8 @@
 """Optional experiment trackers: MLflow and Weights & Biases, offline, fed what metrics.jsonl gets.
 
 ``train.trackers=[mlflow]`` / ``[wandb]`` (extras ``hdetr[mlflow]``, ``hdetr[wandb]``) turn them on;
-they are off by default. Both write into the run folder and never need a network:
+they are off by default. ``[tensorboard]`` (extra ``hdetr[tensorboard]``) asks for the TensorBoard events
+the run log writes whenever the package is installed, and fails before training when it is not. Both write into the run folder and never need a network:
 
 * MLflow: a file store at ``RUN/mlruns`` (``mlflow ui --backend-store-uri RUN/mlruns`` to browse,
   with the full ``mlflow`` package); experiment ``hdetr``, one MLflow run per training run (a resume
@@ -26,7 +27,8 @@ from pathlib import Path
 from ..errors import UserError
 
 STATE_FILE = "trackers.json"  # the tracker run ids, so that a resume continues the same runs
-EXTRA = {"mlflow": ("mlflow", "hdetr[mlflow]"), "wandb": ("wandb", "hdetr[wandb]")}
+EXTRA = {"mlflow": ("mlflow", "hdetr[mlflow]"), "wandb": ("wandb", "hdetr[wandb]"),
+         "tensorboard": ("tensorboard", "hdetr[tensorboard]")}
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -140,7 +142,9 @@ class Trackers:
                 saved = json.loads(state_path.read_text())
             except (OSError, ValueError):
                 saved = {}
-        self.items = {name: TRACKER_CLASSES[name](out_dir, config, saved.get(name)) for name in names}
+        # TensorBoard is written by the run log itself (runlog.py); it is named here to be checked.
+        self.items = {name: TRACKER_CLASSES[name](out_dir, config, saved.get(name)) for name in names
+                      if name in TRACKER_CLASSES}
         if self.items:
             state_path.write_text(json.dumps({n: t.run_id for n, t in self.items.items()}) + "\n")
 

@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import run_folder
+from ..checkpoint.model_folder import write_threshold
+from ..devices import resolve_device
 from ..files import atomic_write
 from ..config import Config
 from ..data.categories import CategoryMap
@@ -266,15 +268,20 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str | 
         if trainer.parts.lock is not None:
             trainer.parts.lock.release()
     if result.best_ap is not None and distributed.current().is_main:
-        write_model_report(result.model_dir, val_spec(cfg), Path(out_dir) / "report", device)
+        doc = write_model_report(result.model_dir, val_spec(cfg), Path(out_dir) / "report", resolve_device(device))
+        if doc is not None:  # the best-F1 threshold travels with the model: predict --threshold best
+            write_threshold(result.model_dir, {**doc["threshold"], "found_on": f"{val_spec(cfg)} (val)"})
+            print(f"score threshold of the best F1 on the validation set: {doc['threshold']['threshold']:.2f} "
+                  f"(F1 {doc['threshold']['f1']:.3f}); stored with the model, use predict --threshold best")
     return result
 
 
-def write_model_report(model_dir: Path, data: str, out: Path, device: str | None) -> None:
+def write_model_report(model_dir: Path, data: str, out: Path, device: str | None) -> dict | None:
     """The evaluation report of the best model, next to it: the same evaluation as ``hdetr eval``
     (same checks), in this process only. LVIS annotations get none (their federated evaluation is
-    not what the report follows)."""
+    not what the report follows). Returns the report's document."""
     result = evaluate_model(model_dir, data, "val", device=device, workers=0, progress=False, single_process=True)
-    if not result.split.is_lvis:
-        write_report(result.split.dataset.coco, result.detections, out, result.split.dataset.image_path,
-                     title=f"{model_dir} on {result.split.ann_file}")
+    if result.split.is_lvis:
+        return None
+    return write_report(result.split.dataset.coco, result.detections, out, result.split.dataset.image_path,
+                        title=f"{model_dir} on {result.split.ann_file}")
