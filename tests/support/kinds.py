@@ -10,6 +10,7 @@ for one test.
 PROCESS = {
     "test_interruptions",
     "test_model_zoo",
+    "test_wheel",
     "test_train_ddp",
     "test_serve_browser",
     "test_bench_export::test_bench_export_options_reach_the_measuring_process",
@@ -21,6 +22,7 @@ PROCESS = {
 
 SLOW = {
     "test_interruptions",
+    "test_wheel",
     "test_model_zoo::test_predict_by_name_downloads_checks_converts_once_then_checks_sha",
     "test_model_zoo::test_a_file_downloaded_elsewhere_and_put_in_the_cache_is_used_offline",
     "test_train_ddp",
