@@ -72,7 +72,9 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool | None, label
     try:
         resp = _open(url, start, timeout)
     except urllib.error.HTTPError as e:
-        if e.code == 416 and start:  # the partial file is not a prefix the server can continue: start over
+        if e.code == 416 and start:  # nothing left from there: complete already, or not a prefix of the file
+            if (e.headers.get("Content-Range") or "").strip() == f"bytes */{start}":
+                return start, start  # finished by an earlier call that stopped before the rename
             part.unlink()
             return _transfer(url, part, timeout, progress, label)
         raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None

@@ -67,6 +67,11 @@ def test_predict_by_name_downloads_checks_converts_once_then_checks_sha(tmp_path
         det = Detector.from_pretrained(HYBRID)
         assert det.cfg.hybrid.scheme == "branch" and det.class_names[1] == "person"
         assert main(["predict", HYBRID, str(image), "--out", str(tmp_path / "out2"), "--imgsz", "160"]) == 0
+        from hdetr.config import load_config
+        from hdetr.engine.init_from import load_init_source
+
+        source = load_init_source(load_config("r50_finetune", [f"train.init_from={HYBRID}"]), resume=False)
+        assert source.source == home / HYBRID and source.cfg.hybrid.num_queries_one2many == 1500
         assert len(server.requests) == 1
         assert main(["models"]) == 0
         assert any(l.split()[:3] == [HYBRID, "48.7", "yes"] for l in capsys.readouterr().out.splitlines())
@@ -144,6 +149,15 @@ def test_server_ignoring_the_range_restarts_from_zero(tmp_path, monkeypatch):
         server.ignore_range = True
         download(server.url + "f.bin", tmp_path / "f.bin", progress=False)
     assert (tmp_path / "f.bin").read_bytes() == payload
+
+
+def test_a_complete_part_is_placed_without_downloading_again(tmp_path, monkeypatch):
+    payload = bytes(range(256)) * 64
+    (tmp_path / "f.bin.part").write_bytes(payload)  # an earlier call stopped just before the rename
+    with serve(monkeypatch, {"f.bin": payload}) as server:
+        download(server.url + "f.bin", tmp_path / "f.bin", progress=False)
+        assert server.requests == [("/f.bin", f"bytes={len(payload)}-")]
+    assert (tmp_path / "f.bin").read_bytes() == payload and not (tmp_path / "f.bin.part").exists()
 
 
 def test_404_names_the_url_and_leaves_nothing(home, monkeypatch):

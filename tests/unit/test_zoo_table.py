@@ -94,6 +94,13 @@ def test_hdetr_models_lists_every_name_with_its_ap(capsys, tmp_path, monkeypatch
     assert len(urls) == 27 and all(l.split()[1].startswith("https://github.com/HDETR/") for l in urls)
 
 
+def test_models_download_checks_every_name_first(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HDETR_HOME", str(tmp_path))
+    assert main(["models", "--download", "r50_hybrid_branch_12ep", "r50_hybrid_brnch_36ep"]) == 2
+    assert "'r50_hybrid_brnch_36ep' is not a model zoo name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing fetched
+
+
 def test_version(capsys):
     import hdetr
 
