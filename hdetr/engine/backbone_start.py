@@ -23,7 +23,7 @@ def backbone_start(cfg: Config) -> tuple[Config, str | None]:
             and not m.backbone_weights:
         m, why = replace(m, pretrained_backbone=True), None
     else:
-        m, why = resolve_pretrained(m)
+        m, why = resolve_pretrained(m, probe_network=True)
     cfg = replace(cfg, model=m)
     if m.pretrained_backbone is True or m.backbone_weights or takes_backbone or m.backbone == "precomputed":
         return cfg, None

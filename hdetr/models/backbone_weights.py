@@ -208,11 +208,11 @@ def _imagenet_weights_cached(name: str) -> bool:
     return any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin"))
 
 
-def resolve_pretrained(m) -> tuple[object, str | None]:
+def resolve_pretrained(m, probe_network: bool = False) -> tuple[object, str | None]:
     """``model.pretrained_backbone=auto`` made concrete: (the ModelConfig with true or false, or with the
     Lite0 package's weights; why the backbone starts from random weights, or None). Other values pass
-    through unchanged. Nothing is downloaded: the weights count as available when cached or when their
-    server answers."""
+    through unchanged. Nothing is downloaded: the weights count as available when cached, or, with
+    ``probe_network`` (a training run deciding at start), when their server answers."""
     from .backbone import BACKBONES
 
     if m.pretrained_backbone != AUTO:
@@ -228,7 +228,7 @@ def resolve_pretrained(m) -> tuple[object, str | None]:
         except ImportError:
             pass
     host = TORCHVISION_HOST if m.backbone.startswith("resnet") else HUB_HOST
-    if _imagenet_weights_cached(m.backbone) or _reachable(host):
+    if _imagenet_weights_cached(m.backbone) or (probe_network and _reachable(host)):
         return dataclasses.replace(m, pretrained_backbone=True), None
     return dataclasses.replace(m, pretrained_backbone=False), (
         f"model.pretrained_backbone=auto: the {m.backbone} ImageNet weights are not cached and {host} cannot be "
@@ -238,7 +238,8 @@ def resolve_pretrained(m) -> tuple[object, str | None]:
 def build_configured_backbone(m) -> nn.Module:
     """The backbone ``m`` (a ModelConfig) describes: random, downloaded (``pretrained_backbone``) or
     loaded from a local file (``backbone_weights``, which wins: it never touches the network).
-    ``pretrained_backbone=auto`` is resolved first (``resolve_pretrained``)."""
+    ``pretrained_backbone=auto`` is resolved first, without the network (``resolve_pretrained``): outside a
+    training run, which decides at start (``engine/backbone_start.py``), auto never downloads."""
     from .backbone import build_backbone
 
     m, _ = resolve_pretrained(m)

@@ -29,7 +29,7 @@ from support.official_checkpoints import KEYS, fake_official_checkpoint, officia
 ])
 def test_official_key_lists_map_onto_the_presets(name, preset, overrides):
     spec = json.loads((KEYS / f"checkpoint_keys_{name}.json").read_text())
-    model = build_model(load_config(preset, overrides + ["model.pretrained_backbone=false"]))  # no download
+    model = build_model(load_config(preset, overrides))
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     theirs = {}
     for k in spec["keys"]:
@@ -56,7 +56,7 @@ def convert_fake_official(tmp_path, keys_file: str):
     return official, spec, cfg, state
 
 def test_baseline_with_mixed_selection_has_the_logged_parameter_count():
-    model = build_model(load_config("r50_baseline_12ep", ["model.pretrained_backbone=false"]))
+    model = build_model(load_config("r50_baseline_12ep"))
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 47_339_673
 
 

@@ -16,8 +16,7 @@ from support.engine_helpers import assert_same_tensors, load_state, tiny_overrid
 
 def test_official_parameter_groups():
     cfg = load_config("r50_hybrid_branch_12ep", ["train.lr=1e-3", "train.lr_backbone=1e-5",
-                                                "train.lr_linear_proj_mult=0.1", "train.weight_decay=0.05",
-                                                "model.pretrained_backbone=false"])
+                                                "train.lr_linear_proj_mult=0.1", "train.weight_decay=0.05"])
     model = build_model(cfg)
     opt = build_optimizer(model, cfg.train)
     group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
