@@ -64,8 +64,10 @@ def _total_size(resp, start: int) -> int | None:
     return int(length) if length and length.isdigit() else None
 
 
-def _transfer(url: str, part: Path, timeout: float, progress: bool | None, label: str) -> tuple[int, int | None]:
-    """One request, appended to ``part`` (resumed when it holds bytes): (bytes now in part, total size)."""
+def _transfer(url: str, part: Path, timeout: float, progress: bool | None, label: str,
+              on_answer=None) -> tuple[int, int | None]:
+    """One request, appended to ``part`` (resumed when it holds bytes): (bytes now in part, total size).
+    ``on_answer(start, total)`` is called once the server has answered."""
     from tqdm import tqdm
 
     start = part.stat().st_size if part.exists() else 0
@@ -76,7 +78,7 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool | None, label
             if (e.headers.get("Content-Range") or "").strip() == f"bytes */{start}":
                 return start, start  # finished by an earlier call that stopped before the rename
             part.unlink()
-            return _transfer(url, part, timeout, progress, label)
+            return _transfer(url, part, timeout, progress, label, on_answer)
         raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, socket.timeout, ConnectionError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or e
@@ -85,6 +87,8 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool | None, label
         if resp.status != 206:
             start = 0  # the server ignored the range: the whole file comes again
         total = _total_size(resp, start)
+        if on_answer is not None:
+            on_answer(start, total)
         with open(part, "ab" if start else "wb") as f, tqdm(
                 total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
                 disable=(not progress) if progress is not None else None, file=sys.stderr, leave=False) as bar:
@@ -102,19 +106,21 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool | None, label
     return part.stat().st_size, total
 
 
-def download(url: str, dest: str | os.PathLike, progress: bool | None = None, timeout: float = 60.0) -> Path:
+def download(url: str, dest: str | os.PathLike, progress: bool | None = None, timeout: float = 60.0,
+             on_answer=None) -> Path:
     """``url`` -> ``dest``, through ``dest.part``; a transfer that breaks off resumes where it stopped.
 
     A ``.part`` left by an earlier call is continued, not restarted. The file appears under ``dest`` only
     once complete (its size as the server announced it). Raises ``OfflineError`` when the server cannot
     be reached, ``DownloadError`` for an HTTP error or a transfer that keeps breaking off (the ``.part``
-    is kept for the next call).
+    is kept for the next call). ``on_answer(start, total)``: called when the first request is answered
+    (e.g. to say what is being downloaded only once the server is there).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_file(dest)
     for attempt in range(RESUMES + 1):
-        size, total = _transfer(url, part, timeout, progress, dest.name)
+        size, total = _transfer(url, part, timeout, progress, dest.name, on_answer if attempt == 0 else None)
         if total is None or size == total:
             break
         if size > total:

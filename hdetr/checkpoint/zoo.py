@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..files import atomic_write
-from .download import OfflineError, download, part_file, sha256_of
+from .download import OfflineError, download, sha256_of
 from .files import CheckpointError, safe_torch_load
 from .model_folder import MODEL_FILE, save_model
 from .official import coco_class_names, load_official_checkpoint
@@ -147,10 +147,14 @@ def _fetch(entry: ZooEntry, home: Path, record: dict, progress: bool | None) -> 
             record.update(sha256=digest, size=pth.stat().st_size, url=None, downloaded=False)
         return pth
     url = zoo_url(entry)
-    resuming = part_file(pth).exists()
-    print(f"{entry.name}: {'resuming the download of' if resuming else 'downloading'} {url} -> {pth}", flush=True)
+
+    def announce(start: int, total: int | None):
+        size = f" ({total / 2**20:.0f} MiB)" if total else ""
+        what = f"resuming at {start / 2**20:.0f} MiB the download of" if start else "downloading"
+        print(f"{entry.name}: {what} {url}{size} -> {pth}", flush=True)
+
     try:
-        download(url, pth, progress=progress)
+        download(url, pth, progress=progress, on_answer=announce)
     except OfflineError as e:
         raise UserError(offline_message(entry, home, str(e).split(": ", 1)[-1])) from None
     record.update(sha256=sha256_of(pth), size=pth.stat().st_size, url=url, downloaded=True)

@@ -103,8 +103,9 @@ def test_offline_gives_one_line_with_the_url_and_what_to_do(tmp_path, home, monk
     image = tmp_path / "photo.png"
     Image.new("RGB", (64, 64)).save(image)
     assert main(["predict", "r50_hybrid_branch_36ep", str(image), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
+    out, err = capsys.readouterr()
+    err = err.strip()
+    assert len(err.splitlines()) == 1 and "downloading" not in out  # the one line, nothing else about it
     assert "cannot download http://127.0.0.1:" in err and "_36eps.pth" in err
     assert f"put it at {home / 'r50_hybrid_branch_36ep.pth'}" in err and "hdetr convert FILE.pth OUT" in err
     assert not (tmp_path / "out" / "detections.json").exists()
@@ -125,7 +126,9 @@ def test_interrupted_transfer_resumes_with_a_range_request(tmp_path, monkeypatch
     payload = bytes(range(256)) * 4096  # 1 MiB
     with serve(monkeypatch, {"f.bin": payload}) as server:
         server.cuts = [300_000]
-        download(server.url + "f.bin", tmp_path / "f.bin", progress=False)
+        answers = []
+        download(server.url + "f.bin", tmp_path / "f.bin", progress=False, on_answer=lambda *a: answers.append(a))
+        assert answers == [(0, len(payload))]  # announced once, at the first answer
         assert (tmp_path / "f.bin").read_bytes() == payload
         assert server.requests == [("/f.bin", None), ("/f.bin", "bytes=300000-")]
 
