@@ -3,12 +3,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo clean bench-quick
+.PHONY: install test test-fast demo clean bench-quick docs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,export,serve,mlflow,wandb,pretrained,video]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,export,serve,mlflow,wandb,pretrained,video,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,8 +24,12 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/hdetr demo --out runs/demo
 
+# The documentation site (mkdocs.yml) into site/; --strict: a broken link or a bad docstring reference fails.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --quiet
+
 bench-quick: $(STAMP)
 	$(VENV)/bin/hdetr bench ablation --quick
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

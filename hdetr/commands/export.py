@@ -16,7 +16,7 @@ from ..errors import UserError
 
 
 def add_arguments(p):
-    p.add_argument("checkpoint", type=Path, help="model folder, run folder, last.pt/best.pt or official .pth")
+    p.add_argument("checkpoint", type=Path, help="model folder, run folder, last.pt/best.pt, official .pth or model zoo name (hdetr models)")
     p.add_argument("out", type=Path, help="output file, e.g. model.onnx")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
     p.add_argument("--postprocess", action="store_true",
@@ -46,8 +46,10 @@ def run(args) -> int:
         raise UserError(f"--opset {args.opset}: the installed onnx knows opsets up to {onnx_opset_version()}")
     if args.out.suffix != ".onnx":
         raise UserError(f"{args.out}: the output file should end in .onnx")
-    if not args.checkpoint.exists():
-        raise UserError(f"{args.checkpoint}: no such model folder or file")
+    from ..checkpoint.zoo import is_zoo_name
+
+    if not args.checkpoint.exists() and not is_zoo_name(str(args.checkpoint)):
+        raise UserError(f"{args.checkpoint}: no such model folder or file, nor a model zoo name (hdetr models)")
     from ..export import read_metadata
     from ..outputs import check_output_file, check_writable
 

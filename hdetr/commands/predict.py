@@ -29,7 +29,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def add_arguments(p):
-    p.add_argument("checkpoint", type=Path, help="model folder, run folder, .pt or official .pth; or an .onnx file")
+    p.add_argument("checkpoint", type=Path, help="model folder, run folder, .pt, official .pth, model zoo name (hdetr models); or an .onnx file")
     p.add_argument("images", nargs="+", metavar="INPUTS",
                    help="image files or folders, video files, a camera index or a stream URL")
     p.add_argument("--threshold", type=threshold_arg, default=0.5,

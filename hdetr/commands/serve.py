@@ -17,7 +17,7 @@ from .predict import add_providers_argument
 
 
 def add_arguments(p):
-    p.add_argument("checkpoint", type=Path, help="model folder, run folder, .pt or official .pth; or an .onnx file")
+    p.add_argument("checkpoint", type=Path, help="model folder, run folder, .pt, official .pth or model zoo name (hdetr models); or an .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     p.add_argument("--threshold", type=float, default=0.5,

@@ -25,6 +25,7 @@ from ..models import build_model
 from ..models.backbone_weights import build_backbone_for_other_weights
 from ..models.recompute import apply_activation_checkpointing
 from . import distributed
+from .backbone_start import backbone_start
 from .distributed import DistInfo
 from .ema import ModelEMA
 from .evaluate import COCO_METRIC_KEYS, LVIS_METRIC_KEYS
@@ -92,6 +93,10 @@ def build_run(cfg: Config, out: Path, resume: bool, device: str | None) -> RunPa
     if not cfg.data.train:
         raise UserError("data.train is empty: give the training set, e.g. data.train=path/to/dataset")
 
+    if not resume:  # a resumed run has its choice stored in its config
+        cfg, note = backbone_start(cfg)
+        if note:
+            say(info, note)
     # A bad train.init_from fails here, before the data check reads every image.
     init_source = load_init_source(cfg, resume)
     train_source, val_source = resolve_splits(cfg)  # a spec naming no dataset fails here, on every rank

@@ -22,11 +22,13 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from ..backbones import BACKBONES, package_weights_names, resolve
+from ..config import AUTO
 from ..errors import UserError, quote
 
 KEY = "model.backbone_weights"
 DOWNLOAD_TIMEOUT_S = 15
 HUB_HOST = "huggingface.co"  # where timm downloads from
+TORCHVISION_HOST = "download.pytorch.org"
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -138,11 +140,61 @@ def pretrained_download(name: str) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
+def _imagenet_weights_cached(name: str) -> bool:
+    """Whether torchvision's / timm's cache already holds the ImageNet weights of backbone ``name``."""
+    if name.startswith("resnet"):
+        from torch.hub import get_dir
+        from torchvision.models import get_model_weights
+
+        url = get_model_weights(name).IMAGENET1K_V1.url
+        return (Path(get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]).is_file()
+    try:
+        import timm
+        from huggingface_hub import try_to_load_from_cache
+
+        from .efficientnet import TIMM_NAME
+        from .swin import SWIN_PRESETS
+    except ImportError:
+        return False
+    timm_name = TIMM_NAME if name == "efficientnet_lite0" else SWIN_PRESETS[name][0]
+    repo = timm.models.get_pretrained_cfg(timm_name).hf_hub_id
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin"))
+
+
+def resolve_pretrained(m, probe_network: bool = False) -> tuple[object, str | None]:
+    """``model.pretrained_backbone=auto`` made concrete: (the ModelConfig with true or false, or with the
+    Lite0 package's weights; why the backbone starts from random weights, or None). Other values pass
+    through unchanged. Nothing is downloaded: the weights count as available when cached, or, with
+    ``probe_network`` (a training run deciding at start), when their server answers."""
+    if m.pretrained_backbone != AUTO:
+        return m, None
+    if m.backbone_weights:  # a file wins, as always
+        return dataclasses.replace(m, pretrained_backbone=False), None
+    entry = BACKBONES[m.backbone]
+    if not entry.pretrained_weights:
+        return dataclasses.replace(m, pretrained_backbone=False), f"backbone {m.backbone} has no ImageNet weights"
+    if entry.package_weights:  # weights an installed package ships, when it is installed
+        try:
+            resolve(entry.package_weights_path)()
+            return dataclasses.replace(m, pretrained_backbone=False, backbone_weights=entry.package_weights), None
+        except UserError:
+            pass
+    host = TORCHVISION_HOST if m.backbone.startswith("resnet") else HUB_HOST
+    if _imagenet_weights_cached(m.backbone) or (probe_network and _reachable(host)):
+        return dataclasses.replace(m, pretrained_backbone=True), None
+    return dataclasses.replace(m, pretrained_backbone=False), (
+        f"model.pretrained_backbone=auto: the {m.backbone} ImageNet weights are not cached and {host} cannot be "
+        f"reached; pass model.backbone_weights=FILE (a local copy, docs/pretrained.md)")
+
+
 def build_configured_backbone(m) -> nn.Module:
     """The backbone ``m`` (a ModelConfig) describes: random, downloaded (``pretrained_backbone``) or
-    loaded from a local file (``backbone_weights``, which wins: it never touches the network)."""
+    loaded from a local file (``backbone_weights``, which wins: it never touches the network).
+    ``pretrained_backbone=auto`` is resolved first, without the network (``resolve_pretrained``): outside a
+    training run, which decides at start (``engine/backbone_start.py``), auto never downloads."""
     from .backbone import build_backbone
 
+    m, _ = resolve_pretrained(m)
     if m.backbone_weights:
         backbone = build_backbone(dataclasses.replace(m, pretrained_backbone=False))
         load_backbone_weights(backbone, m.backbone, m.backbone_weights)
