@@ -216,7 +216,7 @@ def coerce_value(value: Any, typ: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() == AUTO:
             return AUTO
         if isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no")):
-            return _coerce(value, bool, key)
+            return coerce_value(value, bool, key)
         raise ConfigError(f"{key}: expected true, false or auto, got {value!r}")
     if origin is dict:
         if isinstance(value, str):

@@ -28,6 +28,7 @@ def _args(tmp_path, *extra):
     ])
 
 
+@pytest.mark.slow
 def test_paper_regime_quick_runs_every_scheme_and_resumes(tmp_path, capsys):
     assert ablation.run_ablation(_args(tmp_path)) == 0
     doc = json.loads((tmp_path / "out" / "ablation_paper_quick.json").read_text())

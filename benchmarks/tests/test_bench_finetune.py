@@ -36,6 +36,7 @@ def test_target_dataset_is_deterministic_with_other_classes(tmp_path):
         assert 0 <= x and 0 <= y and x + w <= 96 and y + h <= 96 and w > 0 and h > 0 and ann["area"] > 0
 
 
+@pytest.mark.slow
 def test_quick_run_end_to_end(tmp_path, capsys):
     out = tmp_path / "ft.json"
     argv = ["finetune", "--quick", "--work", str(tmp_path / "work"), "--out", str(out)]

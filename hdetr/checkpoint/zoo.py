@@ -30,7 +30,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..files import atomic_write
 from .download import OfflineError, download, sha256_of
-from .files import CheckpointError, safe_torch_load
+from ..safe_load import CheckpointError, safe_torch_load
 from .model_folder import MODEL_FILE, save_model
 from .official import coco_class_names, load_official_checkpoint
 from .zoo_table import OFFICIAL_RELEASE_URL, ZOO, ZooEntry

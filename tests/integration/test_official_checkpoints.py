@@ -60,6 +60,7 @@ def test_baseline_with_mixed_selection_has_the_logged_parameter_count():
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 47_339_673
 
 
+@pytest.mark.slow
 def test_convert_full_size_r50_hybrid_then_train_step_on_800x1066(tmp_path):
     official, spec, cfg, state = convert_fake_official(tmp_path, "checkpoint_keys_r50_hybrid_headline.json")
     assert (cfg.hybrid.scheme, cfg.hybrid.num_queries_one2many, cfg.hybrid.k, cfg.model.num_queries) == ("branch", 1500, 6, 300)

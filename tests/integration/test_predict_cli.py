@@ -33,6 +33,7 @@ def mixed_sizes(synth_data, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_batched_prediction_equals_one_by_one(model_dir, mixed_sizes, tmp_path):
     outs = {}
     for bs in (1, 3):
