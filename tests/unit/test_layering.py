@@ -84,3 +84,20 @@ def test_the_package_imports_itself_relatively():
 ])
 def test_the_table_orders_the_known_directions(importer, target, expected):
     assert (layer_of(target) <= layer_of(importer)) is expected
+
+
+def test_the_package_does_not_reach_into_the_benchmark_tooling():
+    """hdetr/ holds the product: it imports nothing from benchmarks/ (the tooling beside it), names no
+    file under it and runs no git (docs/architecture.md)."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "benchmarks" for a in node.names):
+                found.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}: imports benchmarks")
+            elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "benchmarks":
+                found.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}: imports benchmarks")
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and (
+                    node.value.startswith("benchmarks/") or node.value == "git"):
+                found.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}: {node.value!r}")
+    assert found == []
