@@ -11,6 +11,8 @@ PROCESS = {
     "test_interruptions",
     "test_faults",
     "test_serve_hostile::test_sigterm_stops_the_server_cleanly",
+    "test_child_errors::test_eval_with_workers_gives_the_workers_error_in_one_line",
+    "test_child_errors::test_debug_still_shows_the_workers_traceback",
     "test_train_ddp",
     "test_serve_browser",
     "test_bench_export::test_bench_export_options_reach_the_measuring_process",
