@@ -60,7 +60,7 @@ def run(args) -> int:
     from ..data.layouts import resolve_source
     from ..cli import terminal_safe
     from ..data.validate import DEFAULT_MAX_EXAMPLES, validate_source
-    from ..outputs import check_output_file, json_with, refuse_input_path
+    from ..outputs import check_output_file, check_writable, json_with, refuse_input_path
 
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
@@ -72,6 +72,9 @@ def run(args) -> int:
     if args.json:
         check_output_file(args.json, "--json", json_with("num_images"))
         refuse_input_path(args.json, [source.ann_file, source.images_dir], "--json")
+        check_writable(args.json, "--json", folder=False)
+    from ..files import atomic_write
+
     report = validate_source(
         source, check_images=not args.no_images, workers=args.workers,
         max_examples=None if args.fix_report else DEFAULT_MAX_EXAMPLES, num_queries=cfg.model.num_queries,
@@ -80,8 +83,8 @@ def run(args) -> int:
     print(model_line(cfg, args.config, report))
     if args.json:
         try:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+            text = json.dumps(report.to_dict(), indent=2, default=str) + "\n"
+            atomic_write(args.json, lambda p: Path(p).write_text(text))
         except OSError as e:
             raise UserError(f"{args.json}: cannot write the report ({e.strerror or e})") from None
         print(f"report written to {args.json}")

@@ -93,6 +93,8 @@ AMBIGUOUS_KINDS = ("duplicate_category_name", "similar_category_names", "duplica
 IMAGE_KINDS = ("path_escape", "missing_image", "corrupt_image", "size_mismatch", "exif_size_swap")
 MANY_DROPPED_FRACTION = 0.10
 DEFAULT_MAX_EXAMPLES = 5
+NAME_LIMIT = 60  # characters of a category name in the printed report
+FILE_LIMIT, MESSAGE_LIMIT = 1000, 1000  # characters of a finding's file and message
 
 
 def default_workers() -> int:
@@ -110,8 +112,10 @@ class Finding:
         where = [f"image {self.image_id}"] if self.image_id is not None else []
         if self.ann_id is not None:
             where.append(f"annotation {self.ann_id}")
-        head = ": ".join(p for p in (self.file, ", ".join(where)) if p)
-        return f"{head}: {self.message}" if head else self.message
+        # A file name or a value from the annotation file can be any length: each part is capped.
+        head = ": ".join(p for p in (cap(self.file or "", FILE_LIMIT), ", ".join(where)) if p)
+        message = cap(self.message, MESSAGE_LIMIT)
+        return f"{head}: {message}" if head else message
 
     def to_dict(self) -> dict:
         return {"file": self.file, "image_id": self.image_id, "ann_id": self.ann_id, "message": self.message}
@@ -242,8 +246,9 @@ class DataReport:
         if self.category_names:
             out.append("")
             out.append("  boxes per class:")
-            width = max(len(n) for n in self.category_names.values())
-            for cat_id, name in sorted(self.category_names.items()):
+            names = {c: cap(n, NAME_LIMIT) for c, n in self.category_names.items()}  # a 1 MB name stays a line
+            width = max(len(n) for n in names.values())
+            for cat_id, name in sorted(names.items()):
                 out.append(f"    {cat_id:>5}  {name:<{width}}  {self.boxes_per_class.get(cat_id, 0):>8}")
         for title, group in (("ERRORS (fatal)", self.errors), ("repairs (applied identically in training)",
                              self.repairs), ("warnings", self.warnings)):

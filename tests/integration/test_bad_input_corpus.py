@@ -18,6 +18,15 @@ from support import bad_input_corpus as corpus
 
 CASES = corpus.all_cases()
 RESULTS: dict = {}
+# The cases that train, run an eval with worker processes or start a subprocess take seconds each: marked
+# slow, so that `make test-fast` runs the rest of the corpus (most of it, well under a minute).
+SLOW_PREFIXES = ("train-", "worker-", "ambiguous-train-", "empty-train-", "out-train-", "out-demo-", "model-resume-",
+                 "fault-readonly-export", "out-export-", "model-weights-nan-export")
+
+
+def _param(case):
+    slow = case.subprocess or case.id.startswith(SLOW_PREFIXES)
+    return pytest.param(case, id=case.id, marks=[pytest.mark.slow] if slow else [])
 
 # Still wrong after the fixes, with the reason (docs/reliability.md, "What is left").
 LEFT: dict[str, str] = {}
@@ -31,7 +40,7 @@ def shared(tmp_path_factory):
     return corpus.make_shared(tmp_path_factory.mktemp("corpus_shared"))
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", [_param(c) for c in CASES])
 def test_bad_input(case, shared, tmp_path, request):
     if case.id in LEFT:
         request.applymarker(pytest.mark.xfail(reason=LEFT[case.id], strict=True))

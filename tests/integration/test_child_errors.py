@@ -81,6 +81,8 @@ def _corrupt_val(shared, tmp_path):
     return ds, img
 
 
+@pytest.mark.slow
+@pytest.mark.process
 def test_eval_with_workers_gives_the_workers_error_in_one_line(shared, tmp_path, capsys):
     ds, img = _corrupt_val(shared, tmp_path)
     code = main(["eval", str(shared["model"]), str(ds), "--workers", "2", "--device", "cpu", "--no-progress"])
@@ -92,6 +94,8 @@ def test_eval_with_workers_gives_the_workers_error_in_one_line(shared, tmp_path,
     assert "Traceback" not in err and "worker process" not in err
 
 
+@pytest.mark.slow
+@pytest.mark.process
 def test_debug_still_shows_the_workers_traceback(shared, tmp_path, capsys):
     ds, img = _corrupt_val(shared, tmp_path)
     code = main(["--debug", "eval", str(shared["model"]), str(ds), "--workers", "2", "--device", "cpu", "--no-progress"])

@@ -62,6 +62,7 @@ class Case:
     subprocess: bool = False
     env: dict = field(default_factory=dict)
     check: Callable | None = None  # (Ctx, Result) -> kind or None: an extra verdict
+    cleanup: Callable | None = None  # (Ctx) -> None: always run after the case (e.g. unmount what it mounted)
 
 
 @dataclass
@@ -224,6 +225,8 @@ def run_case(case: Case, root: Path, shared: dict) -> tuple[str, Result, str]:
     if unblocked:
         res.hang = True
     after = _hashes(protected)
+    if case.cleanup is not None:
+        case.cleanup(ctx)
     changed = sorted(k for k in before if after.get(k) != before[k])
     kind, why = classify(case, res, changed, str(root))
     if case.check is not None and kind not in ("traceback", "hang", "unsafe"):
@@ -946,9 +949,310 @@ def _fault_cases() -> list[Case]:
     ]
 
 
+# ---------------------------------------------------------------- errors from worker processes
+
+def _worker_cases() -> list[Case]:
+    """An image that fails inside a DataLoader worker (eval reads images only there): the worker's error,
+    one line, as the main process would give it."""
+    def val_img(c, ds):
+        return ds / "valid" / json.loads(c.ann(ds, "val").read_text())["images"][0]["file_name"]
+
+    def ev(name, spoil, workers="2"):
+        def build(c):
+            ds = c.dataset()
+            img = val_img(c, ds)
+            spoil(c, img)
+            return ["eval", c.model(), ds, "--workers", workers, "--device", "cpu", "--no-progress"]
+        return Case(f"worker-eval-{name}", "worker", build, needs="valid_000000", check=_one_line_error)
+
+    def size(c, p):
+        jpeg(p, 40, 30)
+
+    return [
+        ev("truncated", lambda c, p: p.write_bytes(p.read_bytes()[:150])),
+        ev("missing", lambda c, p: p.unlink()),
+        ev("text", lambda c, p: p.write_text("not an image")),
+        ev("empty", lambda c, p: p.write_bytes(b"")),
+        ev("wrong-size", size),
+        ev("symlink-loop", lambda c, p: (p.unlink(), p.symlink_to(p))),
+        ev("folder", lambda c, p: (p.unlink(), p.mkdir())),
+        ev("truncated-one-worker", lambda c, p: p.write_bytes(p.read_bytes()[:150]), workers="1"),
+        ev("truncated-no-worker", lambda c, p: p.write_bytes(p.read_bytes()[:150]), workers="0"),
+    ]
+
+
+def _one_line_error(c, r):
+    lines = [x for x in r.err.splitlines() if x.strip()]
+    if len(lines) != 1:
+        return "traceback", f"{len(lines)} lines on stderr, not one: {lines[:2]}"
+    return None
+
+
+# ---------------------------------------------------------------- nothing to do
+
+def _nothing_to_do_cases() -> list[Case]:
+    def split_doc(fn, split="val"):
+        def build(c):
+            ds = c.dataset()
+            c.edit_ann(ds, fn, split)
+            return ds
+        return build
+
+    def no_images(d):
+        d.update(images=[], annotations=[])
+
+    def no_anns(d):
+        d.update(annotations=[])
+
+    def crowd_only(d):
+        for a in d["annotations"]:
+            a["iscrowd"] = 1
+
+    def ev(name, fn, needs="annotations"):
+        return Case(f"empty-eval-{name}", "empty",
+                    lambda c: ["eval", c.model(), split_doc(fn)(c), "--device", "cpu", "--workers", "0"], needs=needs)
+
+    def tr(name, fn, split, needs):
+        return Case(f"empty-train-{name}", "empty", lambda c: c.train(data=split_doc(fn, split)(c)), needs=needs)
+
+    def predict_folder(fill):
+        def build(c):
+            folder = c.inp / "photos"
+            folder.mkdir()
+            fill(folder)
+            return ["predict", c.model(), folder, "--out", c.out / "p"]
+        return build
+
+    def video_file(data: bytes | None):
+        def build(c):
+            v = c.inp / "clip.mp4"
+            if data is None:
+                import av
+                with av.open(str(v), "w") as out:  # a video stream and no frame: PyAV writes no file
+                    s = out.add_stream("mpeg4", rate=25)
+                    s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+            else:
+                v.write_bytes(data)
+            return ["predict", c.model(), v, "--out", c.out / "p"]
+        return build
+
+    def no_video_written(c, r):
+        left = [p.name for p in (c.out / "p").glob("*")] if (c.out / "p").exists() else []
+        return ("unsafe", f"left {left} after refusing") if left else None
+
+    def audio_only(c):
+        import av
+        import numpy as np
+        v = c.inp / "sound.mp4"
+        with av.open(str(v), "w") as out:
+            s = out.add_stream("aac", rate=8000)
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 8000
+            for packet in s.encode(frame):
+                out.mux(packet)
+            for packet in s.encode(None):
+                out.mux(packet)
+        return ["predict", c.model(), v, "--out", c.out / "p"]
+
+    return [
+        ev("no-images", no_images, "no images"),
+        ev("no-annotations", no_anns),
+        ev("crowd-only", crowd_only),
+        Case("empty-eval-json-no-images", "empty",
+             lambda c: ["eval", c.model(), split_doc(no_images)(c) / "valid" / "_annotations.coco.json", "--device", "cpu"],
+             needs="no images"),
+        Case("empty-eval-tiled-no-annotations", "empty",
+             lambda c: ["eval", c.model(), split_doc(no_anns)(c), "--device", "cpu", "--tile", "32"], needs="annotat"),
+        tr("train-no-images", no_images, "train", "image"),
+        tr("val-no-images", no_images, "val", "image"),
+        tr("val-no-annotations", no_anns, "val", "box"),
+        Case("empty-check-data-val-no-images", "empty",
+             lambda c: ["check-data", split_doc(no_images)(c), "--split", "val"], needs="image"),
+        Case("empty-predict-only-text-files", "empty",
+             predict_folder(lambda f: [(f / n).write_text("x") for n in ("a.txt", "b.csv")]), needs="image"),
+        Case("empty-predict-nested-empty-folders", "empty",
+             predict_folder(lambda f: [(f / "a" / "b").mkdir(parents=True)]), needs="image"),
+        Case("empty-predict-video-0-bytes", "empty", video_file(b""), needs="clip.mp4", check=no_video_written),
+        Case("empty-predict-video-garbage", "empty", video_file(os.urandom(2000)), needs="clip.mp4",
+             check=no_video_written),
+        Case("empty-predict-video-stream-never-written", "empty", video_file(None), needs="clip.mp4", check=no_video_written),
+        Case("empty-predict-video-audio-only", "empty", audio_only, needs="sound.mp4", check=no_video_written),
+    ]
+
+
+# ---------------------------------------------------------------- ambiguous metadata
+
+def _ambiguous_cases() -> list[Case]:
+    def names(*new):
+        def fn(d):
+            for cat, name in zip(d["categories"], new):
+                cat["name"] = name
+        return fn
+
+    def image_twice(spelling):
+        def fn(d):
+            first = d["images"][0]
+            d["images"].append({**first, "id": max(i["id"] for i in d["images"]) + 1,
+                                "file_name": spelling(first["file_name"])})
+        return fn
+
+    L = {
+        "four-named-shape": names("shape", "shape", "shape", "shape"),
+        "two-named-alike": names("car", "car", "bus", "truck"),
+        "case-only": names("Car", "car", "bus", "truck"),
+        "whitespace-only": names("car", "car ", "bus", "truck"),
+        "inner-whitespace": names("fire hydrant", "fire  hydrant", "bus", "truck"),
+        "casefold-unicode": names("STRASSE", "straße", "bus", "truck"),
+        "empty-names": names("", "", "bus", "truck"),
+        "blank-vs-empty": names("", "  ", "bus", "truck"),
+        "image-listed-twice": image_twice(lambda f: f),
+        "image-listed-twice-dot-slash": image_twice(lambda f: "./" + f),
+    }
+    cases = []
+    for k, fn in L.items():
+        cases.append(Case(f"ambiguous-check-{k}", "ambiguous",
+                          lambda c, fn=fn: ["check-data", (lambda ds: (c.edit_ann(ds, fn), ds)[1])(c.dataset())],
+                          expect="warn"))
+    for k in ("four-named-shape", "case-only", "image-listed-twice"):
+        def build(c, fn=L[k]):
+            ds = c.dataset()
+            c.edit_ann(ds, fn)
+            c.edit_ann(ds, fn, "val")
+            return c.train(data=ds)
+        cases.append(Case(f"ambiguous-train-{k}", "ambiguous", build, expect="warn"))
+    return cases
+
+
+# ---------------------------------------------------------------- input echoed without bound
+
+# Characters of stderr + stdout a refusal may take: hdetr.cli caps a message at 4000 (a path typed on the
+# command line is shown whole up to there: a path cut short cannot be found); quoted values at 200.
+ECHO_LIMIT = 5000
+
+
+def _short(c, r):
+    n = len(r.err) + len(r.out)
+    return ("unsafe", f"the answer echoed {n} characters of input") if n > ECHO_LIMIT else None
+
+
+def _echo_cases() -> list[Case]:
+    big = "x" * 1_000_000
+
+    def ann(fn):
+        def build(c):
+            ds = c.dataset()
+            c.edit_ann(ds, fn)
+            return ["check-data", ds]
+        return build
+
+    def cfg_yaml(text):
+        def build(c):
+            (c.inp / "big.yaml").write_text(text)
+            return ["train", c.inp / "big.yaml", f"data.train={c.inp / 'nodata'}", "--out", c.out / "r"]
+        return build
+
+    bomb = ("a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+            "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n_base_: [*e,*e,*e]\n")
+    L = {
+        "base-alias-bomb": (cfg_yaml(bomb), "_base_", "error"),
+        "scheme-1mb": (cfg_yaml(f"hybrid: {{scheme: {big}}}\n"), "scheme", "error"),
+        "lr-list-100k": (cfg_yaml("train: {lr: [" + ",".join(["1"] * 100_000) + "]}\n"), "train.lr", "error"),
+        "override-value-1mb": (lambda c: c.train(f"train.lr={big}", data=c.inp / "nodata"), "train.lr", "error"),
+        "override-key-100k": (lambda c: c.train("k" * 100_000 + "=1", data=c.inp / "nodata"), "", "error"),
+        "backbone-100k": (lambda c: c.train("model.backbone=" + "r" * 100_000, data=c.inp / "nodata"), "backbone", "error"),
+        "device-100k": (lambda c: c.train(data=c.inp / "nodata", extra=["--device", "c" * 100_000]), "device", "error"),
+        "category-id-1mb": (ann(lambda d: d["annotations"][0].update(category_id=big)), "", "any"),
+        "bbox-100k-numbers": (ann(lambda d: d["annotations"][0].update(bbox=list(range(100_000)))), "", "any"),
+        "width-1mb": (ann(lambda d: d["images"][0].update(width=big)), "", "any"),
+        "iscrowd-list-100k": (ann(lambda d: d["annotations"][0].update(iscrowd=[0] * 100_000)), "", "any"),
+        "file-name-100k": (ann(lambda d: d["images"][0].update(file_name="a" * 100_000 + ".jpg")), "", "any"),
+        "category-name-1mb": (ann(lambda d: d["categories"][0].update(name=big)), "", "any"),
+        "image-id-1mb-string": (ann(lambda d: d["images"][0].update(id=big)), "", "any"),
+        "predict-path-5000": (lambda c: ["predict", c.model(), c.inp / ("p" * 5000 + ".jpg"), "--out", c.out / "p"], "", "error"),
+        "eval-data-10000": (lambda c: ["eval", c.model(), str(c.inp / ("d" * 10000)), "--device", "cpu"], "", "error"),
+    }
+    return [Case(f"echo-{k}", "echo", b, expect=e, needs=n, check=_short) for k, (b, n, e) in L.items()]
+
+
+# ---------------------------------------------------------------- hdetr serve's options
+
+def _serve_cli_cases() -> list[Case]:
+    bad = {"read-timeout-0": (["--read-timeout", "0"], "read-timeout"),
+           "read-timeout-nan": (["--read-timeout", "nan"], "read-timeout"),
+           "read-timeout-neg": (["--read-timeout", "-5"], "read-timeout"),
+           "max-connections-0": (["--max-connections", "0"], "max-connections"),
+           "max-waiting-neg": (["--max-waiting", "-1"], "max-waiting"),
+           "port-70000": (["--port", "70000"], "port"),
+           "threshold-2": (["--threshold", "2"], "threshold"),
+           "max-upload-0": (["--max-upload-mb", "0"], "max-upload-mb"),
+           "max-megapixels-neg": (["--max-megapixels", "-1"], "max-megapixels"),
+           "cors-missing-value": (["--cors"], "cors"),
+           "model-missing": ([], "nomodel")}
+    return [Case(f"serve-{k}", "serve", lambda c, a=a: ["serve", c.inp / "nomodel", *a], needs=n)
+            for k, (a, n) in bad.items()]
+
+
+# ---------------------------------------------------------------- read-only and full file systems
+
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _mount(c, size="2m", read_only=False, full=False) -> Path:
+    where = c.out / "mnt"
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    c.mounted = where
+    if full:
+        with open(where / "filler.bin", "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+    if read_only:
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+    return where
+
+
+def _unmount(c) -> None:
+    if getattr(c, "mounted", None) is not None:
+        subprocess.run(["umount", "-l", str(c.mounted)], check=False)
+
+
+def _mount_cases() -> list[Case]:
+    """Only as root (mounting a tmpfs; root ignores permission bits, a read-only mount refuses it too)."""
+    if not AS_ROOT:
+        return []
+
+    def ro(argv_of):
+        return lambda c: argv_of(c, _mount(c, read_only=True))
+
+    def full(argv_of):
+        return lambda c: argv_of(c, _mount(c, "4m", full=True))
+
+    def img(c):
+        return jpeg(c.inp / "photos" / "a.jpg")
+
+    L = {
+        "readonly-train": (ro(lambda c, m: c.train(out=m / "run")), "read-only"),
+        "readonly-eval": (ro(lambda c, m: ["eval", c.model(), c.dataset(), "--out", m / "rep", "--device", "cpu"]), "read-only"),
+        "readonly-predict": (ro(lambda c, m: ["predict", c.model(), img(c), "--out", m / "p"]), "read-only"),
+        "readonly-export": (ro(lambda c, m: ["export", c.model(), m / "m.onnx", "--no-verify"]), "read-only"),
+        "readonly-demo": (ro(lambda c, m: ["demo", "--out", m / "d", "--device", "cpu"]), "read-only"),
+        "readonly-check-json": (ro(lambda c, m: ["check-data", c.dataset(), "--json", m / "r.json"]), "r.json"),
+        "full-predict": (full(lambda c, m: ["predict", c.model(), img(c), "--out", m / "p"]), "disk is full"),
+        "full-eval-json": (full(lambda c, m: ["eval", c.model(), c.dataset(), "--out", m / "m.json", "--device", "cpu",
+                                              "--workers", "0"]), "disk is full"),
+        "full-check-json": (full(lambda c, m: ["check-data", c.dataset(), "--json", m / "r.json"]), "r.json"),
+    }
+    return [Case(f"fault-{k}", "fault", b, needs=n, check=_one_line_error, cleanup=_unmount) for k, (b, n) in L.items()]
+
+
 def all_cases() -> list[Case]:
     return _cfg_cases() + _cfg_file_cases() + _cli_cases() + _data_cases() + _model_cases() + _onnx_cases() \
-        + _output_cases() + _fault_cases()
+        + _output_cases() + _fault_cases() + _worker_cases() + _nothing_to_do_cases() + _ambiguous_cases() \
+        + _echo_cases() + _serve_cli_cases() + _mount_cases()
 
 
 def table(results: dict) -> dict:
