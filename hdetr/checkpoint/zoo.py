@@ -112,7 +112,7 @@ def _fetch(entry: ZooEntry, home: Path, record: dict, progress: bool | None) -> 
         digest = sha256_of(pth)
         if record.get("sha256") and record["sha256"] != digest:
             raise UserError(f"{pth}: its sha256 ({digest[:12]}...) differs from the one recorded when it was "
-                            f"downloaded ({record['sha256'][:12]}...): the file changed; delete it to download "
+                            f"first used ({record['sha256'][:12]}...): the file changed; delete it to download "
                             "it again")
         if not record.get("sha256"):
             record.update(sha256=digest, size=pth.stat().st_size, url=None, downloaded=False)
