@@ -216,7 +216,7 @@ class Detector:
         """An official COCO detector of the model zoo by name (``hdetr models`` lists them), e.g.
         ``Detector.from_pretrained("r50_hybrid_branch_36ep")``: downloaded into the cache, checked and
         converted on first use (``hdetr.checkpoint.zoo``)."""
-        from .checkpoint.zoo import get_entry
+        from .model_zoo import get_entry
 
         get_entry(name)  # a clear error for a name that is not in the zoo, before anything else
         return cls.from_checkpoint(name, device)

@@ -92,14 +92,16 @@ def _from_torch_file(path: Path) -> LoadedWeights:
 def resolve_model_path(path: str | Path) -> Path:
     """``path`` itself when it exists, else the cached model folder of the model zoo name it is (downloaded
     and converted on first use: ``zoo.model_folder``); a ``UserError`` naming it otherwise."""
-    from . import zoo
+    from .. import model_zoo
 
     path = Path(path)
     if path.exists():
         return path
-    if zoo.is_zoo_name(str(path)):
-        return zoo.model_folder(str(path))
-    near = zoo.close_names(str(path)) if len(path.parts) == 1 else []
+    if model_zoo.is_zoo_name(str(path)):
+        from .zoo import model_folder
+
+        return model_folder(str(path))
+    near = model_zoo.close_names(str(path)) if len(path.parts) == 1 else []
     hint = f"; model zoo names like it: {', '.join(near)}" if near else ""
     raise UserError(f"{path}: no such checkpoint, model folder, run folder or model zoo name (hdetr models){hint}")
 

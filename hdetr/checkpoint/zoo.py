@@ -1,6 +1,6 @@
 """Official detectors by name: download, check, convert once, and cache (``hdetr models`` lists them).
 
-``model_folder(name)`` gives the converted model folder of a zoo entry (``zoo_table.ZOO``), doing what
+``model_folder(name)`` gives the converted model folder of a zoo entry (``hdetr.model_zoo.ZOO``), doing what
 is still missing, in order:
 
 1. download the official ``.pth`` to ``HOME/NAME.pth`` (progress bar, resumed when interrupted, placed
@@ -12,12 +12,12 @@ is still missing, in order:
 
 Later uses compare the cached files with the recorded sha256 values. HOME is ``$HDETR_HOME``, else
 ``$XDG_CACHE_HOME/hdetr``, else ``~/.cache/hdetr``. ``$HDETR_ZOO_URL`` replaces the official release URL
-(a mirror, or the tests' local server); the file names stay the official ones.
+(a mirror, or the tests' local server); the file names stay the official ones. The table, the cache's
+place and the names are ``hdetr.model_zoo`` (torch-free).
 """
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import json
 import os
@@ -29,42 +29,13 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..files import atomic_write
+from ..model_zoo import ZooEntry, get_entry, record_file, zoo_home, zoo_url
 from .download import OfflineError, download, sha256_of
 from ..safe_load import CheckpointError, safe_torch_load
 from .model_folder import MODEL_FILE, save_model
 from .official import coco_class_names, load_official_checkpoint
-from .zoo_table import OFFICIAL_RELEASE_URL, ZOO, ZooEntry
 
 KEY_LISTS = Path(__file__).parent / "official_keys"
-
-
-def zoo_home() -> Path:
-    if os.environ.get("HDETR_HOME"):
-        return Path(os.environ["HDETR_HOME"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "hdetr"
-
-
-def zoo_url(entry: ZooEntry) -> str:
-    base = os.environ.get("HDETR_ZOO_URL") or OFFICIAL_RELEASE_URL
-    return base.rstrip("/") + "/" + entry.file
-
-
-def is_zoo_name(text: str) -> bool:
-    return text in ZOO
-
-
-def close_names(text: str) -> list[str]:
-    """Zoo names that look like ``text`` (for "did you mean" hints)."""
-    return difflib.get_close_matches(text, list(ZOO), n=3, cutoff=0.6)
-
-
-def get_entry(name: str) -> ZooEntry:
-    if name not in ZOO:
-        near = close_names(name)
-        hint = f"; did you mean {', '.join(near)}?" if near else ""
-        raise UserError(f"{name!r} is not a model zoo name (hdetr models lists them){hint}")
-    return ZOO[name]
 
 
 def expected_keys(entry: ZooEntry) -> dict[str, tuple[int, ...]]:
@@ -141,7 +112,7 @@ def _fetch(entry: ZooEntry, home: Path, record: dict, progress: bool | None) -> 
         digest = sha256_of(pth)
         if record.get("sha256") and record["sha256"] != digest:
             raise UserError(f"{pth}: its sha256 ({digest[:12]}...) differs from the one recorded when it was "
-                            f"downloaded ({record['sha256'][:12]}...): the file changed; delete it to download "
+                            f"first used ({record['sha256'][:12]}...): the file changed; delete it to download "
                             "it again")
         if not record.get("sha256"):
             record.update(sha256=digest, size=pth.stat().st_size, url=None, downloaded=False)
@@ -207,9 +178,9 @@ def model_folder(name: str, progress: bool | None = None) -> Path:
     """The converted model folder of the zoo entry ``name``: downloaded, checked and converted when needed."""
     entry = get_entry(name)
     home = zoo_home()
-    folder, record_file = home / name, home / f"{name}.json"
+    folder, record_path = home / name, record_file(name)
     with _locked(home, name):
-        record = _read_record(record_file)
+        record = _read_record(record_path)
         weights = folder / MODEL_FILE
         if weights.exists() and record.get("converted_sha256"):
             digest = sha256_of(weights)
@@ -218,15 +189,10 @@ def model_folder(name: str, progress: bool | None = None) -> Path:
                                 f"file changed; delete {folder} to convert the model again")
             return folder
         pth = _fetch(entry, home, record, progress)
-        _write_record(record_file, {"name": name, **record})
+        _write_record(record_path, {"name": name, **record})
         try:
             _convert(entry, pth, folder, record)
         finally:
-            _write_record(record_file, {"name": name, **record})
+            _write_record(record_path, {"name": name, **record})
         print(f"{name}: converted {pth.name} -> {folder}", flush=True)
     return folder
-
-
-def cached(name: str) -> bool:
-    """Whether ``name``'s model folder is ready (converted) in the cache."""
-    return (zoo_home() / name / MODEL_FILE).exists()

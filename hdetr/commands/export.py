@@ -46,7 +46,7 @@ def run(args) -> int:
         raise UserError(f"--opset {args.opset}: the installed onnx knows opsets up to {onnx_opset_version()}")
     if args.out.suffix != ".onnx":
         raise UserError(f"{args.out}: the output file should end in .onnx")
-    from ..checkpoint.zoo import is_zoo_name
+    from ..model_zoo import is_zoo_name
 
     if not args.checkpoint.exists() and not is_zoo_name(str(args.checkpoint)):
         raise UserError(f"{args.checkpoint}: no such model folder or file, nor a model zoo name (hdetr models)")

@@ -18,10 +18,11 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..checkpoint.zoo import cached, get_entry, model_folder, zoo_home, zoo_url
-    from ..checkpoint.zoo_table import ZOO
+    from ..model_zoo import ZOO, cached, get_entry, zoo_home, zoo_url
 
     if args.download:
+        from ..checkpoint.zoo import model_folder  # torch: only to download and convert
+
         entries = [get_entry(name) for name in args.download]  # every name checked before any download
         for entry in entries:
             print(f"{entry.name}: {model_folder(entry.name)}")

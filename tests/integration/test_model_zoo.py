@@ -93,7 +93,7 @@ def test_predict_by_name_downloads_checks_converts_once_then_checks_sha(tmp_path
         data = bytearray(pth.read_bytes())
         data[100] ^= 0xFF
         pth.write_bytes(bytes(data))
-        with pytest.raises(UserError, match="differs from the one recorded when it was downloaded"):
+        with pytest.raises(UserError, match="differs from the one recorded when it was first used"):
             model_folder(HYBRID)
         assert not (home / HYBRID).exists() and len(server.requests) == 1
 

@@ -1,4 +1,4 @@
-"""The model zoo's table and its official key lists (hdetr.checkpoint.zoo_table, hdetr.checkpoint.zoo)."""
+"""The model zoo's table and its official key lists (hdetr.model_zoo, hdetr.checkpoint.zoo)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 import pytest
 
 from hdetr.checkpoint.official import official_key_to_hdetr
-from hdetr.checkpoint.zoo import expected_keys, get_entry
-from hdetr.checkpoint.zoo_table import ZOO
+from hdetr.checkpoint.zoo import expected_keys
 from hdetr.cli import main
 from hdetr.config import load_config
 from hdetr.errors import UserError
+from hdetr.model_zoo import ZOO, get_entry
 from support.official_checkpoints import KEYS
 
 

@@ -1,4 +1,6 @@
-"""The model zoo's table: every COCO detector released with the official H-Deformable-DETR implementation.
+"""The model zoo's table: every COCO detector released with the official H-Deformable-DETR implementation,
+and where its files go (torch-free, so that ``hdetr models`` answers at once; the download, the checks
+and the conversion are ``hdetr.checkpoint.zoo``).
 
 Names, files and box AP (COCO val2017) are those of the official README's model zoo
 (github.com/HDETR/H-Deformable-DETR, release v0.1). ``preset`` + ``overrides`` is the hdetr config of
@@ -9,7 +11,13 @@ forward twice; without them: dropout 0.1 and neither). One README line is left o
 
 from __future__ import annotations
 
+import difflib
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
 
 OFFICIAL_RELEASE_URL = "https://github.com/HDETR/H-Deformable-DETR/releases/download/v0.1/"
 
@@ -96,3 +104,48 @@ def _entries() -> list[ZooEntry]:
 
 
 ZOO: dict[str, ZooEntry] = {e.name: e for e in _entries()}
+
+
+def zoo_home() -> Path:
+    """The cache: ``$HDETR_HOME``, else ``$XDG_CACHE_HOME/hdetr``, else ``~/.cache/hdetr``."""
+    if os.environ.get("HDETR_HOME"):
+        return Path(os.environ["HDETR_HOME"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "hdetr"
+
+
+def zoo_url(entry: ZooEntry) -> str:
+    """Where ``entry``'s file is downloaded from: ``$HDETR_ZOO_URL`` (a mirror, the tests' local server)
+    or the official release, followed by the official file name."""
+    base = os.environ.get("HDETR_ZOO_URL") or OFFICIAL_RELEASE_URL
+    return base.rstrip("/") + "/" + entry.file
+
+
+def is_zoo_name(text: str) -> bool:
+    return text in ZOO
+
+
+def close_names(text: str) -> list[str]:
+    """Zoo names that look like ``text`` (for "did you mean" hints)."""
+    return difflib.get_close_matches(text, list(ZOO), n=3, cutoff=0.6)
+
+
+def get_entry(name: str) -> ZooEntry:
+    if name not in ZOO:
+        near = close_names(name)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise UserError(f"{name!r} is not a model zoo name (hdetr models lists them){hint}")
+    return ZOO[name]
+
+
+def record_file(name: str) -> Path:
+    """``NAME.json`` in the cache: the sha256 of the downloaded file and of the converted weights."""
+    return zoo_home() / f"{name}.json"
+
+
+def cached(name: str) -> bool:
+    """Whether ``name`` has been converted into the cache (its record holds the converted weights' sha256)."""
+    try:
+        return bool(json.loads(record_file(name).read_text()).get("converted_sha256"))
+    except (OSError, ValueError):
+        return False
