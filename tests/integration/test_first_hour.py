@@ -17,6 +17,8 @@ from PIL import Image
 from hdetr.cli import main
 from support.engine_helpers import TINY_MODEL
 
+pytestmark = pytest.mark.slow  # a training run first (about a minute); also in support/kinds.py
+
 
 def two_classes(data: Path) -> None:
     """Keep the first two categories of the synthetic data (and their objects) in both splits."""

@@ -30,6 +30,8 @@ SLOW = {
     "test_bench_serve",
     "test_bench_export::test_bench_export_options_reach_the_measuring_process",
     "test_bench_ablation::test_micro_ablation_writes_real_numbers_and_resumes",
+    "test_first_hour",
+    "test_api_interop",
 }
 
 
