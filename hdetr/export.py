@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .graph_metadata import (  # noqa: F401  (read_metadata and MIN_SIDE are also part of this module's API)
+    META_BEST_THRESHOLD,
     META_CATEGORY_MAP,
     META_CLASS_NAMES,
     META_CONFIG,
@@ -139,6 +140,7 @@ def export_onnx(
     verbose: bool = False,
     category_map: dict | str | None = None,
     fp16: bool = False,
+    best_threshold: float | None = None,
 ) -> ExportResult:
     """Export ``model`` (an ``HDETR``) to ONNX at ``path``; see the module docstring for the graph."""
     import onnx  # noqa: F401  (fail early with a clear message if the extra is missing)
@@ -205,6 +207,8 @@ def export_onnx(
         meta[META_CONFIG] = json.dumps(config.to_dict())
     if category_map:
         meta[META_CATEGORY_MAP] = category_map if isinstance(category_map, str) else json.dumps(category_map)
+    if best_threshold is not None:  # predict --threshold best on the graph, as on the model folder
+        meta[META_BEST_THRESHOLD] = repr(float(best_threshold))
     images_shape = program.model.graph.inputs[0].shape
     program.rename_axes({images_shape[0]: "batch", images_shape[2]: "height", images_shape[3]: "width"})
     meta["onnxscript_optimized"] = str(optimized).lower()
@@ -363,4 +367,5 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
     model = build_detector_model(loaded)
     cmap = loaded.category_map.to_dict() if loaded.category_map is not None else None
     return export_onnx(model, out, config=loaded.cfg, class_names=loaded.class_names, postprocess=postprocess,
-                       opset=opset, mask_dtype=mask_dtype, verify=verify, category_map=cmap, fp16=fp16)
+                       opset=opset, mask_dtype=mask_dtype, verify=verify, category_map=cmap, fp16=fp16,
+                       best_threshold=loaded.threshold)

@@ -310,3 +310,20 @@ def test_fp16_graph_runs_with_float32_io_and_stays_near_fp32(exported, tmp_path)
     image = (torch.rand(3, 300, 400) * 255).to(torch.uint8)
     a, b = full.predict(image, threshold=0.0), halved.predict(image, threshold=0.0)
     assert (a.scores - b.scores).abs().max() < FP16_ATOL
+
+
+def test_threshold_best_on_a_graph_carrying_the_model_folders_threshold(exported, tmp_path):
+    import onnx
+
+    plain = Detector.from_onnx(exported["raw"])  # its model folder had no threshold.json
+    with pytest.raises(UserError, match=r"raw\.onnx has no stored best threshold"):
+        plain.predict((torch.rand(3, 200, 200) * 255).to(torch.uint8), threshold="best")
+    model = onnx.load(str(exported["raw"]))
+    model.metadata_props.add(key="best_threshold", value="0.37")  # what export_checkpoint writes
+    tagged = tmp_path / "tagged.onnx"
+    onnx.save(model, str(tagged))
+    det = Detector.from_onnx(tagged)
+    image = (torch.rand(3, 200, 200) * 255).to(torch.uint8)
+    assert det.best_threshold == 0.37
+    best, fixed = det.predict(image, threshold="best"), det.predict(image, threshold=0.37)
+    assert torch.equal(best.scores, fixed.scores) and (best.scores >= 0.37).all()
