@@ -201,3 +201,14 @@ def test_threshold_best_without_a_stored_threshold(trained, workspace, capsys):
                  "--threshold", "best"]) == 2
     err = capsys.readouterr().err.strip()
     assert "last.pt has no stored best threshold" in err and len(err.splitlines()) == 1
+
+
+def test_check_data_and_serve_refuse_typos_in_one_line(trained, workspace, capsys):
+    run, _ = trained
+    assert main(["check-data", str(workspace / "data"), "--config", "synthetic_small", "model.num_quries=5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown config key 'model.num_quries'" in err and len(err.splitlines()) == 1
+    pytest.importorskip("fastapi")
+    assert main(["serve", str(run / "model"), "--providers", "cuda", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--providers is for the onnxruntime backend" in err and len(err.splitlines()) == 1
