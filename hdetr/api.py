@@ -247,7 +247,9 @@ class Detector:
             raise UserError(f"{path}: no hdetr config in the ONNX metadata (not written by hdetr export?)")
         cfg = build_config(meta["config"])
         cmap = CategoryMap.from_dict(meta["category_map"]) if meta.get("category_map") else None
-        return OnnxDetector(backend, cfg, default_class_names(cfg, meta["class_names"], cmap), cmap)
+        # best_threshold: the one of the model folder it was exported from, when it had one
+        return OnnxDetector(backend, cfg, default_class_names(cfg, meta["class_names"], cmap), cmap,
+                            meta.get("best_threshold"))
 
     def category_id(self, label: int) -> int:
         """COCO category id of a class index (the index itself when the mapping is unknown)."""
@@ -408,8 +410,10 @@ class OnnxDetector(Detector):
     """``Detector`` whose network is an onnxruntime session (``hdetr.runtime.OnnxBackend``) on its execution
     providers (CPU by default); pre- and post-processing run on the CPU."""
 
-    def __init__(self, backend, cfg, class_names: list[str], category_map: CategoryMap | None = None):
-        super().__init__(None, cfg, class_names, category_map, device="cpu", source=str(backend.path))
+    def __init__(self, backend, cfg, class_names: list[str], category_map: CategoryMap | None = None,
+                 best_threshold: float | None = None):
+        super().__init__(None, cfg, class_names, category_map, device="cpu", best_threshold=best_threshold,
+                         source=str(backend.path))
         self.backend = backend
 
     def _forward(self, images: Tensor, mask: Tensor) -> dict[str, Tensor]:

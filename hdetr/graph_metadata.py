@@ -19,6 +19,7 @@ META_OUTPUTS = "hdetr_outputs"  # "raw" | "postprocessed"
 META_TOPK = "topk"
 META_MIN_SIDE = "min_side"
 META_CATEGORY_MAP = "category_map"  # JSON of CategoryMap.to_dict(), when the model has one
+META_BEST_THRESHOLD = "best_threshold"  # the model folder's best-F1 score threshold, when it has one
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -35,6 +36,7 @@ def read_metadata(path: str | Path) -> dict:
         "topk": int(props[META_TOPK]) if META_TOPK in props else None,
         "category_map": json.loads(props[META_CATEGORY_MAP]) if META_CATEGORY_MAP in props else None,
         "min_side": int(props.get(META_MIN_SIDE, MIN_SIDE)),
+        "best_threshold": float(props[META_BEST_THRESHOLD]) if META_BEST_THRESHOLD in props else None,
         "onnxscript_optimized": props.get("onnxscript_optimized") == "true",
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
     }

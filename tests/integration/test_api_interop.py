@@ -17,6 +17,8 @@ from hdetr.engine.train import train
 from hdetr.errors import UserError
 from support.engine_helpers import tiny_overrides
 
+pytestmark = pytest.mark.slow  # a training run first (about a minute); also in support/kinds.py
+
 
 @pytest.fixture(scope="module")
 def model_dir(synth_data, tmp_path_factory):

@@ -286,3 +286,46 @@ def test_efficientnet_lite0_backbone_exports_with_parity(tmp_path):
         torch.testing.assert_close(got["pred_boxes"], ref["pred_boxes"], rtol=0, atol=ATOL)
         for a, b in zip(postprocess(got, orig, topk=20), postprocess(ref, orig, topk=20)):
             assert_same_top(pairs(a), pairs(b), b["scores"])
+
+
+def test_fp16_graph_runs_with_float32_io_and_stays_near_fp32(exported, tmp_path):
+    """hdetr export --fp16's conversion step on the exported graph: float32 inputs and outputs, float16
+    weights (smaller file), metadata kept with precision fp16, and the detections of the fp32 graph."""
+    import onnx
+
+    from hdetr.export import FP16_ATOL, convert_to_fp16, verify_onnx
+
+    half = tmp_path / "half.onnx"
+    convert_to_fp16(exported["raw"], half)
+    meta = read_metadata(half)
+    assert meta["class_names"] == CLASS_NAMES and meta["config"] is not None
+    assert {p.key: p.value for p in onnx.load(str(half)).metadata_props}["precision"] == "fp16"
+    assert half.stat().st_size < 0.7 * exported["raw"].stat().st_size
+    weights = {i.data_type for i in onnx.load(str(half)).graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in weights
+    backend = OnnxBackend(half)
+    assert [i.type for i in backend.session.get_inputs()] == ["tensor(float)", "tensor(bool)"]
+    v = verify_onnx(half, exported["model"], fp16=True)
+    assert v["ok"], v
+    assert v["finite"] and v["max_abs_score_diff"] > 0  # really float16 arithmetic, not the float32 graph
+    full, halved = Detector.from_onnx(exported["raw"]), Detector.from_onnx(half)
+    image = (torch.rand(3, 300, 400) * 255).to(torch.uint8)
+    a, b = full.predict(image, threshold=0.0), halved.predict(image, threshold=0.0)
+    assert (a.scores - b.scores).abs().max() < FP16_ATOL
+
+
+def test_threshold_best_on_a_graph_carrying_the_model_folders_threshold(exported, tmp_path):
+    import onnx
+
+    plain = Detector.from_onnx(exported["raw"])  # its model folder had no threshold.json
+    with pytest.raises(UserError, match=r"raw\.onnx has no stored best threshold"):
+        plain.predict((torch.rand(3, 200, 200) * 255).to(torch.uint8), threshold="best")
+    model = onnx.load(str(exported["raw"]))
+    model.metadata_props.add(key="best_threshold", value="0.37")  # what export_checkpoint writes
+    tagged = tmp_path / "tagged.onnx"
+    onnx.save(model, str(tagged))
+    det = Detector.from_onnx(tagged)
+    image = (torch.rand(3, 200, 200) * 255).to(torch.uint8)
+    assert det.best_threshold == 0.37
+    best, fixed = det.predict(image, threshold="best"), det.predict(image, threshold=0.37)
+    assert torch.equal(best.scores, fixed.scores) and (best.scores >= 0.37).all()

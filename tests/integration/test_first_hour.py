@@ -17,6 +17,8 @@ from PIL import Image
 from hdetr.cli import main
 from support.engine_helpers import TINY_MODEL
 
+pytestmark = pytest.mark.slow  # a training run first (about a minute); also in support/kinds.py
+
 
 def two_classes(data: Path) -> None:
     """Keep the first two categories of the synthetic data (and their objects) in both splits."""
@@ -199,3 +201,14 @@ def test_threshold_best_without_a_stored_threshold(trained, workspace, capsys):
                  "--threshold", "best"]) == 2
     err = capsys.readouterr().err.strip()
     assert "last.pt has no stored best threshold" in err and len(err.splitlines()) == 1
+
+
+def test_check_data_and_serve_refuse_typos_in_one_line(trained, workspace, capsys):
+    run, _ = trained
+    assert main(["check-data", str(workspace / "data"), "--config", "synthetic_small", "model.num_quries=5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown config key 'model.num_quries'" in err and len(err.splitlines()) == 1
+    pytest.importorskip("fastapi")
+    assert main(["serve", str(run / "model"), "--providers", "cuda", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--providers is for the onnxruntime backend" in err and len(err.splitlines()) == 1
