@@ -17,7 +17,7 @@ from hdetr.engine.train import train
 from hdetr.errors import UserError
 from support.engine_helpers import tiny_overrides
 
-pytestmark = pytest.mark.slow  # a training run first (about a minute); also in support/kinds.py
+pytestmark = pytest.mark.slow  # a training run first (about a minute)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from PIL import Image
 from hdetr.cli import main
 from support.engine_helpers import TINY_MODEL
 
-pytestmark = pytest.mark.slow  # a training run first (about a minute); also in support/kinds.py
+pytestmark = pytest.mark.slow  # a training run first (about a minute)
 
 
 def two_classes(data: Path) -> None:

@@ -16,7 +16,7 @@ from hdetr.cli import main
 from hdetr.errors import UserError
 from support.zoo_server import ZooServer, compact_official_checkpoint
 
-pytestmark = pytest.mark.process  # a server thread (kinds.py lists the module too)
+pytestmark = pytest.mark.process  # a server thread
 
 HYBRID = "r50_hybrid_branch_12ep"
 FILE = ("r50_hybrid_branch_lambda1_group6_t1500_dp0_mqs_lft_deformable_detr_plus_iterative_bbox_refinement_plus_plus_"
