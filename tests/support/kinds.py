@@ -10,6 +10,7 @@ for one test.
 PROCESS = {
     "test_interruptions",
     "test_faults",
+    "test_serve_soak",
     "test_serve_hostile::test_sigterm_stops_the_server_cleanly",
     "test_child_errors::test_eval_with_workers_gives_the_workers_error_in_one_line",
     "test_child_errors::test_debug_still_shows_the_workers_traceback",
@@ -25,6 +26,7 @@ PROCESS = {
 SLOW = {
     "test_interruptions",
     "test_faults",
+    "test_serve_soak",
     "test_child_errors::test_eval_with_workers_gives_the_workers_error_in_one_line",
     "test_child_errors::test_debug_still_shows_the_workers_traceback",
     "test_train_ddp",
