@@ -153,11 +153,11 @@ def guarded(prefix: str, run, debug: bool = False, verb: str = "") -> int:
     like Ctrl-C inside it (``terminate_as_interrupt``)."""
     from .errors import Interrupted, Terminated, UserError, cap, child_error
 
-    def fail(status: int, message: str) -> int:
+    def fail(status: int, message: str, error: BaseException) -> int:
         if debug:
             import traceback
 
-            traceback.print_exc()
+            traceback.print_exception(error)  # with its __cause__: a worker's own traceback
         # The last cap on input echoed back: a message that quotes a huge value somewhere uncapped.
         print(terminal_safe(f"{prefix}: {cap(message, MESSAGE_LIMIT)}"), file=sys.stderr)
         return status
@@ -165,32 +165,24 @@ def guarded(prefix: str, run, debug: bool = False, verb: str = "") -> int:
     try:
         with terminate_as_interrupt():
             return int(run() or 0)
-    except BaseException as raised:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        if isinstance(raised, SystemExit):
-            raise
+    except (Exception, KeyboardInterrupt, Terminated) as raised:  # the last line of defence: one line, not a traceback
         # An error raised in a DataLoader worker arrives wrapped, with the worker's traceback as its
         # message: answer it exactly as if this process had raised it.
         e = child_error(raised)
-        try:
-            raise e
-        except UserError:
-            return fail(EXIT_USAGE, f"error: {e}")
-        except Interrupted:
-            print(f"{prefix}: {e}", file=sys.stderr)
-            return e.exit_code
-        except Terminated:
-            print(f"{prefix}: stopped by SIGTERM", file=sys.stderr)
-            return e.exit_code
-        except KeyboardInterrupt:
-            print(f"{prefix}: interrupted", file=sys.stderr)
-            return 130
-        except MemoryError:
-            return fail(EXIT_NO_MEMORY, f"error: out of memory ({e or 'MemoryError'}); use smaller images, batches or models")
-        except OSError:
-            return fail(EXIT_IO, f"error: {_os_error_message(e, verb)}")
-        except Exception:  # noqa: BLE001
-            hint = "" if debug else "; rerun with --debug for the traceback"
-            return fail(EXIT_INTERNAL, f"internal error: {type(e).__name__}: {cap(str(e), 2000)}{hint}")
+    if isinstance(e, UserError):
+        return fail(EXIT_USAGE, f"error: {e}", e)
+    if isinstance(e, (Interrupted, Terminated)):
+        print(f"{prefix}: {e if isinstance(e, Interrupted) else 'stopped by SIGTERM'}", file=sys.stderr)
+        return e.exit_code
+    if isinstance(e, KeyboardInterrupt):
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+    if isinstance(e, MemoryError):
+        return fail(EXIT_NO_MEMORY, f"error: out of memory ({e or 'MemoryError'}); use smaller images, batches or models", e)
+    if isinstance(e, OSError):
+        return fail(EXIT_IO, f"error: {_os_error_message(e, verb)}", e)
+    hint = "" if debug else "; rerun with --debug for the traceback"
+    return fail(EXIT_INTERNAL, f"internal error: {type(e).__name__}: {e}{hint}", e)
 
 
 

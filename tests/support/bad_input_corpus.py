@@ -1156,7 +1156,7 @@ def _echo_cases() -> list[Case]:
     L = {
         "base-alias-bomb": (cfg_yaml(bomb), "_base_", "error"),
         "scheme-1mb": (cfg_yaml(f"hybrid: {{scheme: {big}}}\n"), "scheme", "error"),
-        "lr-list-100k": (cfg_yaml("train: {lr: [" + ",".join(["1"] * 100_000) + "]}\n"), "train.lr", "error"),
+        "lr-list-20k": (cfg_yaml("train: {lr: [" + ",".join(["1"] * 20_000) + "]}\n"), "train.lr", "error"),
         "override-value-1mb": (lambda c: c.train(f"train.lr={big}", data=c.inp / "nodata"), "train.lr", "error"),
         "override-key-100k": (lambda c: c.train("k" * 100_000 + "=1", data=c.inp / "nodata"), "", "error"),
         "backbone-100k": (lambda c: c.train("model.backbone=" + "r" * 100_000, data=c.inp / "nodata"), "backbone", "error"),
