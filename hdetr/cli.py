@@ -39,7 +39,8 @@ MESSAGE_LIMIT = 4000  # characters of an error message printed (errors.quote cap
 EXIT_HELP = """\
 exit status:
   0    success
-  1    hdetr check-data / bench: the data or a check FAILED
+  1    hdetr check-data / bench: the data or a check FAILED; hdetr predict: some images could not be read
+       (each named; the others were written)
   2    a usage, config, data or model-file error (one line names the file or key and the problem)
   70   an internal error (a bug in hdetr); rerun with --debug for the traceback and report it
   71   out of memory

@@ -35,14 +35,13 @@ def add_arguments(p):
     p.add_argument("--workers", type=int, default=None, help="threads decoding images (default: up to 8)")
 
 
-def model_line(cfg, config_name: str | None, report) -> str:
+def training_model(cfg, config_name: str | None, report) -> dict:
     """The queries and top-k that training ``cfg`` on this data would use (its class count from the data)."""
     from dataclasses import replace
 
     from ..config import cap_topk
     from ..data.categories import CategoryMap
 
-    name = config_name or "built-in defaults; pass --config PRESET for the one you train"
     m = cfg.model
     try:
         cats = [{"id": c, "name": n} for c, n in report.category_names.items()]
@@ -50,9 +49,15 @@ def model_line(cfg, config_name: str | None, report) -> str:
     except (ValueError, TypeError):  # the categories are broken: the report above says how
         classes = m.num_classes
     capped, note = cap_topk(replace(cfg, model=replace(m, num_classes=classes)))
-    line = (f"model ({name}): {m.num_queries} one-to-one queries, {classes} classes, "
-            f"topk {capped.model.topk}")
-    return line + (f" ({note})" if note else "")
+    return {"config": config_name, "num_queries": m.num_queries, "num_classes": classes,
+            "topk": capped.model.topk, "note": note}
+
+
+def model_line(model: dict) -> str:
+    name = model["config"] or "built-in defaults; pass --config PRESET for the one you train"
+    line = (f"model ({name}): {model['num_queries']} one-to-one queries, {model['num_classes']} classes, "
+            f"topk {model['topk']}")
+    return line + (f" ({model['note']})" if model["note"] else "")
 
 
 def run(args) -> int:
@@ -80,10 +85,12 @@ def run(args) -> int:
         max_examples=None if args.fix_report else DEFAULT_MAX_EXAMPLES, num_queries=cfg.model.num_queries,
     )
     print(terminal_safe(report.format()))
-    print(model_line(cfg, args.config, report))
+    model = training_model(cfg, args.config, report)
+    print(model_line(model))
     if args.json:
         try:
-            text = json.dumps(report.to_dict(), indent=2, default=str) + "\n"
+            doc = {**report.to_dict(), "model": model}
+            text = json.dumps(doc, indent=2, default=str) + "\n"
             atomic_write(args.json, lambda p: Path(p).write_text(text))
         except OSError as e:
             raise UserError(f"{args.json}: cannot write the report ({e.strerror or e})") from None

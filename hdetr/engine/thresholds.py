@@ -90,10 +90,14 @@ def plot_confidence_curves(curves: dict, path: Path, max_classes: int = 20) -> N
     grid, best = curves["grid"], curves["best"]
     shown = [c for c in curves["per_class"] if c["objects"]][:max_classes]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), dpi=100)
+    def values(curve: dict, key: str) -> np.ndarray:
+        # Precision is undefined where nothing is kept: a gap, not a drop to 0.
+        return np.where(curve["recall"] > 0, curve[key], np.nan) if key == "precision" else curve[key]
+
     for ax, key in zip(axes, ("precision", "recall", "f1")):
         for c in shown:
-            ax.plot(grid, c[key], lw=1, alpha=0.8, label=c["name"])
-        ax.plot(grid, curves["mean"][key], lw=3, color="black", label="all classes")
+            ax.plot(grid, values(c, key), lw=1, alpha=0.8, label=c["name"])
+        ax.plot(grid, values(curves["mean"], key), lw=3, color="black", label="all classes")
         ax.axvline(best["threshold"], color="grey", ls="--", lw=1)
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence threshold", ylabel=key.replace("f1", "F1"))
         ax.grid(alpha=0.3)

@@ -109,8 +109,12 @@ def test_check_data_reports_the_queries_and_topk_of_the_config_given(workspace, 
     assert main(["check-data", str(workspace / "data"), "--config", "synthetic_small"]) == 0
     out = capsys.readouterr().out
     assert "model (synthetic_small): 30 one-to-one queries, 2 classes, topk 60 (model.topk 100 -> 60" in out
-    assert main(["check-data", str(workspace / "data"), "--config", "synthetic_small", "model.num_queries=5"]) == 0
+    report = workspace / "check.json"
+    assert main(["check-data", str(workspace / "data"), "--config", "synthetic_small", "model.num_queries=5",
+                 "--json", str(report)]) == 0
     assert "5 one-to-one queries, 2 classes, topk 10 (model.topk 100 -> 10" in capsys.readouterr().out
+    model = json.loads(report.read_text())["model"]
+    assert (model["config"], model["num_queries"], model["num_classes"], model["topk"]) == ("synthetic_small", 5, 2, 10)
 
 
 def test_eval_prints_the_table_and_threshold_and_saves_coco_results(trained, workspace, capsys):
