@@ -16,6 +16,10 @@ PROCESS = {
     "test_bench_ablation::test_micro_ablation_writes_real_numbers_and_resumes",
     "test_bench_ablation::test_run_folder_lock_is_exclusive_across_processes",
     "test_bench_ablation::test_stopping_the_pool_stops_its_runs",
+    # benchmarks/tests/test_gpu_check.py (marked in the file too)
+    "test_gpu_check::test_without_cuda_it_refuses_at_once_with_one_line",
+    "test_gpu_check::test_cpu_smoke_run_of_every_part",
+    "test_gpu_check::test_a_failing_part_is_recorded_and_the_next_ones_run",
 }
 
 SLOW = {
@@ -30,6 +34,8 @@ SLOW = {
     "test_bench_serve",
     "test_bench_export::test_bench_export_options_reach_the_measuring_process",
     "test_bench_ablation::test_micro_ablation_writes_real_numbers_and_resumes",
+    "test_gpu_check::test_cpu_smoke_run_of_every_part",
+    "test_gpu_check::test_a_failing_part_is_recorded_and_the_next_ones_run",
 }
 
 
