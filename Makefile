@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo clean bench-quick docs
+.PHONY: install test test-fast demo clean bench-quick docs gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ docs: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(VENV)/bin/hdetr bench ablation --quick
+
+# Everything hdetr does on a GPU, in about 8 minutes, into benchmarks/results/gpu_check.json
+# (docs/performance.md, "GPU check"). Without CUDA: one line and exit 2. On a machine whose Python
+# already has torch and hdetr's dependencies, without this venv: python benchmarks/gpu_check.py
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache site
