@@ -30,6 +30,18 @@ PLAN_AFTER_STEPS = 10
 EVAL_IMAGE_FRACTION = 0.35
 
 
+# Costs are averaged over the last few measurements (the first, a warm-up, left out once there are
+# others): single epochs and evaluations on a shared machine vary by tens of per cent.
+RECENT = 5
+
+
+def _recent_mean(values: list[float]) -> float | None:
+    if not values:
+        return None
+    recent = values[1:][-RECENT:] if len(values) > 1 else values
+    return sum(recent) / len(recent)
+
+
 def clock_of(name: str):
     return time.process_time if name == "cpu" else time.perf_counter
 
@@ -67,7 +79,15 @@ class TimeBudget:
         self.base = elapsed
         self.start = self.clock()
         self.step_costs: list[float] = []  # this session's step durations, on the budget's clock
-        self.eval_cost: float | None = None  # the last evaluation's duration
+        self.epoch_costs: list[float] = []  # this session's epochs (steps and the epoch-end save)
+        self.eval_costs: list[float] = []  # this session's evaluations
+
+    @property
+    def eval_cost(self) -> float | None:
+        return _recent_mean(self.eval_costs)
+
+    def epoch_cost(self) -> float | None:
+        return _recent_mean(self.epoch_costs)
 
     @property
     def elapsed(self) -> float:
@@ -79,7 +99,7 @@ class TimeBudget:
 
     def step_cost(self) -> float | None:
         costs = self.step_costs[1:] if len(self.step_costs) > 1 else self.step_costs
-        return sum(costs) / len(costs) if costs else None
+        return sum(costs[-200:]) / len(costs[-200:]) if costs else None
 
     def estimated_eval_cost(self, val_images: int, batch_size: int) -> float:
         if self.eval_cost is not None:
@@ -88,8 +108,11 @@ class TimeBudget:
         return math.ceil(val_images / batch_size) * per_step * EVAL_IMAGE_FRACTION
 
     def must_stop(self, val_images: int, batch_size: int) -> bool:
-        """True when the next step and a final evaluation would not fit in what is left."""
-        return self.left < (self.step_cost() or 0.0) + self.estimated_eval_cost(val_images, batch_size)
+        """True when the next step and a final evaluation would not fit in what is left (the slowest
+        recent evaluation: an overrun costs more than stopping a step early)."""
+        evals = self.eval_costs[-RECENT:]
+        final_eval = max(evals) if evals else self.estimated_eval_cost(val_images, batch_size)
+        return self.left < (self.step_cost() or 0.0) + final_eval
 
     def describe(self) -> str:
         return f"{self.seconds:.0f} {self.clock_name} s"

@@ -320,8 +320,10 @@ class Trainer:
 
     def _end_epoch(self, epoch_cost: float | None = None) -> None:
         s = self.state
+        if epoch_cost is not None:
+            self.budget.epoch_costs.append(epoch_cost)
         if self._can_refit() and epoch_cost is not None:
-            self._fit_schedule(epoch_cost)  # before the scheduler's step: the drop may come now
+            self._fit_schedule(self.budget.epoch_cost())  # before the scheduler's step: the drop may come now
         t = self.cfg.train
         finished = s.epoch
         self.parts.scheduler.step()
@@ -341,7 +343,7 @@ class Trainer:
         s.last_eval_step = s.step
         record = {}
         if self.budget is not None:
-            self.budget.eval_cost = self.budget.elapsed - eval_start
+            self.budget.eval_costs.append(self.budget.elapsed - eval_start)
             s.budget_elapsed = self.budget.elapsed
             record = {"budget_time": round(s.budget_elapsed, 3)}
         if self.is_main:

@@ -30,6 +30,9 @@ SLOW = {
     "test_bench_serve",
     "test_bench_export::test_bench_export_options_reach_the_measuring_process",
     "test_bench_ablation::test_micro_ablation_writes_real_numbers_and_resumes",
+    "test_time_budget::test_two_minute_budget_stops_within_ten_percent_and_keeps_its_best_model",
+    # benchmarks/tests (marked in the file too: tests/conftest.py does not reach that folder)
+    "test_compare::test_tiny_comparison_writes_real_results_and_skips_finished_arms",
 }
 
 
