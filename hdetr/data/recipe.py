@@ -124,7 +124,7 @@ def choose(spec, batch_size: int = 4, val_images: int = 0) -> tuple[DataStats, l
         want = f = 1.0
     side = min(max(_round(s.median_short_side * f, 32), SIDE_RANGE[0]), SIDE_RANGE[1])
     scales = sorted({_round(side * r, 16) for r in (0.875, 0.9375, 1.0, 1.0625, 1.125)})
-    max_size = _round(max(scales) * max(s.median_aspect, 1.0), 32)
+    max_size = _up(max(scales) * max(s.median_aspect, 1.0), 32)
     why = (f"objects' shorter side: median {s.median_object:.0f} px, 10th percentile {s.p10_object:.0f} px in "
            f"{s.median_short_side:.0f} px images; x{want:.2f} would bring the median to {MEDIAN_CELLS} stride-{STRIDE} "
            f"cells and the small ones to {SMALL_CELLS}" + (f", kept within x{SCALE_RANGE[0]}-x{SCALE_RANGE[1]}"
