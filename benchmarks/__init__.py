@@ -1,1 +1,2 @@
-"""Benchmarks behind ``hdetr bench``: one module per subcommand (see hdetr/commands/bench.py)."""
+"""Benchmark tooling beside the package, run from a clone: ``python -m benchmarks.NAME``. Uses hdetr's
+public modules only."""

@@ -147,6 +147,11 @@ class TrainConfig:
     # Parts whose activations are recomputed in the backward pass instead of kept (less memory, about
     # one more forward of those parts): any of encoder, decoder, backbone (each layer / stage).
     checkpoint_activations: list[str] = field(default_factory=list)
+    # Train within a time budget ("90s", "15m", "1.5h"; empty: off): after the first steps the epoch count
+    # is fitted to the measured speed (lr_drop kept at the same fraction of the schedule) and the run
+    # stops at the budget with its best model (docs/engine.md, "Training within a time budget").
+    time_budget: str = ""
+    budget_clock: str = "wall"  # wall | cpu: what the budget counts (cpu: this process's CPU seconds)
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,20 @@ BEST_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100
 TRACKERS = ("mlflow", "wandb", "tensorboard")
 ATTENTION_IMPLS = ("fast", "reference")
 CHECKPOINT_PARTS = ("encoder", "decoder", "backbone")  # hdetr.models.recompute.PARTS
+BUDGET_CLOCKS = ("wall", "cpu")
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str, key: str = "duration") -> float:
+    """``'90s'``, ``'15m'``, ``'1.5h'`` -> seconds (a unit is required: a bare ``15`` could mean
+    minutes or hours). One-line ``ConfigError`` naming ``key`` for anything else."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh])\s*", str(text).lower())
+    if not m:
+        raise ConfigError(f"{key}: expected a duration such as 90s, 15m or 1.5h, got {text!r}")
+    seconds = float(m[1]) * DURATION_UNITS[m[2]]
+    if seconds <= 0:
+        raise ConfigError(f"{key}: the duration must be more than 0, got {text!r}")
+    return seconds
 
 
 def coerce_value(value: Any, typ: Any, key: str) -> Any:
@@ -441,6 +460,10 @@ def validate(cfg: Config) -> None:
          f"train.best_metric must be one of {', '.join(BEST_METRICS)}, got {quote(t.best_metric)}")
     bad = [x for x in t.trackers if x not in TRACKERS]
     need(not bad, f"train.trackers: unknown tracker(s) {bad}; available: {', '.join(TRACKERS)}")
+    if t.time_budget:
+        parse_duration(t.time_budget, "train.time_budget")
+    need(t.budget_clock in BUDGET_CLOCKS,
+         f"train.budget_clock must be one of {', '.join(BUDGET_CLOCKS)}, got {quote(t.budget_clock)}")
     need(t.clip_max_norm >= 0, f"train.clip_max_norm must be >= 0 (0 disables clipping), got {t.clip_max_norm}")
     # Negative rates and decays are refused, not clamped: a sign typo must not train something else.
     need(t.lr_backbone >= 0, f"train.lr_backbone must be >= 0 (0 freezes the backbone), got {t.lr_backbone}")

@@ -37,10 +37,11 @@ class LossWindow:
 
 
 def write_window(window: LossWindow, lr: float, elapsed: float, session_steps: int, *, runlog, state, cfg,
-                 steps_per_epoch: int, info: DistInfo, device) -> None:
+                 steps_per_epoch: int, info: DistInfo, device, budget=None) -> None:
     """The window's metrics.jsonl record and log line. ``state``: the run's counters (epoch, step_in_epoch,
     step, skipped and bad-image steps, train times); ``elapsed``: seconds since this process started
-    training, over ``session_steps`` steps (the speed and the eta). A collective: the losses are
+    training, over ``session_steps`` steps (the speed and the eta). With a time budget
+    (engine/budget.py's ``TimeBudget``) the eta is what is left of it. A collective: the losses are
     averaged over every rank."""
     seconds, n = time.perf_counter() - window.start, window.n
     where = {"epoch": state.epoch, "iter": state.step_in_epoch, "step": state.step, "lr": lr}
@@ -56,13 +57,18 @@ def write_window(window: LossWindow, lr: float, elapsed: float, session_steps: i
     todo = cfg.train.epochs * steps_per_epoch - state.step
     if cfg.train.max_iters:
         todo = min(todo, cfg.train.max_iters - state.step)
+    eta = hms(per_step * max(todo, 0))
+    extra = {}
+    if budget is not None:
+        eta = f"{hms(max(budget.left, 0.0))} of the {budget.clock_name} time budget"
+        extra = {"budget_time": round(budget.elapsed, 3)}
     runlog.write({**where, "losses": losses, "time": round(elapsed, 3), "sec_per_iter": round(seconds / n, 4),
                   "train_time": round(state.train_time, 3), "train_cpu_time": round(state.train_cpu_time, 3),
-                  **counts})
+                  **extra, **counts})
     main = " ".join(f"{k[5:]} {losses[k]:.3f}" for k in ("loss_ce", "loss_bbox", "loss_giou") if k in losses)
     say(info, f"epoch {state.epoch + 1}/{cfg.train.epochs} iter {state.step_in_epoch}/{steps_per_epoch} "
               f"loss {losses['loss']:.3f} ({main}) lr {lr:.2e} {1 / per_step:.2f} it/s "
-              f"eta {hms(per_step * max(todo, 0))}")
+              f"eta {eta}")
 
 
 def hms(seconds: float) -> str:

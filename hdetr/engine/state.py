@@ -43,7 +43,13 @@ class TrainState:
     metrics: dict | None = None  # the last evaluation's
     evals_since_best: int = 0  # early stopping (train.patience)
     early_stop: dict | None = None
+    # train.time_budget: the budget's seconds used so far (its clock, resumes included), the fitted
+    # schedule ({"epochs", "lr_drop"}) and, once the budget ended the run, where it stopped.
+    budget_elapsed: float = 0.0
+    budget_plan: dict | None = None
+    budget_stop: dict | None = None
     last_saved_step: int | None = None  # not saved: the step of the newest last.pt of this process
+    last_eval_step: int | None = None  # not saved: the step of this process's last evaluation
 
 
 def training_state(parts: RunParts, s: TrainState) -> dict:
@@ -69,6 +75,9 @@ def training_state(parts: RunParts, s: TrainState) -> dict:
         "evals_since_best": s.evals_since_best,
         "early_stop": s.early_stop,
         "metrics": s.metrics,
+        "budget_elapsed": s.budget_elapsed,
+        "budget_plan": s.budget_plan,
+        "budget_stop": s.budget_stop,
         "category_map": parts.cmap.to_dict(),
         "class_names": parts.cmap.names,
         "world_size": parts.info.world_size,
@@ -151,6 +160,8 @@ def restore(out: Path, parts: RunParts, s: TrainState) -> None:
     s.train_cpu_time = ckpt.get("train_cpu_time", 0.0)
     s.best_ap, s.metrics = ckpt.get("best_ap"), ckpt.get("metrics")
     s.evals_since_best, s.early_stop = ckpt.get("evals_since_best", 0), ckpt.get("early_stop")
+    s.budget_elapsed = ckpt.get("budget_elapsed", 0.0)
+    s.budget_plan, s.budget_stop = ckpt.get("budget_plan"), ckpt.get("budget_stop")
     if ckpt.get("best_metric", "AP") != cfg.train.best_metric:
         log(f"note: train.best_metric {ckpt.get('best_metric', 'AP')} -> {cfg.train.best_metric}: "
             "the best value so far is forgotten")

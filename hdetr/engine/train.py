@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,12 +34,13 @@ from ..errors import BadImageError, Interrupted, UserError
 from ..hybrid import matching_plan
 from . import checkpoints, distributed, guards
 from ..run_folder import BEST, LAST, MODEL_DIR
+from .budget import PLAN_AFTER_STEPS, TimeBudget, fitted
 from .inference import evaluate
 from .init_from import save_report
 from .init_from import summary as init_summary
 from .loaders import val_spec
 from .model_evaluation import evaluate_model
-from .progress import LossWindow, say, write_window
+from .progress import LossWindow, hms, say, write_window
 from .report import write_report
 from .runlog import PREDICTION_IMAGES, RunLog
 from .setup import build_run
@@ -58,6 +59,7 @@ class TrainResult:
     train_time: float = 0.0  # seconds in training steps (data + forward/backward/update), no eval/checkpoints
     train_cpu_time: float = 0.0  # the same, in CPU seconds of this process (all its threads)
     early_stop: dict | None = None  # set when train.patience ended the run (see Trainer.evaluate)
+    budget: dict | None = None  # train.time_budget: seconds, clock, elapsed, the fitted schedule, the stop
 
 
 class Trainer:
@@ -72,6 +74,9 @@ class Trainer:
         self.signals = guards.StopSignals()  # SIGINT/SIGTERM stop the run at the end of a step
         if resume:
             restore(self.out, p, self.state)
+        self.budget = TimeBudget(cfg, self.state.budget_elapsed) if cfg.train.time_budget else None
+        if self.budget is not None and self.state.budget_plan is not None:
+            self._use_plan(self.state.budget_plan, log=False)  # the schedule fitted before the interruption
         elif checkpoints.has_run(self.out):  # checked on every rank: a lone failing rank would hang the rest
             raise UserError(f"{self.out} already holds a training run ({LAST}); pass --resume to continue "
                             f"it or choose another --out folder")
@@ -159,6 +164,10 @@ class Trainer:
     def run(self) -> TrainResult:
         with self.signals:
             self._loop()
+        if self.budget is not None:
+            self.state.budget_elapsed = self.budget.elapsed  # the last save included
+            if self.is_main:
+                self.runlog.write({"step": self.state.step, "budget": self.budget_record()})
         s, model_dir = self.state, None
         if self.is_main:
             model_dir = self.out / MODEL_DIR
@@ -171,15 +180,92 @@ class Trainer:
             self.runlog.close()
         distributed.barrier()
         return TrainResult(self.out, s.step, s.skipped_steps, s.best_ap, s.metrics, model_dir, s.bad_image_steps,
-                           s.train_time, s.train_cpu_time, s.early_stop)
+                           s.train_time, s.train_cpu_time, s.early_stop, self.budget_record())
+
+    # -- train.time_budget (budget.py) ----------------------------------------------------------------
+    def _val_images(self) -> int:
+        return len(self.parts.val_split.dataset) if self.parts.val_split is not None else 0
+
+    def _use_plan(self, plan: dict, log: bool = True) -> None:
+        """Run the fitted schedule: the run's config gets its epochs and lr_drop (so the hybrid epoch
+        scheme, the checkpoints and the model folder see them) and the scheduler its drop."""
+        t = self.cfg.train
+        if (plan["epochs"], plan["lr_drop"]) == (t.epochs, t.lr_drop):
+            return
+        self.cfg = replace(self.cfg, train=replace(t, epochs=plan["epochs"], lr_drop=plan["lr_drop"]))
+        self.parts.cfg = self.cfg
+        self.parts.scheduler.step_size = max(1, plan["lr_drop"])
+        self.state.budget_plan = dict(plan)
+        if log and self.is_main:
+            atomic_write(self.out / "config.yaml",
+                         lambda path: Path(path).write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)))
+
+    def _fit_schedule(self, epoch_cost: float | None = None) -> None:
+        """Fit the epoch count to what is left of the budget (budget.fitted); every rank takes rank 0's."""
+        b, s, p, t = self.budget, self.state, self.parts, self.cfg.train
+        step = b.step_cost()
+        if epoch_cost is None:
+            epoch_cost = (step or 0.0) * p.steps_per_epoch
+        eval_cost = b.estimated_eval_cost(self._val_images(), t.batch_size) if p.val_loader is not None else 0.0
+        # Whole epochs still to run from here: the current one counts as started.
+        done = s.epoch + (1 if s.step_in_epoch else 0)
+        left = b.left + (epoch_cost * s.step_in_epoch / p.steps_per_epoch if s.step_in_epoch else 0.0)
+        plan = fitted(self.cfg, epoch_cost, eval_cost, left, done - (1 if s.step_in_epoch else 0))
+        plan = {"epochs": max(plan.epochs, done), "lr_drop": plan.lr_drop}
+        if plan["lr_drop"]:  # the scheduler steps at the end of this epoch: the drop can come then at the earliest
+            plan["lr_drop"] = max(plan["lr_drop"], s.epoch + 1)
+        plan = distributed.broadcast_object(plan)
+        first = s.budget_plan is None
+        changed = (plan["epochs"], plan["lr_drop"]) != (t.epochs, t.lr_drop)
+        self._use_plan(plan)
+        s.budget_plan = dict(plan)
+        if first or changed:
+            self.log(f"time budget {hms(b.seconds)} ({b.clock_name} time), {hms(b.left)} left: "
+                     f"{step or 0:.2f} s/step x {p.steps_per_epoch} steps/epoch + evaluation ~{eval_cost:.1f} s "
+                     f"-> {plan['epochs']} epochs, lr drop after {plan['lr_drop']}")
+
+    def _can_refit(self) -> bool:
+        """Before the lr drop only: a schedule is not stretched after its drop."""
+        t = self.cfg.train
+        return self.budget is not None and (t.lr_drop == 0 or self.state.epoch < t.lr_drop or t.lr_drop >= t.epochs)
+
+    def _budget_spent(self) -> bool:
+        if self.budget is None:
+            return False
+        spent = self.budget.must_stop(self._val_images(), self.cfg.train.batch_size)
+        return bool(distributed.broadcast_object(spent))
+
+    def budget_record(self) -> dict | None:
+        if self.budget is None:
+            return None
+        b, s = self.budget, self.state
+        return {"seconds": b.seconds, "clock": b.clock_name, "elapsed": round(s.budget_elapsed, 3),
+                "epochs": self.cfg.train.epochs, "lr_drop": self.cfg.train.lr_drop, "stop": s.budget_stop}
+
+    def _stop_for_budget(self) -> None:
+        """The budget's hard stop: evaluate where the run stands (unless just done) and save."""
+        s = self.state
+        s.budget_stop = {"epoch": s.epoch, "step_in_epoch": s.step_in_epoch, "step": s.step}
+        self.log(f"time budget reached ({hms(self.budget.elapsed)} of {hms(self.budget.seconds)} "
+                 f"{self.budget.clock_name} time) at epoch {s.epoch + 1}, step {s.step_in_epoch} of the epoch: "
+                 f"stopping")
+        if self.parts.val_loader is not None and s.last_eval_step != s.step:
+            self.evaluate(max(s.epoch - 1, 0) if s.step_in_epoch == 0 else s.epoch)
+        else:
+            self._save_last()
 
     def _loop(self) -> None:
-        t, p, s = self.cfg.train, self.parts, self.state
+        p, s = self.parts, self.state
         window = LossWindow()
         run_start = time.perf_counter()
         steps_this_session = 0
         stop = self.max_iters_reached()
-        while s.epoch < t.epochs and not stop and s.early_stop is None:
+        if self.budget is not None and (s.budget_stop is not None or self._budget_spent()):
+            self.log("the time budget is spent; nothing left to train")
+            return
+        while s.epoch < self.cfg.train.epochs and not stop and s.early_stop is None:
+            t = self.cfg.train
+            epoch_start = self.budget.elapsed if self.budget is not None else 0.0
             plan = matching_plan(self.cfg, s.epoch)
             p.sampler.set_epoch(s.epoch, s.step_in_epoch * t.grad_accum)
             batches = iter(p.loader)
@@ -194,6 +280,15 @@ class Trainer:
                 s.step_in_epoch += 1
                 s.step += 1
                 steps_this_session += 1
+                if self.budget is not None:
+                    self.budget.step_costs.append(time.perf_counter() - step_start if self.budget.clock_name == "wall"
+                                                  else time.process_time() - step_cpu)
+                    s.budget_elapsed = self.budget.elapsed
+                    if s.budget_plan is None and steps_this_session == PLAN_AFTER_STEPS + 1:
+                        self._fit_schedule()
+                        bar.reset(total=p.steps_per_epoch)
+                        bar.update(s.step_in_epoch)
+                        bar.set_description(f"epoch {s.epoch + 1}/{self.cfg.train.epochs}")
                 lr = p.optimizer.param_groups[0]["lr"]
                 bar.update(1)
                 if logs is not None:
@@ -202,26 +297,39 @@ class Trainer:
                 if s.step % t.log_every == 0 or s.step_in_epoch == p.steps_per_epoch:
                     write_window(window, lr, time.perf_counter() - run_start, steps_this_session, runlog=self.runlog,
                                  state=s, cfg=self.cfg, steps_per_epoch=p.steps_per_epoch, info=self.info,
-                                 device=self.device)
+                                 device=self.device, budget=self.budget)
                     window.reset()
                 if s.step_in_epoch < p.steps_per_epoch:  # at an epoch end: after _end_epoch
                     self._stop_if_signalled()
                 if self.max_iters_reached():
                     stop = True
                     break
+                if self._budget_spent():
+                    stop = True
+                    break
                 if t.save_every and s.step % t.save_every == 0 and s.step_in_epoch < p.steps_per_epoch:
                     self._save_last()
             bar.close()
             if s.step_in_epoch >= p.steps_per_epoch:
-                self._end_epoch()
+                epoch_cost = self.budget.elapsed - epoch_start if self.budget is not None else None
+                self._end_epoch(epoch_cost)
                 self._stop_if_signalled()
-            else:
+                if s.epoch < self.cfg.train.epochs and s.early_stop is None and self._budget_spent():
+                    stop = True
+            elif not (self.budget is not None and self._budget_spent()):
                 self._save_last()  # stopped mid-epoch by train.max_iters
+            if stop and self.budget is not None and self._budget_spent():
+                self._stop_for_budget()
         if s.last_saved_step != s.step:
             self._save_last()
 
-    def _end_epoch(self) -> None:
-        t, s = self.cfg.train, self.state
+    def _end_epoch(self, epoch_cost: float | None = None) -> None:
+        s = self.state
+        if epoch_cost is not None:
+            self.budget.epoch_costs.append(epoch_cost)
+        if self._can_refit() and epoch_cost is not None:
+            self._fit_schedule(self.budget.epoch_cost())  # before the scheduler's step: the drop may come now
+        t = self.cfg.train
         finished = s.epoch
         self.parts.scheduler.step()
         s.epoch += 1
@@ -232,13 +340,20 @@ class Trainer:
 
     def evaluate(self, epoch: int) -> dict | None:
         p, s = self.parts, self.state
+        eval_start = self.budget.elapsed if self.budget is not None else 0.0
         metrics = evaluate(p.eval_model(), p.val_split, p.val_loader, p.cmap, self.device, self.cfg.model.topk, p.amp,
                            progress=self.progress)
         metrics = distributed.broadcast_object(metrics)
         s.metrics = metrics
+        s.last_eval_step = s.step
+        record = {}
+        if self.budget is not None:
+            self.budget.eval_costs.append(self.budget.elapsed - eval_start)
+            s.budget_elapsed = self.budget.elapsed
+            record = {"budget_time": round(s.budget_elapsed, 3)}
         if self.is_main:
             self.runlog.write({"epoch": epoch, "step": s.step, "train_time": round(s.train_time, 3),
-                               "train_cpu_time": round(s.train_cpu_time, 3), "eval": metrics})
+                               "train_cpu_time": round(s.train_cpu_time, 3), **record, "eval": metrics})
             self.log(f"epoch {epoch + 1} eval: AP {metrics['AP']:.3f} AP50 {metrics['AP50']:.3f} "
                      f"AP75 {metrics['AP75']:.3f}")
             self.runlog.plot(s.step)
@@ -255,6 +370,8 @@ class Trainer:
                 self.runlog.write({"epoch": epoch, "step": s.step, "early_stop": s.early_stop})
             self.log(f"early stop after epoch {epoch + 1}: {key} has not improved for {s.evals_since_best} "
                      f"evaluation(s) (train.patience={t.patience}); best {key} {s.best_ap:.3f} kept in {BEST}")
+        if self.budget is not None:
+            s.budget_elapsed = self.budget.elapsed
         self._save_last()  # records best_ap / metrics / early_stop
         return metrics
 

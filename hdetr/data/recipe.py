@@ -1,0 +1,153 @@
+"""The small-data recipe: settings chosen from the training set's own annotations.
+
+A small dataset (tens to hundreds of images) of one or a few classes, often with many small objects
+per image (aerial trees, cells, parts on a tray), trained on a CPU within minutes. The preset
+``small_data`` fixes the model (ImageNet EfficientNet-Lite0, a demo-size transformer, the hybrid
+branch); this module reads the annotations and chooses what depends on the data, each with its reason:
+
+- objects per image -> ``model.num_queries`` (every object needs its own one-to-one query),
+  ``hybrid.num_queries_one2many`` (room for K copies of the objects) and ``model.topk``;
+- object sizes -> the input scale: the finest feature map has stride 8, so an object of 8 px covers
+  one cell of it; the scale brings the median object to 3 cells and the small ones (10th percentile) to
+  one, within 0.5x-2x of the images' own size (larger inputs cost CPU time quadratically);
+- dataset size -> the schedule: the epoch count that gives about ``TARGET_STEPS`` optimizer steps
+  (a time budget, ``train.time_budget``, refits it to the measured speed), the lr drop at 11/12 of it,
+  and how often to evaluate so that evaluation stays a small share of the time.
+
+``choose(spec)`` returns the choices; ``overrides(choices)`` the ``key=value`` list a config takes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from .layouts import resolve_source
+
+PRESET = "small_data"
+STRIDE = 8  # the finest feature map of the preset's backbone
+MEDIAN_CELLS = 3  # the median object's shorter side, in stride-8 cells, at the chosen scale
+SMALL_CELLS = 1  # the 10th percentile's
+SCALE_RANGE = (0.5, 2.0)  # the input scale stays within these factors of the images' own size
+SIDE_RANGE = (128, 800)  # and its shorter side within these pixels
+TARGET_STEPS = 3000
+EPOCH_RANGE = (12, 200)
+EVAL_SHARE = 0.1  # evaluation at most about this share of the training time
+EVAL_IMAGE_COST = 0.35  # an evaluation image's cost in training images (budget.EVAL_IMAGE_FRACTION)
+ONE2MANY_K = 6
+
+
+@dataclass
+class DataStats:
+    images: int
+    boxes: int
+    classes: int
+    max_objects: int  # the most objects in one image
+    p90_objects: float
+    median_short_side: float  # the images' shorter side, pixels
+    median_aspect: float  # longer / shorter side
+    median_object: float  # the objects' shorter side, pixels in the original images
+    p10_object: float
+
+
+@dataclass
+class Choice:
+    key: str
+    value: Any
+    why: str
+
+
+def _percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))] if s else 0.0
+
+
+def data_stats(spec, split: str = "train") -> DataStats:
+    """Counts and sizes of a split's annotations (any layout ``data.train`` takes); crowd boxes are left
+    out as training leaves them out."""
+    doc = resolve_source(spec, split).annotations()
+    if not isinstance(doc, dict):
+        doc = json.loads(Path(doc).read_text())
+    images = {im["id"]: im for im in doc.get("images", [])}
+    per_image = {i: 0 for i in images}
+    sides = []
+    for a in doc.get("annotations", []):
+        if a.get("iscrowd") or a.get("image_id") not in images:
+            continue
+        w, h = a["bbox"][2], a["bbox"][3]
+        if w <= 0 or h <= 0:
+            continue
+        per_image[a["image_id"]] += 1
+        sides.append(min(w, h))
+    counts = list(per_image.values()) or [0]
+    shorts = [min(im["width"], im["height"]) for im in images.values()] or [0]
+    aspects = [max(im["width"], im["height"]) / max(1, min(im["width"], im["height"])) for im in images.values()]
+    return DataStats(len(images), len(sides), len(doc.get("categories", [])), max(counts),
+                     _percentile(counts, 0.9), median(shorts), median(aspects or [1.0]),
+                     median(sides) if sides else 0.0, _percentile(sides, 0.1))
+
+
+def _up(x: float, step: int) -> int:
+    return int(math.ceil(x / step) * step)
+
+
+def _round(x: float, step: int) -> int:
+    return max(step, int(round(x / step) * step))
+
+
+def choose(spec, batch_size: int = 4, val_images: int = 0) -> tuple[DataStats, list[Choice]]:
+    """The data's settings for the ``small_data`` preset. ``batch_size``: the preset's (the schedule
+    counts steps); ``val_images``: the validation split's size (how often to evaluate)."""
+    s = data_stats(spec)
+    out: list[Choice] = []
+    n = max(30, _up(1.5 * s.max_objects, 10))
+    out.append(Choice("model.num_queries", n,
+                      f"up to {s.max_objects} objects in one image: 1.5x that, at least 30 (one one-to-one "
+                      "query per object, with room to spare)"))
+    m = max(3 * n, _up(ONE2MANY_K * s.p90_objects, 10))
+    out.append(Choice("hybrid.num_queries_one2many", m,
+                      f"3x the one-to-one queries, and room for K={ONE2MANY_K} copies of the objects of 90 % of "
+                      f"the images ({s.p90_objects:g} objects)"))
+    classes = max(1, s.classes)
+    out.append(Choice("model.num_classes", classes, f"{classes} categor{'y' if classes == 1 else 'ies'} in the annotations"))
+    topk = min(max(100, 2 * s.max_objects), n * classes)
+    out.append(Choice("model.topk", topk, f"at least twice the most objects of one image ({s.max_objects}), at most "
+                                          f"queries x classes ({n * classes})"))
+    if s.median_object > 0:
+        want = max(MEDIAN_CELLS * STRIDE / s.median_object, SMALL_CELLS * STRIDE / max(s.p10_object, 1e-6))
+        f = min(max(want, SCALE_RANGE[0]), SCALE_RANGE[1])
+    else:
+        want = f = 1.0
+    side = min(max(_round(s.median_short_side * f, 32), SIDE_RANGE[0]), SIDE_RANGE[1])
+    scales = sorted({_round(side * r, 16) for r in (0.875, 0.9375, 1.0, 1.0625, 1.125)})
+    max_size = _up(max(scales) * max(s.median_aspect, 1.0), 32)
+    why = (f"objects' shorter side: median {s.median_object:.0f} px, 10th percentile {s.p10_object:.0f} px in "
+           f"{s.median_short_side:.0f} px images; x{want:.2f} would bring the median to {MEDIAN_CELLS} stride-{STRIDE} "
+           f"cells and the small ones to {SMALL_CELLS}" + (f", kept within x{SCALE_RANGE[0]}-x{SCALE_RANGE[1]}"
+                                                           if want != f else ""))
+    out.append(Choice("data.val_scale", side, why))
+    out.append(Choice("data.train_scales", scales, "multi-scale training around it (x0.875-x1.125)"))
+    out.append(Choice("data.max_size", max_size, f"the longer side of {max(scales)} px images of the median "
+                                                 f"aspect {s.median_aspect:.2f}"))
+    steps = max(1, s.images // batch_size)
+    epochs = min(max(round(TARGET_STEPS / steps), EPOCH_RANGE[0]), EPOCH_RANGE[1])
+    out.append(Choice("train.epochs", epochs, f"{s.images} images = {steps} steps an epoch at batch {batch_size}: "
+                                              f"about {TARGET_STEPS} steps in {epochs} epochs (a time budget refits it)"))
+    out.append(Choice("train.lr_drop", max(1, round(epochs * 11 / 12)), "at 11/12 of the schedule, as the official 11 of 12"))
+    every = max(1, math.ceil(EVAL_IMAGE_COST * val_images / max(1, s.images) / EVAL_SHARE)) if val_images else 1
+    out.append(Choice("train.eval_every", every,
+                      f"{val_images} validation images for {s.images} training ones: evaluating every {every} "
+                      f"epoch(s) keeps evaluation near {EVAL_SHARE:.0%} of the time" if val_images else
+                      "no validation split known here"))
+    return s, out
+
+
+def overrides(choices: list[Choice]) -> list[str]:
+    def text(v):
+        return json.dumps(v) if isinstance(v, list) else str(v)
+
+    return [f"{c.key}={text(c.value)}" for c in choices]

@@ -1,0 +1,63 @@
+"""train.time_budget end to end: a run given a budget fits its schedule to it, stops at it with its best
+model, and a resumed run spends what was left (engine/budget.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hdetr.config import load_config
+from hdetr.engine.runlog import read_records
+from hdetr.engine.train import train
+from support import layout_builders as lb
+from support.engine_helpers import TINY_MODEL, load_state
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """4 train images (2 steps per epoch at batch 2), 2 val images."""
+    return lb.write_folder_splits(tmp_path_factory.mktemp("budget") / "ds")
+
+
+def _cfg(data, *extra):
+    return load_config("synthetic_small", [*TINY_MODEL, f"data.train={data}", "train.budget_clock=cpu", *extra])
+
+
+def _evals(out):
+    return [r for r in read_records(out / "metrics.jsonl") if "eval" in r]
+
+
+@pytest.mark.slow
+def test_two_minute_budget_stops_within_ten_percent_and_keeps_its_best_model(data, tmp_path):
+    out = tmp_path / "run"
+    result = train(_cfg(data, "train.time_budget=2m", "train.epochs=12", "train.lr_drop=11"), out, progress=False)
+    b = result.budget
+    assert b["seconds"] == 120.0 and b["clock"] == "cpu"
+    # The run's own record of the budget's clock (CPU seconds of the process), not a wall-clock check.
+    assert 0.9 * 120 <= b["elapsed"] <= 1.1 * 120, b
+    # The schedule was fitted to the measured speed (12 epochs of 2 tiny steps take well under the budget)
+    # and the lr drop kept at 11/12 of it (give or take the epoch it could not move back past).
+    assert b["epochs"] > 12 and abs(b["lr_drop"] - 11 / 12 * b["epochs"]) <= 1.5, b
+    evals = _evals(out)
+    assert len(evals) >= b["epochs"] - 1
+    assert all(r["budget_time"] <= b["elapsed"] for r in evals)
+    best = max(r["eval"]["AP"] for r in evals)
+    assert result.best_ap == pytest.approx(best)
+    assert load_state(out / "best.pt")["metrics"]["AP"] == pytest.approx(best)
+    assert (out / "model").is_dir() and (out / "config.yaml").read_text().count(f"epochs: {b['epochs']}") == 1
+    assert load_state(out / "last.pt")["budget_plan"] == {"epochs": b["epochs"], "lr_drop": b["lr_drop"]}
+
+
+def test_budget_run_resumes_with_what_is_left(data, tmp_path):
+    out = tmp_path / "run"
+    first = train(_cfg(data, "train.time_budget=20s", "train.max_iters=4"), out, progress=False)
+    assert first.steps == 4 and first.budget["stop"] is None
+    spent = load_state(out / "last.pt")["budget_elapsed"]
+    assert 0 < spent < 20
+    second = train(_cfg(data, "train.time_budget=20s"), out, resume=True, progress=False)
+    assert second.steps > 4
+    # The clock carried on from the checkpoint: the two sessions together stayed within the budget.
+    assert spent < second.budget["elapsed"] <= 20 * 1.1
+    assert second.best_ap is not None and (out / "best.pt").exists()
+    # A run whose budget is spent trains nothing more.
+    third = train(_cfg(data, "train.time_budget=20s"), out, resume=True, progress=False)
+    assert third.steps == second.steps

@@ -1,0 +1,65 @@
+"""The small-data recipe: settings chosen from a dataset's annotations (hdetr.data.recipe)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hdetr.config import load_config
+from hdetr.data.recipe import choose, data_stats, overrides
+
+
+def _dataset(root, images: int, objects_per_image, side: int, box: float, classes: int = 1):
+    """COCO JSON (images need not exist: only the annotations are read)."""
+    imgs = [{"id": i + 1, "file_name": f"{i}.png", "width": side, "height": side} for i in range(images)]
+    anns = []
+    for i in range(images):
+        for _ in range(objects_per_image(i)):
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1 + len(anns) % classes,
+                         "bbox": [1, 1, box, box * 1.5], "area": box * box * 1.5, "iscrowd": 0})
+    cats = [{"id": c + 1, "name": f"c{c}"} for c in range(classes)]
+    path = root / "annotations.json"
+    path.write_text(json.dumps({"images": imgs, "annotations": anns, "categories": cats}))
+    (root / "images").mkdir(exist_ok=True)
+    return path
+
+
+def _values(choices):
+    return {c.key: c.value for c in choices}
+
+
+def test_many_small_objects_get_queries_and_a_larger_input(tmp_path):
+    ann = _dataset(tmp_path, 40, lambda i: 45 if i == 0 else 10, side=200, box=6.0)
+    s = data_stats(f"{tmp_path / 'images'}:{ann}")
+    assert (s.images, s.max_objects, s.median_object, s.classes) == (40, 45, 6.0, 1)
+    _, choices = choose(f"{tmp_path / 'images'}:{ann}", batch_size=4, val_images=10)
+    v = _values(choices)
+    assert v["model.num_queries"] == 70  # 1.5 x 45 = 67.5 -> 70
+    assert v["hybrid.num_queries_one2many"] == 210
+    assert v["model.topk"] == 70  # 2 x 45 = 90, capped at 70 queries x 1 class
+    # Median object 6 px: x4 would give it 3 stride-8 cells; the scale is capped at x2 of 200 px.
+    assert v["data.val_scale"] == 384 and max(v["data.train_scales"]) <= v["data.max_size"]
+    assert v["train.epochs"] == 200 and v["train.lr_drop"] == 183  # 10 steps an epoch -> the 200 cap
+    assert v["train.eval_every"] == 1
+    cfg = load_config("small_data", overrides(choices))  # the choices make a valid config
+    assert cfg.model.num_queries == 70 and cfg.data.val_scale == 384
+    assert all(c.why for c in choices)
+
+
+def test_large_objects_get_a_smaller_cheaper_input_and_few_epochs_on_more_images(tmp_path):
+    ann = _dataset(tmp_path, 2000, lambda i: 3, side=640, box=120.0, classes=3)
+    _, choices = choose(str(ann), batch_size=4, val_images=2000)
+    v = _values(choices)
+    assert v["model.num_queries"] == 30 and v["model.num_classes"] == 3
+    assert v["data.val_scale"] == 320  # x0.5, the smallest scale allowed
+    assert v["train.epochs"] == 12  # 500 steps an epoch: 6 epochs for 3000 steps, raised to 12
+    assert v["train.eval_every"] == 4  # 0.35 x 2000 / 2000 / 0.1 = 3.5 -> 4
+    load_config("small_data", overrides(choices))
+
+
+def test_missing_dataset_is_a_user_error(tmp_path):
+    from hdetr.errors import UserError
+
+    with pytest.raises(UserError, match="nowhere"):
+        choose(str(tmp_path / "nowhere"))
