@@ -22,11 +22,15 @@ SUBCOMMANDS = {
     "memory": "memory",
     "backbones": "backbones",
     "finetune": "finetune",
+    "compare": "compare",
 }
+
+DESCRIPTION = ("Benchmarks of this machine, of your data and of the hybrid schemes (the repository's own figures "
+               "are in docs/benchmarks.md). `hdetr bench NAME --help` explains one.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hdetr bench", description=(__doc__ or "").strip(), epilog=EXIT_HELP,
+    parser = argparse.ArgumentParser(prog="hdetr bench", description=DESCRIPTION, epilog=EXIT_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="print the traceback of any error (also: HDETR_DEBUG=1)")
     sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"hdetr.commands.{module_name}")
         # A verb that hands its arguments to another program (bench) lets that program answer --help.
         p = sub.add_parser(verb, help=module.__doc__.strip().splitlines()[0], description=module.__doc__,
-                           add_help=getattr(module, "ADD_HELP", True))
+                           add_help=not getattr(module, "PASS_THROUGH", False))
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser
@@ -130,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[:1] + [a for a in argv[1:] if a != "--debug"]
     args, extra = parser.parse_known_args(argv)
     args.debug = args.debug or late_debug
+    if extra and getattr(args._module, "PASS_THROUGH", False):
+        # argparse leaves a leading option (hdetr bench --help) out of a REMAINDER argument.
+        args.arguments = extra + args.arguments
+        extra = []
     if extra:
         # argparse stops filling a nargs="*" positional at the first option; key=value overrides given
         # after options (hdetr train CONFIG --out DIR train.lr=1e-4) still belong to it.

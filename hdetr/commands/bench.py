@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ADD_HELP = False  # --help goes to the benchmarks' own parser, which knows every benchmark
+PASS_THROUGH = True  # every argument, --help too, goes to the benchmarks' own parser
 TOOLING = "benchmarks"
 
 
