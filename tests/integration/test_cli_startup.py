@@ -62,6 +62,9 @@ def test_bench_hands_its_arguments_and_help_to_the_benchmark_tooling(capfd):
     assert main(["bench", "speed", "--help"]) == 0
     out = capfd.readouterr().out
     assert "usage: hdetr bench speed" in out and "--official" in out
+    assert main(["bench", "--help"]) == 0
+    out = capfd.readouterr().out
+    assert "usage: hdetr bench" in out and "compare" in out and "ablation" in out
     assert main(["bench", "no-such-benchmark"]) == 2
     assert "invalid choice: 'no-such-benchmark'" in capfd.readouterr().err
 
