@@ -88,6 +88,7 @@ def _os_error_message(e: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import allocator
     from .errors import Interrupted, UserError
     from .threads import prefer_passive_waiting
 
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = args.debug or os.environ.get("HDETR_DEBUG", "") not in ("", "0")
     prefer_passive_waiting(getattr(args, "threads", None))
+    if args.verb in allocator.INFERENCE_VERBS:
+        allocator.reuse_large_blocks()
     prefix = f"hdetr {args.verb}"
 
     def fail(status: int, message: str) -> int:

@@ -16,6 +16,8 @@ PROCESS = {
     "test_bench_ablation::test_micro_ablation_writes_real_numbers_and_resumes",
     "test_bench_ablation::test_run_folder_lock_is_exclusive_across_processes",
     "test_bench_ablation::test_stopping_the_pool_stops_its_runs",
+    "test_allocator::test_policy_serves_large_blocks_from_the_heap",
+    "test_allocator::test_without_the_policy_glibc_maps_large_blocks_and_user_settings_win",
     # benchmarks/tests/test_gpu_check.py (marked in the file too)
     "test_gpu_check::test_without_cuda_it_refuses_at_once_with_one_line",
     "test_gpu_check::test_cpu_smoke_run_of_every_part",
