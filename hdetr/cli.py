@@ -121,6 +121,7 @@ def terminate_as_interrupt():
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import allocator
     from .threads import prefer_passive_waiting
 
     parser = build_parser()
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = args.debug or os.environ.get("HDETR_DEBUG", "") not in ("", "0")
     prefer_passive_waiting(getattr(args, "threads", None))
+    if args.verb in allocator.INFERENCE_VERBS:
+        allocator.reuse_large_blocks()
 
     def run() -> int:
         check_device(getattr(args, "device", None))

@@ -22,8 +22,8 @@ ROOT = REPO / "hdetr"
 # Lowest first. A module belongs to the longest prefix listed ("hdetr" alone is the package's __init__).
 LAYERS = [
     ("foundation", ["hdetr", "hdetr.errors", "hdetr.config", "hdetr.hybrid", "hdetr.graph_metadata", "hdetr.threads",
-                    "hdetr.devices", "hdetr.files", "hdetr.safe_load", "hdetr.backbones", "hdetr.run_folder",
-                    "hdetr.model_zoo"]),
+                    "hdetr.devices", "hdetr.allocator", "hdetr.files", "hdetr.safe_load", "hdetr.backbones",
+                    "hdetr.run_folder", "hdetr.model_zoo"]),
     ("data and models", ["hdetr.data", "hdetr.models"]),
     ("matching, losses, weights", ["hdetr.matcher", "hdetr.losses", "hdetr.postprocess", "hdetr.checkpoint"]),
     ("inference", ["hdetr.api", "hdetr.runtime", "hdetr.draw", "hdetr.tiling", "hdetr.video", "hdetr.outputs"]),
