@@ -308,6 +308,8 @@ def verify_onnx(path, model: nn.Module, *, postprocess: bool = False, topk: int 
     size (postprocessed graph) with absolute tolerance ``atol`` (1e-4). ``fp16``: the sorted top-k
     scores within ``atol`` (``FP16_ATOL``) and the median box difference within ``FP16_BOX_MEDIAN``,
     every output finite.
+
+    Kept whole: one comparison per input shape, eager and onnxruntime side by side on the same inputs.
     """
     atol = atol if atol is not None else (FP16_ATOL if fp16 else 1e-4)
     finite, box_medians = True, []

@@ -39,6 +39,8 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    """Kept whole: the command's refusals come first, before minutes of evaluation, then the evaluation and its
+    outputs, in the order the user sees them."""
     from ..engine.evaluate import format_metrics_table
     from ..engine.model_evaluation import evaluate_model
     from ..engine.report import REPORT_FILES, check_report_folder, per_class_text, summarize, write_report

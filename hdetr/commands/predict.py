@@ -216,6 +216,8 @@ def explain_empty(path, threshold: float, det) -> str:
 
 
 def run(args) -> int:
+    """Kept whole: one loop over the inputs that predicts, draws, records and names each failure in turn, so a
+    stop or an unreadable image leaves consistent outputs."""
     from ..api import as_uint8_image
     from ..files import atomic_write
     from ..draw import draw_prediction, save_image, to_pil

@@ -538,7 +538,10 @@ def check_image_files(c: Checking) -> None:
 
 def check_annotations(c: Checking) -> None:
     """Annotation entries: keys, types, unique ids, known image and category; each box kept, clipped or
-    dropped by ``sanitize_box``, as training will."""
+    dropped by ``sanitize_box``, as training will.
+
+    Kept whole: one pass over the annotation entries, each entry's checks in the order training reads it.
+    """
     report = c.report
     seen_ann_ids: set = set()
     no_size_reported: set = set()

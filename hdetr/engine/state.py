@@ -122,7 +122,11 @@ def export_model(out: Path, parts: RunParts) -> Path | None:
 
 def restore(out: Path, parts: RunParts, s: TrainState) -> None:
     """Load the newest complete checkpoint of ``out`` into the parts (the EMA is started afresh when the
-    checkpoint has none) and into ``s``."""
+    checkpoint has none) and into ``s``.
+
+    Kept whole: the pieces of a checkpoint are restored in the order they depend on each other (model,
+    optimizer, schedule, scaler, EMA, counters, RNG).
+    """
     cfg, info = parts.cfg, parts.info
 
     def log(msg: str) -> None:

@@ -255,6 +255,10 @@ class Trainer:
             self._save_last()
 
     def _loop(self) -> None:
+        """The epochs and their steps, evaluations, checkpoints and stops.
+
+        Kept whole: the order of step, log, evaluation, checkpoint and stop checks within an epoch is what a
+        resumed run must replay exactly."""
         p, s = self.parts, self.state
         window = LossWindow()
         run_start = time.perf_counter()
