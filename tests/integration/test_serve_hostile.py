@@ -223,3 +223,17 @@ def test_sigterm_stops_the_server_cleanly(tmp_path):
     # uvicorn finishes the requests in flight, then hands the signal on: the CLI's one line and 143.
     assert code == 143 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "hdetr serve: stopped by SIGTERM"
+
+
+def test_a_client_sending_its_headers_slowly_is_cut_off_and_others_are_served(stub):
+    with background_server(create_app(stub), header_timeout=1.0, max_connections=4) as url:
+        slow = [_raw_request(url, b"POST /predict HTTP/1.1\r\nHost: x\r\n") for _ in range(3)]
+        for s in slow:
+            s.settimeout(30)
+            assert s.recv(100) == b""  # closed by the server, with no answer
+            s.close()
+        # Requests whose headers arrive in time are not cut, on a fresh or a kept-alive connection.
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for _ in range(2):
+                assert http.post("/predict", files=upload(image_bytes())).status_code == 200
+                time.sleep(1.5)  # longer than the header deadline between two requests: still served
