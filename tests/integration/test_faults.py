@@ -11,10 +11,7 @@ write.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
-import shutil
 import signal
 import subprocess
 import sys
