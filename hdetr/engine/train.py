@@ -69,12 +69,12 @@ class Trainer:
         self.signals = guards.StopSignals()  # SIGINT/SIGTERM stop the run at the end of a step
         if resume:
             restore(self.out, p, self.state)
-        self.budget = TimeBudget(cfg, self.state.budget_elapsed) if cfg.train.time_budget else None
-        if self.budget is not None and self.state.budget_plan is not None:
-            self._use_plan(self.state.budget_plan, log=False)  # the schedule fitted before the interruption
         elif checkpoints.has_run(self.out):  # checked on every rank: a lone failing rank would hang the rest
             raise UserError(f"{self.out} already holds a training run ({LAST}); pass --resume to continue "
                             f"it or choose another --out folder")
+        self.budget = TimeBudget(cfg, self.state.budget_elapsed) if cfg.train.time_budget else None
+        if self.budget is not None and self.state.budget_plan is not None:
+            self._use_plan(self.state.budget_plan, log=False)  # the schedule fitted before the interruption
         distributed.barrier()
         self.runlog = None
         if self.is_main:
