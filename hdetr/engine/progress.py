@@ -60,7 +60,7 @@ def write_window(window: LossWindow, lr: float, elapsed: float, session_steps: i
     eta = hms(per_step * max(todo, 0))
     extra = {}
     if budget is not None:
-        eta = f"{hms(max(budget.left, 0.0))} of the {budget.clock_name} time budget"
+        eta = f"{hms(max(budget.left, 0.0))} (left of the {budget.clock_name} time budget)"
         extra = {"budget_time": round(budget.elapsed, 3)}
     runlog.write({**where, "losses": losses, "time": round(elapsed, 3), "sec_per_iter": round(seconds / n, 4),
                   "train_time": round(state.train_time, 3), "train_cpu_time": round(state.train_cpu_time, 3),
