@@ -26,9 +26,9 @@ def test_bench_speed_tiny(tmp_path, capsys):
 
 
 def test_bench_has_subcommands():
-    from hdetr.commands.bench import SUBCOMMANDS
+    from benchmarks.__main__ import SUBCOMMANDS
 
-    assert "speed" in SUBCOMMANDS
+    assert {"speed", "ablation", "compare"} <= set(SUBCOMMANDS)
 
 
 def test_bench_speed_training_steps_are_paired(tmp_path):
@@ -47,10 +47,10 @@ def test_bench_speed_training_steps_are_paired(tmp_path):
 
 
 def test_interleaved_schedule_alternates_order():
-    from benchmarks.speed import _schedule_pairs
+    from benchmarks.timing import schedule_pairs
 
     pairs = [("hybrid", "fast"), ("baseline", "fast")]
-    sched = _schedule_pairs(pairs, repeats=3, warmup=1)
+    sched = schedule_pairs(pairs, repeats=3, warmup=1)
     assert [r for r, _ in sched] == [None, 0, 1, 2]
     assert [order[0][0] for _, order in sched] == ["hybrid", "baseline", "hybrid", "baseline"]
     assert all(sorted(order) == sorted(pairs) for _, order in sched)

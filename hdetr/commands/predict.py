@@ -18,6 +18,7 @@ frame).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -253,10 +254,17 @@ def run(args) -> int:
 
     results, failed = [], []
     # One line per image as it is done (a crash or Ctrl-C keeps what was found); detections.json at the end.
-    with open(args.out / "detections.jsonl", "w") as lines:
+    journal = args.out / "detections.jsonl"
+    with open(journal, "w") as lines:
         def record(entry: dict) -> None:
-            lines.write(json.dumps(entry) + "\n")
-            lines.flush()
+            try:
+                lines.write(json.dumps(entry) + "\n")
+                lines.flush()
+            except OSError as e:  # a full disk: no half line left under the final name, and the file named
+                with contextlib.suppress(OSError):  # closing flushes the same unwritable buffer
+                    lines.close()
+                journal.unlink(missing_ok=True)
+                raise OSError(e.errno, e.strerror or str(e), str(journal)) from e
 
         def fail(image_id: int, path: Path, message: str) -> None:
             print(message)

@@ -223,7 +223,7 @@ def test_predict_cli_backends_agree(exported, tmp_path, capsys):
         drawings = sorted(p.name for p in (tmp_path / key).glob("*.png"))
         assert drawings == ["img0.png", "img1.png", "img2.png"]
         with Image.open(tmp_path / key / "img1.png") as im:
-            assert im.size == (400, 600)  # drawn twice as large: its long side is under 480 px
+            assert im.size == (200, 300)  # drawn at the input's size (--draw-min-side enlarges)
     assert found["auto"] == found["onnxruntime"]
     ref, got = found["torch"], found["onnxruntime"]
     assert len(got) == len(ref) == 3 * 20
