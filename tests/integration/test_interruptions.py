@@ -25,8 +25,10 @@ from support.paths import REPO
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
-ITERS = 24  # 6 epochs of 4 steps: the kills fall on both sides of epoch ends, and 22 kills leave steps to do
-COMMON = ["train.epochs=7", f"train.max_iters={ITERS}", "train.save_every=1", "train.eval_every=10",
+# 40 epochs of 4 steps: the kills fall on both sides of epoch ends, and after 22 kills steps are left to
+# do however fast the machine runs the launches between them (each kill costs a few steps).
+ITERS = 160
+COMMON = ["train.epochs=41", f"train.max_iters={ITERS}", "train.save_every=1", "train.eval_every=10",
           "train.lr_drop=1", "model.dropout=0.1"]
 WRITE_DELAY = "0.6"
 SEED = 20261125
@@ -108,7 +110,7 @@ def test_killed_and_stopped_runs_resume_bit_exact(synth_data, tmp_path, referenc
                     survived["tmp_left"] += tmp_now and any(out.glob(".last.pt.*.tmp"))
             elif event == "kill":
                 if _wait_for(training, proc):
-                    time.sleep(rng.uniform(0.0, 1.5))
+                    time.sleep(rng.uniform(0.0, 0.5))
                     proc.send_signal(signal.SIGKILL)
                     proc.wait(60)
                     survived["kill"] += 1
