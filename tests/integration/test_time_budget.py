@@ -35,8 +35,10 @@ def test_two_minute_budget_stops_within_ten_percent_and_keeps_its_best_model(dat
     # The run's own record of the budget's clock (CPU seconds of the process), not a wall-clock check.
     assert 0.9 * 120 <= b["elapsed"] <= 1.1 * 120, b
     # The schedule was fitted to the measured speed (12 epochs of 2 tiny steps take well under the budget)
-    # and the lr drop kept at 11/12 of it (give or take the epoch it could not move back past).
-    assert b["epochs"] > 12 and abs(b["lr_drop"] - 11 / 12 * b["epochs"]) <= 1.5, b
+    # and the lr drop kept at 11/12 of it, before the end. Give or take: the epoch it could not move back
+    # past when the steps grow slower late in the run (a shared machine), up to 5 % of the schedule.
+    assert b["epochs"] > 12 and b["lr_drop"] < b["epochs"], b
+    assert abs(b["lr_drop"] - 11 / 12 * b["epochs"]) <= max(1.5, 0.05 * b["epochs"]), b
     evals = _evals(out)
     assert len(evals) >= b["epochs"] - 1
     assert all(r["budget_time"] <= b["elapsed"] for r in evals)
