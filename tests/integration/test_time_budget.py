@@ -40,7 +40,9 @@ def test_two_minute_budget_stops_within_ten_percent_and_keeps_its_best_model(dat
     assert b["epochs"] > 12 and b["lr_drop"] < b["epochs"], b
     assert abs(b["lr_drop"] - 11 / 12 * b["epochs"]) <= max(1.5, 0.05 * b["epochs"]), b
     evals = _evals(out)
-    assert len(evals) >= b["epochs"] - 1
+    # Every epoch is evaluated; the hard stop may cut the fitted schedule short when steps grow slower after
+    # the lr drop (the last refit), by no more than the budget's 10 %.
+    assert len(evals) >= 0.9 * b["epochs"] - 1, (len(evals), b)
     assert all(r["budget_time"] <= b["elapsed"] for r in evals)
     best = max(r["eval"]["AP"] for r in evals)
     assert result.best_ap == pytest.approx(best)
