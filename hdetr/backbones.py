@@ -84,7 +84,12 @@ def resolve(ref: Builder):
     if not isinstance(ref, str):
         return ref
     module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:  # a registered entry naming a builder that is not there
+        from .errors import UserError
+
+        raise UserError(f"backbone registry: {ref!r} names no importable function ({e})") from None
 
 
 def official_backbones() -> tuple[str, ...]:

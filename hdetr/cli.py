@@ -12,7 +12,7 @@ import sys
 import threading
 from contextlib import contextmanager
 
-from . import __version__
+from . import __version__, allocator
 
 # verb -> module in hdetr.commands exposing ``add_arguments(parser)`` and ``run(args) -> int``.
 VERBS = {
@@ -121,7 +121,6 @@ def terminate_as_interrupt():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import allocator
     from .threads import prefer_passive_waiting
 
     parser = build_parser()

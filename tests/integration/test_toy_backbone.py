@@ -86,3 +86,15 @@ def test_a_builder_that_breaks_the_protocol_is_named(toy, synth_data, tmp_path, 
         del BACKBONES["broken"]
     err = capsys.readouterr().err
     assert rc != 0 and "backbone 'broken'" in err and "freeze_stem" in err and "Traceback" not in err
+
+
+def test_an_entry_naming_a_missing_builder_is_one_line(synth_data, tmp_path, capsys):
+    register_backbone(BackboneEntry("typo", "hdetr.models.backbone:build_tinyy"))
+    try:
+        rc = main(["train", "synthetic_small", *tiny_overrides(synth_data, "model.backbone=typo", "train.epochs=1"),
+                   "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"])
+    finally:
+        del BACKBONES["typo"]
+    err = capsys.readouterr().err
+    assert rc == 2 and "'hdetr.models.backbone:build_tinyy' names no importable function" in err
+    assert "Traceback" not in err
