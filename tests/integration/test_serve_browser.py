@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.process, pytest.mark.slow,
 def test_page_draws_the_detections_and_the_slider_filters_them(tmp_path):
     import torch
     from PIL import Image
+    from playwright.sync_api import expect
 
     from hdetr import Detector
     from hdetr.serve import create_app
@@ -59,7 +60,7 @@ def test_page_draws_the_detections_and_the_slider_filters_them(tmp_path):
 
         # A bad upload shows the server's message; the page and the server keep working.
         page.set_input_files("#file", str(not_image))
-        page.wait_for_function("document.getElementById('status').className === 'error'")
+        expect(page.locator("#status")).to_have_class("error")
         assert "not an image" in page.inner_text("#status") and shown_count(page) == 0
         upload_and_wait(page, image)
         assert shown_count(page) == expected and page.input_value("#threshold") == str(cut)

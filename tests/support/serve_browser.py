@@ -11,6 +11,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+# Waits go through locator expectations, never page.wait_for_function: the page's Content-Security-Policy
+# forbids eval, and wait_for_function compiles its predicate string with eval inside the page.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -42,8 +44,10 @@ def browser_page(width: int = 1200, height: int = 800):
 
 def open_page(page, url: str) -> None:
     """Load the page and wait until it has the model's information (class names, default threshold)."""
+    from playwright.sync_api import expect
+
     page.goto(url)
-    page.wait_for_function("document.getElementById('model-info').textContent.includes('classes')")
+    expect(page.locator("#model-info")).to_contain_text("classes")
 
 
 def upload_and_wait(page, image: Path) -> list[dict]:
@@ -53,7 +57,9 @@ def upload_and_wait(page, image: Path) -> list[dict]:
     with page.expect_response(lambda r: r.url.endswith("/predict")) as answer:
         page.set_input_files("#file", str(image))
     detections = answer.value.json()["detections"]
-    page.wait_for_function("document.getElementById('canvas').width > 0")
+    from playwright.sync_api import expect
+
+    expect(page.locator("#canvas")).not_to_have_attribute("width", "0")
     return detections
 
 
