@@ -13,13 +13,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# Tests run in parallel, one pytest-xdist worker per core (at most 8); --dist loadfile keeps a test file
+# on one worker, so its module fixtures (an ONNX export, a reference training run) are built once.
+# The 10 slowest tests are listed at the end, so a slow new test shows in CI's log.
+PYTEST := $(PY) -m pytest -q -n auto --maxprocesses 8 --dist loadfile --durations 10
+
 # The whole suite (what CI runs), with the default per-test timeout of pyproject.toml.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 # The edit loop: everything but the tests marked slow or process (pytest markers in the test files).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not process"
+	$(PYTEST) -m "not slow and not process"
 
 demo: $(STAMP)
 	$(VENV)/bin/hdetr demo --out runs/demo
