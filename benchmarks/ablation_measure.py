@@ -12,7 +12,7 @@ from .ablation_report import mean_std
 
 # -- inference speed and FLOPs, side by side ---------------------------------------------------------
 def load_trained(run_dir: Path, device):
-    from hdetr.checkpoint import build_detector_model, load_weights
+    from hdetr.weights import build_detector_model, load_weights
 
     loaded = load_weights(run_dir / "last.pt")  # the EMA weights when the run kept them
     return build_detector_model(loaded, device).requires_grad_(False), loaded.cfg

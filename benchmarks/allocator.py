@@ -132,7 +132,7 @@ def prepare_predict(work: Path) -> None:
     import torch
     from PIL import Image
 
-    from hdetr.checkpoint import save_model
+    from hdetr.weights import save_model
     from hdetr.config import load_config
     from hdetr.models import build_model
 

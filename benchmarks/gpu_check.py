@@ -398,7 +398,7 @@ def ensure_model_folder(ctx) -> Path:
     """A model folder of hdetr's preset with seeded random weights (written once per work folder)."""
     import torch
 
-    from hdetr.checkpoint import save_model
+    from hdetr.weights import save_model
     from hdetr.config import load_config
     from hdetr.models import build_model
 

@@ -60,7 +60,7 @@ def tiny_model(folder: Path) -> Path:
     """An untrained tiny detector saved as a model folder (no download, seconds to build)."""
     import torch
 
-    from hdetr.checkpoint import save_model
+    from hdetr.weights import save_model
     from hdetr.config import build_config
     from hdetr.models import build_model
 

@@ -1,7 +1,7 @@
 """``hdetr bench speed --official PATH``: hdetr against the official code, same inputs, interleaved.
 
 Both models get the same weights (the official model's initialisation, converted with
-``hdetr.checkpoint.convert_official_state_dict``), the same precomputed backbone features, mask and
+``hdetr.weights.convert_official_state_dict``), the same precomputed backbone features, mask and
 targets. Each repetition runs every (model, implementation) pair, the order reversing each time, so
 every ratio is taken side by side. Before timing, the first (warm-up) step of each pair checks that
 both do the same work: trainable parameter counts, loss terms (names and values), and the number of
@@ -33,7 +33,7 @@ def _targets(targets, device):
 def measure_side_by_side(args, inputs, image_size, results: dict, checks: dict, warmup: int, sync) -> dict:
     import torch
 
-    from hdetr.checkpoint import convert_official_state_dict
+    from hdetr.weights import convert_official_state_dict
     from .official import RecordingMatcher, build_official, load_official, official_train_losses
 
     device = args.device

@@ -198,10 +198,10 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = AUTO) -> Detector:
-        """Anything `hdetr.checkpoint.load_weights` reads: a model folder, a run folder, last.pt / best.pt
+        """Anything `hdetr.weights.load_weights` reads: a model folder, a run folder, last.pt / best.pt
         (their EMA weights when present), an official .pth or a model zoo name (``from_pretrained``).
         ``device``: "auto" (cuda when available), "cpu", "cuda", "cuda:N" or a ``torch.device``."""
-        from .checkpoint import build_detector_model, load_weights
+        from .weights import build_detector_model, load_weights
 
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"from_checkpoint takes a path, got {type(path).__name__}")
@@ -215,7 +215,7 @@ class Detector:
     def from_pretrained(cls, name: str, device: str | torch.device = "auto") -> Detector:
         """An official COCO detector of the model zoo by name (``hdetr models`` lists them), e.g.
         ``Detector.from_pretrained("r50_hybrid_branch_36ep")``: downloaded into the cache, checked and
-        converted on first use (``hdetr.checkpoint.zoo``)."""
+        converted on first use (``hdetr.weights.zoo``)."""
         from .model_zoo import get_entry
 
         get_entry(name)  # a clear error for a name that is not in the zoo, before anything else

@@ -370,7 +370,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, format: str = 
                       fp16: bool = False) -> ExportResult:
     """Load anything ``load_weights`` reads (model folder, run folder, .pt, official .pth) and export it
     (what ``hdetr export`` runs)."""
-    from .checkpoint import build_detector_model, load_weights
+    from .weights import build_detector_model, load_weights
 
     if format != "onnx":
         raise ExportError(f"unsupported export format {format!r}; supported: onnx")

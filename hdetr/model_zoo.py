@@ -1,6 +1,6 @@
 """The model zoo's table: every COCO detector released with the official H-Deformable-DETR implementation,
 and where its files go (torch-free, so that ``hdetr models`` answers at once; the download, the checks
-and the conversion are ``hdetr.checkpoint.zoo``).
+and the conversion are ``hdetr.weights.zoo``).
 
 Names, files and box AP (COCO val2017) are those of the official README's model zoo
 (github.com/HDETR/H-Deformable-DETR, release v0.1). ``preset`` + ``overrides`` is the hdetr config of

@@ -1,7 +1,7 @@
 """Convert a checkpoint to an hdetr model folder: hdetr convert CHECKPOINT OUT [section.key=value ...].
 
 CHECKPOINT is an official H-Deformable-DETR .pth (a dict with 'model' and usually 'args'; loaded with
-weights_only=True, so it can not run code), or anything else ``hdetr.checkpoint.load_weights`` reads
+weights_only=True, so it can not run code), or anything else ``hdetr.weights.load_weights`` reads
 (a run folder, last.pt / best.pt). Writes OUT/model.safetensors + OUT/config.yaml. Overrides supply or
 change settings, e.g. when an official checkpoint carries no 'args'.
 """
@@ -20,7 +20,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..checkpoint import load_weights, save_model
+    from ..weights import load_weights, save_model
     from ..config import ConfigError, build_config
     from ..errors import UserError
     from ..models import WeightsMismatchError, build_model_with_weights

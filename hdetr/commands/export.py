@@ -36,7 +36,7 @@ def run(args) -> int:
         import onnxscript  # noqa: F401
     except ImportError as e:
         raise UserError(f"ONNX export needs the 'export' extra: pip install 'hdetr[export]' ({e})") from None
-    from ..checkpoint import CheckpointError
+    from ..weights import CheckpointError
     from ..config import ConfigError
     from ..export import DEFAULT_OPSET, ExportError, export_checkpoint
 

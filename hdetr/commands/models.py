@@ -21,7 +21,7 @@ def run(args) -> int:
     from ..model_zoo import ZOO, cached, get_entry, zoo_home, zoo_url
 
     if args.download:
-        from ..checkpoint.zoo import model_folder  # torch: only to download and convert
+        from ..weights.zoo import model_folder  # torch: only to download and convert
 
         entries = [get_entry(name) for name in args.download]  # every name checked before any download
         for entry in entries:

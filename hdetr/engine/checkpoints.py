@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import TRAIN_FORMAT, CheckpointError, safe_torch_load
+from ..weights import TRAIN_FORMAT, CheckpointError, safe_torch_load
 from ..errors import UserError
 from ..files import atomic_write, temp_files
 from ..run_folder import BEST, LAST, PREV

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import LoadedWeights, load_weights
+from ..weights import LoadedWeights, load_weights
 from ..config import Config, parse_parts
 from ..data.categories import UNUSED_CLASS_NAME
 from ..errors import UserError, quote

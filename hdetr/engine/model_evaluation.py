@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ..checkpoint import LoadedWeights, build_detector_model, load_weights
+from ..weights import LoadedWeights, build_detector_model, load_weights
 from ..data.categories import same_categories, CategoryMap
 from ..errors import UserError
 from . import distributed

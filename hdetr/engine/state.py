@@ -13,11 +13,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoint import save_model
+from ..weights import save_model
 from ..data.categories import same_categories, CategoryMap
 from ..errors import UserError
 from . import checkpoints, distributed
-from ..checkpoint import MODEL_FORMAT
+from ..weights import MODEL_FORMAT
 from ..run_folder import MODEL_DIR
 from .checkpoints import CHECKPOINT_FORMAT, PATH_SWITCHES
 from .ema import ModelEMA

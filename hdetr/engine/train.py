@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import run_folder
-from ..checkpoint.model_folder import write_threshold
+from ..weights.model_folder import write_threshold
 from ..devices import resolve_device
 from ..files import atomic_write
 from ..config import Config

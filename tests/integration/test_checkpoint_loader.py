@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hdetr.checkpoint import load_weights
+from hdetr.weights import load_weights
 from hdetr.cli import main
 from hdetr.config import load_config
 from hdetr.engine.train import train

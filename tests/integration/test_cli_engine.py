@@ -212,7 +212,7 @@ def test_eval_refuses_a_model_with_another_class_count(trained, workspace, monke
     from dataclasses import replace
 
     import hdetr.engine.model_evaluation as model_evaluation
-    from hdetr.checkpoint import load_weights
+    from hdetr.weights import load_weights
 
     run, _ = trained
     loaded = load_weights(run / "model")

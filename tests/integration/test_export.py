@@ -22,7 +22,7 @@ pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
 from hdetr import __version__  # noqa: E402
-from hdetr.checkpoint import save_model  # noqa: E402
+from hdetr.weights import save_model  # noqa: E402
 from hdetr.cli import main as cli_main  # noqa: E402
 from hdetr.config import build_config  # noqa: E402
 from hdetr.export import export_onnx, read_metadata  # noqa: E402

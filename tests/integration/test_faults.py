@@ -159,7 +159,7 @@ def test_disk_full_gives_one_line_and_no_half_written_output(shared, tmp_path, c
 def test_disk_full_while_saving_a_model_folder_leaves_no_file(shared, tmp_path):
     from safetensors.torch import load_file
 
-    from hdetr.checkpoint import load_weights, save_model
+    from hdetr.weights import load_weights, save_model
 
     loaded = load_weights(shared["model"])
     state = load_file(str(shared["model"] / "model.safetensors"))

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hdetr.checkpoint import load_weights
+from hdetr.weights import load_weights
 from hdetr.config import ConfigError, load_config
 from hdetr.engine.init_from import build_model_for_source, init_from
 from hdetr.run_folder import INIT_REPORT as REPORT_FILE
@@ -213,7 +213,7 @@ def test_a_missing_source_stops_before_the_data_check(target_data, tmp_path, cap
 def test_init_from_bringing_the_backbone_skips_its_imagenet_download(synth_data, tmp_path, monkeypatch, capsys):
     import torchvision.models._api as torchvision_weights
 
-    from hdetr.checkpoint import save_model
+    from hdetr.weights import save_model
     from hdetr.models import backbone_weights
 
     def offline(*args, **kwargs):

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from hdetr.checkpoint import load_weights, safe_torch_load
+from hdetr.weights import load_weights, safe_torch_load
 from hdetr.config import load_config
 from hdetr.run_folder import INIT_REPORT as REPORT_FILE
 from hdetr.engine.sampling import seed_everything

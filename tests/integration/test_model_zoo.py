@@ -10,8 +10,8 @@ import socket
 import pytest
 from PIL import Image
 
-from hdetr.checkpoint.download import DownloadError, download
-from hdetr.checkpoint.zoo import model_folder
+from hdetr.weights.download import DownloadError, download
+from hdetr.weights.zoo import model_folder
 from hdetr.cli import main
 from hdetr.errors import UserError
 from support.zoo_server import ZooServer, compact_official_checkpoint

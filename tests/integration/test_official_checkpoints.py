@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from hdetr.checkpoint import (
+from hdetr.weights import (
     CheckpointError,
     convert_official_state_dict,
     load_model_files,

@@ -67,7 +67,7 @@ def test_the_cli_trains_the_toy_backbone_from_a_weights_file(toy, synth_data, tm
                "train.checkpoint_activations=[backbone]"), "--out", str(out), "--no-progress", "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
 
-    from hdetr.checkpoint import load_weights
+    from hdetr.weights import load_weights
 
     loaded = load_weights(out / "model")
     assert loaded.cfg.model.backbone == "toy"

@@ -54,7 +54,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path):
     assert "--out" in run([hdetr, "demo", "--help"], tmp_path, env)
     assert "r50_hybrid_branch_36ep" in run([hdetr, "models"], tmp_path, {**env, "HDETR_HOME": str(tmp_path / "c")})
     # The package data: every preset, the serve page's assets, the official key lists.
-    check = ("from hdetr.config import load_config, PRESET_DIR; from hdetr.checkpoint.zoo import expected_keys; "
+    check = ("from hdetr.config import load_config, PRESET_DIR; from hdetr.weights.zoo import expected_keys; "
              "from hdetr.model_zoo import ZOO; import hdetr.serve, pathlib; "
              "[load_config(p.stem) for p in PRESET_DIR.glob('[!_]*.yaml')]; "
              "[expected_keys(e) for e in ZOO.values()]; "

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from hdetr.checkpoint import (
+from hdetr.weights import (
     convert_official_state_dict,
     official_args_to_config,
     official_key_to_hdetr,

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from hdetr.checkpoint import convert_official_state_dict, official_args_to_config, rebuilt_buffer_name, safe_torch_load
+from hdetr.weights import convert_official_state_dict, official_args_to_config, rebuilt_buffer_name, safe_torch_load
 from hdetr.config import Config, build_config
 from hdetr.models.backbone import build_backbone
 from hdetr.models.position_encoding import downsample_mask

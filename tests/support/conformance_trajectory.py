@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from support.conformance import flatten_outputs
-from hdetr.checkpoint import convert_official_state_dict, official_args_to_config, official_key_to_hdetr, safe_torch_load
+from hdetr.weights import convert_official_state_dict, official_args_to_config, official_key_to_hdetr, safe_torch_load
 from hdetr.engine.optim import build_optimizer, build_scheduler
 from hdetr.engine.step import TrainStep
 from hdetr.hybrid import matching_plan

@@ -19,7 +19,7 @@ TINY_SERVE = [*TINY_MODEL, "model.num_classes=3"]
 
 def save_tiny_model(folder):
     """An untrained tiny model whose scores spread over ~0.05-0.6 (enough to filter with a threshold)."""
-    from hdetr.checkpoint import save_model
+    from hdetr.weights import save_model
     from hdetr.models import build_model
 
     torch.manual_seed(0)

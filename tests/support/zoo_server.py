@@ -1,5 +1,5 @@
 """A model zoo server on 127.0.0.1 for the tests (no network): serves files by name, honours HTTP Range,
-and can break off transfers, to test the download of official checkpoints (hdetr.checkpoint.zoo)."""
+and can break off transfers, to test the download of official checkpoints (hdetr.weights.zoo)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ LAYERS = [
                     "hdetr.devices", "hdetr.allocator", "hdetr.files", "hdetr.safe_load", "hdetr.backbones",
                     "hdetr.run_folder", "hdetr.model_zoo"]),
     ("data and models", ["hdetr.data", "hdetr.models"]),
-    ("matching, losses, weights", ["hdetr.matcher", "hdetr.losses", "hdetr.postprocess", "hdetr.checkpoint"]),
+    ("matching, losses, weights", ["hdetr.matcher", "hdetr.losses", "hdetr.postprocess", "hdetr.weights"]),
     ("inference", ["hdetr.api", "hdetr.runtime", "hdetr.draw", "hdetr.tiling", "hdetr.video", "hdetr.outputs"]),
     ("training", ["hdetr.engine"]),
     ("export, serving", ["hdetr.export", "hdetr.serve"]),
@@ -80,7 +80,7 @@ def test_the_package_imports_itself_relatively():
     ("hdetr.models.swin", "hdetr.safe_load", True),
     ("hdetr.config", "hdetr.backbones", True),
     ("hdetr.config", "hdetr.models.backbone", False),
-    ("hdetr.models.swin", "hdetr.checkpoint.load", False),
+    ("hdetr.models.swin", "hdetr.weights.load", False),
     ("hdetr.config", "hdetr.files", True),
 ])
 def test_the_table_orders_the_known_directions(importer, target, expected):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hdetr.checkpoint import CheckpointError, load_model_files, safe_torch_load, save_model
+from hdetr.weights import CheckpointError, load_model_files, safe_torch_load, save_model
 from hdetr.config import ConfigError, build_config, load_config, load_yaml, parse_overrides
 from support.paths import REPO
 

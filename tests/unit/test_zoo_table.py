@@ -1,4 +1,4 @@
-"""The model zoo's table and its official key lists (hdetr.model_zoo, hdetr.checkpoint.zoo)."""
+"""The model zoo's table and its official key lists (hdetr.model_zoo, hdetr.weights.zoo)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from hdetr.checkpoint.official import official_key_to_hdetr
-from hdetr.checkpoint.zoo import expected_keys
+from hdetr.weights.official import official_key_to_hdetr
+from hdetr.weights.zoo import expected_keys
 from hdetr.cli import main
 from hdetr.config import load_config
 from hdetr.errors import UserError

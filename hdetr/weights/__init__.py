@@ -1,4 +1,7 @@
-"""Checkpoints: one loader for everything a user can point at, and the files behind it.
+"""Model weights: one loader for everything a user can point at, and the files behind it.
+
+(A training run's own checkpoint files, ``last.pt``/``best.pt``, are written by ``hdetr.engine.checkpoints``;
+activation recomputation is ``hdetr.models.recompute``.)
 
 - ``load``: ``load_weights`` (model folder, run folder, ``last.pt``/``best.pt``, official ``.pth``);
 - ``official``: official H-Deformable-DETR key names and ``args`` -> hdetr's;
