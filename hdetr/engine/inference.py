@@ -10,7 +10,7 @@ from ..data.categories import CategoryMap
 from ..postprocess import postprocess
 from . import distributed
 from .evaluate import coco_metrics, detections_to_coco, lvis_metrics
-from .loaders import Split
+from .loaders import Split, close_loader
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -38,6 +38,9 @@ def predict_dataset(model: nn.Module, loader, category_map: CategoryMap, device:
             results = postprocess(out, sizes, topk)
             ids = [int(t["image_id"]) for t in targets]
             dets.extend(detections_to_coco(results, ids, category_map))
+    except BaseException:
+        close_loader(loader)  # now, not when the traceback is collected (see Loader.close)
+        raise
     finally:
         model.train(was_training)
     return dets

@@ -54,10 +54,31 @@ def resolve_splits(cfg: Config) -> tuple[DataSource, DataSource | None]:
     return train, None if val.single_split else val
 class Loader(DataLoader):
     """A DataLoader whose workers' errors arrive as the worker raised them: same type, the worker's own
-    message (``errors.child_error``), not "Caught X in DataLoader worker process N" and its traceback."""
+    message (``errors.child_error``), not "Caught X in DataLoader worker process N" and its traceback.
+
+    ``close()`` stops the workers of the iterations still open. A loop left by an exception keeps its
+    iterator alive in the traceback; when the garbage collector takes it later, it may close the worker
+    queues before the iterator, and torch then waits 5 s for each worker before killing it: a stall
+    in the user's Python session after the error. The loops that own a loader close it on the way out."""
 
     def __iter__(self):
-        return _Unwrapping(super().__iter__())
+        it = super().__iter__()
+        if self.num_workers > 0:
+            self._open = [*getattr(self, "_open", [])[-1:], it]  # persistent iterators come back: no growth
+        return _Unwrapping(it)
+
+    def close(self) -> None:
+        for it in getattr(self, "_open", []):
+            stop = getattr(it, "_shutdown_workers", None)
+            if stop is not None:
+                stop()  # torch's own shutdown; a no-op once the iteration has ended
+        self._open = []
+
+
+def close_loader(loader) -> None:
+    """``Loader.close`` for any loader (a plain DataLoader has no workers of ours to stop)."""
+    if isinstance(loader, Loader):
+        loader.close()
 
 
 class _Unwrapping:

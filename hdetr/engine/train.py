@@ -38,7 +38,7 @@ from .budget import PLAN_AFTER_STEPS, TimeBudget, fitted
 from .inference import evaluate
 from .init_from import save_report
 from .init_from import summary as init_summary
-from .loaders import val_spec
+from .loaders import close_loader, val_spec
 from .model_evaluation import evaluate_model
 from .progress import LossWindow, hms, say, write_window
 from .report import write_report
@@ -385,6 +385,9 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str | 
     trainer = Trainer(cfg, out_dir, resume=resume, device=device, progress=progress)
     try:
         result = trainer.run()
+    except BaseException:
+        close_loader(trainer.parts.loader)  # now, not when the traceback is collected (see Loader.close)
+        raise
     finally:
         if trainer.parts.lock is not None:
             trainer.parts.lock.release()

@@ -4,6 +4,7 @@ them: the same one-line message and exit status, no worker traceback unless --de
 from __future__ import annotations
 
 import json
+import multiprocessing
 
 import pytest
 import torch
@@ -34,8 +35,15 @@ class TwoArgs(Exception):
 
 
 def _raised(loader_type, exc):
-    with pytest.raises(BaseException) as info:
-        list(loader_type(Failing(exc), num_workers=2))
+    loader = loader_type(Failing(exc), num_workers=2)
+    it = iter(loader)
+    try:
+        with pytest.raises(BaseException) as info:
+            list(it)
+    finally:
+        # Shut the workers down now. Left to the garbage collector, the iterator may be collected after
+        # its queues, and torch then waits 5 s for each worker before killing it (10 s a test).
+        getattr(it, "_it", it)._shutdown_workers()
     return info.value
 
 
@@ -92,6 +100,17 @@ def test_eval_with_workers_gives_the_workers_error_in_one_line(shared, tmp_path,
     assert len(lines) == 1, err
     assert lines[0].startswith("hdetr eval: error: ") and img.name in lines[0], err
     assert "Traceback" not in err and "worker process" not in err
+    # The workers are gone when the error is reported, not later when the garbage collector takes the
+    # iterator (torch then waits 5 s per worker: a stall in the user's Python session).
+    assert not multiprocessing.active_children()
+
+
+def test_close_stops_the_workers_of_an_iteration_left_by_an_error():
+    loader = Loader(Failing(ValueError("plain: value")), num_workers=2)
+    with pytest.raises(ValueError):
+        list(loader)
+    loader.close()
+    assert not multiprocessing.active_children()
 
 
 @pytest.mark.slow
