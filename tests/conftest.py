@@ -17,3 +17,12 @@ def synth_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     write_synthetic_dataset(root, num_train=8, num_val=4, image_size=64, seed=0)
     return root
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests marked slow first (a stable sort: their order among themselves, and the others', is kept).
+
+    ``make test`` runs the files on parallel workers (pytest-xdist, ``--dist loadfile``), in this order:
+    when the longest files start first, the short ones fill the gaps at the end and the workers finish
+    together, instead of one worker running a long file alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

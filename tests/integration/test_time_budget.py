@@ -51,6 +51,7 @@ def test_two_minute_budget_stops_within_ten_percent_and_keeps_its_best_model(dat
     assert load_state(out / "last.pt")["budget_plan"] == {"epochs": b["epochs"], "lr_drop": b["lr_drop"]}
 
 
+@pytest.mark.slow
 def test_budget_run_resumes_with_what_is_left(data, tmp_path):
     out = tmp_path / "run"
     # 2 steps take a few CPU seconds (a step on a loaded machine up to ~4): far from the 40 s budget.
