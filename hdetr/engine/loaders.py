@@ -62,17 +62,13 @@ class Loader(DataLoader):
     in the user's Python session after the error. The loops that own a loader close it on the way out."""
 
     def __iter__(self):
-        it = super().__iter__()
-        if self.num_workers > 0:
-            self._open = [*getattr(self, "_open", [])[-1:], it]  # persistent iterators come back: no growth
-        return _Unwrapping(it)
+        self._latest = super().__iter__()  # an error always comes from the iteration in progress
+        return _Unwrapping(self._latest)
 
     def close(self) -> None:
-        for it in getattr(self, "_open", []):
-            stop = getattr(it, "_shutdown_workers", None)
-            if stop is not None:
-                stop()  # torch's own shutdown; a no-op once the iteration has ended
-        self._open = []
+        stop = getattr(getattr(self, "_latest", None), "_shutdown_workers", None)  # none without workers
+        if stop is not None:
+            stop()  # torch's own shutdown; a no-op once the iteration has ended
 
 
 def close_loader(loader) -> None:

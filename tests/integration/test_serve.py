@@ -20,7 +20,7 @@ from hdetr import Detector  # noqa: E402
 from hdetr.cli import main as cli_main  # noqa: E402
 from hdetr.serve import create_app  # noqa: E402
 from support.serve_helpers import (  # noqa: E402
-    CAT_IDS, CLASS_NAMES, StubDetector, UntiledStubDetector, flat_png, image_bytes, save_tiny_model,
+    CAT_IDS, CLASS_NAMES, StubDetector, UntiledStubDetector, held_stub, flat_png, image_bytes, save_tiny_model,
 )
 
 
@@ -195,7 +195,7 @@ def test_concurrent_requests_run_the_model_one_at_a_time():
 
 def test_a_full_queue_answers_503_at_once():
     release = threading.Event()
-    stub = StubDetector(predict=lambda image: (release.wait(10), StubDetector()._empty)[1])
+    stub = held_stub(release, 10)
     app = create_app(stub, max_waiting=1)
 
     async def scenario():

@@ -27,7 +27,7 @@ from hdetr.cli import build_parser  # noqa: E402
 from hdetr.serve import create_app  # noqa: E402
 from hdetr.serve.server import background_server  # noqa: E402
 from support.paths import REPO  # noqa: E402
-from support.serve_helpers import StubDetector, image_bytes, save_tiny_model  # noqa: E402
+from support.serve_helpers import StubDetector, held_stub, image_bytes, save_tiny_model  # noqa: E402
 
 STATIC = REPO / "hdetr" / "serve" / "static"
 
@@ -149,7 +149,7 @@ def test_a_slow_upload_times_out_and_holds_no_inference_slot(stub):
 
 def test_a_flood_beyond_the_queue_gets_503_with_retry_after():
     release = threading.Event()
-    stub = StubDetector(predict=lambda image: (release.wait(20), StubDetector()._empty)[1])
+    stub = held_stub(release, 20)
     app = create_app(stub, max_waiting=2)
 
     async def scenario():

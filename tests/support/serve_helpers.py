@@ -69,6 +69,19 @@ class StubDetector:
         return self._predict(image) if self._predict else self._empty
 
 
+def held_stub(release, timeout: float) -> StubDetector:
+    """A stub whose predict waits for ``release`` (a threading.Event; at most ``timeout`` s), so that
+    requests queue up behind the first one."""
+    stub = StubDetector()
+
+    def predict(image):
+        release.wait(timeout)
+        return stub._empty
+
+    stub._predict = predict
+    return stub
+
+
 class UntiledStubDetector(StubDetector):
     """A Detector from before tiled inference: predict(image, threshold) only."""
 
