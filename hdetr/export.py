@@ -262,38 +262,36 @@ def convert_to_fp16(src: str | Path, dst: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-# onnxscript rewrite rules that produce an invalid graph for this model (onnxscript 0.7): fusing the
-# Min/Max pairs of inverse_sigmoid's clamps into Clip leaves Clip inputs (e.g. 'sigmoid_3_min_1') that
-# no node or initializer defines once the decoder has more than 3 layers.
-_SKIPPED_REWRITE_RULES = ("FuseMinMaxToClip", "FuseMaxMinToClip")
-
-
 def optimize_onnx_program(program) -> bool:
-    """onnxscript's optimiser (constant folding, rewrites, CSE) minus the rules above, checked.
+    """Constant folding, unused-node removal, initializer deduplication and common-subexpression
+    elimination on the exported graph, checked with ``onnx.checker``.
 
-    Returns True when the optimised graph is used; if the optimiser fails or its output does not
-    pass ``onnx.checker``, the unoptimised graph is kept (onnxruntime optimises it at load anyway).
+    Not onnxscript's pattern rewriter (the rest of ``optimize_ir``): onnxruntime applies its own fusions
+    when it loads a graph, the rewriter's matching was the largest part of an export's time, and two of its
+    rules produced an invalid graph for this model (docs/export.md). Returns True when the optimised graph
+    is used; if a pass fails or its output does not pass the checker, the exporter's graph is kept.
     """
     import onnx
     import onnx_ir as ir
-    from onnxscript import optimizer, rewriter
+    import onnx_ir.passes.common as passes
+    from onnxscript.optimizer import fold_constants
 
     original_proto = ir.serde.serialize_model(program.model)
-    rules = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
+    model = program.model
     try:
-        if rules is not None:
-            rewriter._DEFAULT_REWRITE_RULES = tuple(
-                r for r in rules if getattr(r, "name", None) not in _SKIPPED_REWRITE_RULES
-            )
-        optimizer.optimize_ir(program.model)
-        onnx.checker.check_model(ir.serde.serialize_model(program.model))
+        passes.InlinePass()(model)
+        fold_constants(model, onnx_shape_inference=True)
+        for step in (passes.RemoveUnusedNodesPass(), passes.RemoveUnusedFunctionsPass(),
+                     passes.RemoveUnusedOpsetsPass(),
+                     passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+                     passes.DeduplicateInitializersPass(), passes.CommonSubexpressionEliminationPass(),
+                     passes.OutputFixPass(), passes.NameFixPass()):
+            step(model)
+        onnx.checker.check_model(ir.serde.serialize_model(model))
         return True
     except Exception:  # the optimiser is best effort: keep the graph the exporter produced
         program.model = ir.serde.deserialize_model(original_proto)
         return False
-    finally:
-        if rules is not None:
-            rewriter._DEFAULT_REWRITE_RULES = rules
 
 
 # Sizes that differ from EXAMPLE_SHAPE in batch, height, width and aspect ratio.

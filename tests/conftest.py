@@ -8,6 +8,8 @@ their helpers from the ``support`` package (tests/support), never from a sibling
 
 import pytest
 
+from support.worker_threads import worker_threads  # noqa: F401  (autouse: each worker's share of the cores)
+
 
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory):

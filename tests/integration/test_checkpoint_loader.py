@@ -48,16 +48,43 @@ def test_a_run_folder_without_model_folder_falls_back_to_its_checkpoints(run_dir
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("what", ["best.pt", "run folder"])
-def test_export_from_best_pt_and_from_a_run_folder(run_dir, tmp_path, what, capsys):
+def test_export_from_a_run_folder(run_dir, tmp_path):
+    """One real export (the graph's metadata); the other forms reach the same exporter call, below."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     from hdetr.export import read_metadata
 
-    src = run_dir / "best.pt" if what == "best.pt" else run_dir
     out = tmp_path / "model.onnx"
-    assert main(["export", str(src), str(out), "--no-verify"]) == 0
+    assert main(["export", str(run_dir), str(out), "--no-verify"]) == 0
     meta = read_metadata(out)
     assert meta["class_names"] == ["circle", "square", "triangle", "cross"]
     assert meta["category_map"]["names"] == meta["class_names"]
     assert meta["config"]["model"]["num_classes"] == 4
+
+
+def test_export_hands_the_exporter_the_same_model_from_every_form(run_dir, tmp_path, monkeypatch):
+    """``hdetr export`` of best.pt, last.pt, the model folder or its weights file: the exporter gets the
+    evaluated (EMA) weights, the class names and the category map each time (the export itself, the
+    same call, costs tens of CPU-seconds: it is run for real once, above)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    import hdetr.export as export_module
+
+    ema = load_state(run_dir / "last.pt")["ema"]["module"]
+    calls = []
+
+    def fake_export(model, path, **kwargs):
+        calls.append((model.state_dict(), kwargs))
+        return export_module.ExportResult(path, 0.0, kwargs["opset"], kwargs["postprocess"], 0)
+
+    monkeypatch.setattr(export_module, "export_onnx", fake_export)
+    forms = [run_dir / "best.pt", run_dir / "last.pt", run_dir / "model", run_dir / "model" / "model.safetensors"]
+    for n, src in enumerate(forms):
+        assert main(["export", str(src), str(tmp_path / f"m{n}.onnx"), "--no-verify"]) == 0
+    assert len(calls) == len(forms)
+    for (state, kwargs), src in zip(calls, forms):
+        assert kwargs["class_names"] == ["circle", "square", "triangle", "cross"], src
+        assert kwargs["category_map"]["names"] == kwargs["class_names"], src
+        assert kwargs["config"].model.num_classes == 4, src
+        for k in ema:
+            assert torch.equal(state[k], ema[k]), (src, k)

@@ -82,7 +82,6 @@ def make_batch(sizes, seed):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    torch.set_num_threads(2)
     torch.manual_seed(0)
     cfg = small_config()
     model = build_model(cfg).eval()

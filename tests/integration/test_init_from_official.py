@@ -26,7 +26,6 @@ PRIOR_BIAS = torch.tensor(-math.log((1 - 0.01) / 0.01), dtype=torch.float32).ite
 
 @pytest.mark.slow
 def test_official_r50_hybrid_initialises_a_3_class_model_with_100_plus_300_queries(synth_data, tmp_path):
-    torch.set_num_threads(2)
     spec = json.loads((KEYS / "checkpoint_keys_r50_hybrid_headline.json").read_text())
     official = tmp_path / "official.pth"
     fake_official_checkpoint(official, spec)

@@ -74,7 +74,6 @@ def test_convert_full_size_r50_hybrid_then_train_step_on_800x1066(tmp_path):
     from hdetr.hybrid import matching_plan
     from hdetr.losses import SetCriterion
 
-    torch.set_num_threads(2)
     model.train()
     images = torch.randn(1, 3, 800, 1066)
     mask = torch.zeros(1, 800, 1066, dtype=torch.bool)
@@ -104,7 +103,6 @@ def test_convert_full_size_swin_tiny_then_forward_on_800x1066(tmp_path):
                                raw["backbone.0.body.layers.0.downsample.reduction.weight"])
     torch.testing.assert_close(ours["backbone.norms.2.weight"], raw["backbone.0.body.norm3.weight"])
 
-    torch.set_num_threads(2)
     model.eval()
     images = torch.randn(1, 3, 800, 1066)
     with torch.no_grad():
