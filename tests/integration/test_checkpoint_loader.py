@@ -47,25 +47,11 @@ def test_a_run_folder_without_model_folder_falls_back_to_its_checkpoints(run_dir
         load_weights(empty)
 
 
-@pytest.mark.slow
-def test_export_from_a_run_folder(run_dir, tmp_path):
-    """One real export (the graph's metadata); the other forms reach the same exporter call, below."""
-    pytest.importorskip("onnx")
-    pytest.importorskip("onnxscript")
-    from hdetr.export import read_metadata
-
-    out = tmp_path / "model.onnx"
-    assert main(["export", str(run_dir), str(out), "--no-verify"]) == 0
-    meta = read_metadata(out)
-    assert meta["class_names"] == ["circle", "square", "triangle", "cross"]
-    assert meta["category_map"]["names"] == meta["class_names"]
-    assert meta["config"]["model"]["num_classes"] == 4
-
-
 def test_export_hands_the_exporter_the_same_model_from_every_form(run_dir, tmp_path, monkeypatch):
-    """``hdetr export`` of best.pt, last.pt, the model folder or its weights file: the exporter gets the
-    evaluated (EMA) weights, the class names and the category map each time (the export itself, the
-    same call, costs tens of CPU-seconds: it is run for real once, above)."""
+    """``hdetr export`` of a run folder, best.pt, last.pt, the model folder or its weights file: the exporter
+    gets the evaluated (EMA) weights, the class names and the category map each time. What the exporter
+    makes of them (graph, metadata) is tested in test_export.py, on a model folder; an export costs tens
+    of CPU-seconds, so it is not repeated here for every form."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     import hdetr.export as export_module
@@ -78,7 +64,7 @@ def test_export_hands_the_exporter_the_same_model_from_every_form(run_dir, tmp_p
         return export_module.ExportResult(path, 0.0, kwargs["opset"], kwargs["postprocess"], 0)
 
     monkeypatch.setattr(export_module, "export_onnx", fake_export)
-    forms = [run_dir / "best.pt", run_dir / "last.pt", run_dir / "model", run_dir / "model" / "model.safetensors"]
+    forms = [run_dir, run_dir / "best.pt", run_dir / "last.pt", run_dir / "model", run_dir / "model" / "model.safetensors"]
     for n, src in enumerate(forms):
         assert main(["export", str(src), str(tmp_path / f"m{n}.onnx"), "--no-verify"]) == 0
     assert len(calls) == len(forms)

@@ -57,6 +57,7 @@ def test_every_verb_help_is_torch_free():
     assert set(VERBS) >= {"train", "eval", "predict", "bench", "convert", "demo"}
 
 
+@pytest.mark.slow
 def test_bench_hands_its_arguments_and_help_to_the_benchmark_tooling(capfd):
     # `hdetr bench` is a thin entry point: the benchmarks' own parser answers, from this clone.
     assert main(["bench", "speed", "--help"]) == 0

@@ -39,6 +39,7 @@ class ScriptedEval:
         return {"AP": ap, "AP50": ap50, "AP75": 0.0}
 
 
+@pytest.mark.slow
 def test_early_stop_at_the_expected_evaluation_and_resume_does_not_restart(data, tmp_path, monkeypatch, capsys):
     # AP50 best at the 2nd evaluation, then 2 without improvement: with patience 2 the run ends after the
     # 4th epoch of 8. AP alone (falling from the start) would have stopped it after the 3rd.

@@ -167,6 +167,7 @@ def test_the_same_spec_errors_in_every_verb(tmp_path, capsys, coco_run):
     assert "YOLO" in messages["check-data"] and "IMAGES_DIR:ANNOTATIONS.json" in messages["check-data"]
 
 
+@pytest.mark.slow
 def test_the_same_spec_works_in_every_verb(layouts, coco_run, tmp_path, capsys):
     """The pair with a ':' inside the images path, and a data.yaml: check-data, train, eval all take them."""
     import shutil

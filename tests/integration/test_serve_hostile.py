@@ -207,6 +207,7 @@ def test_the_server_listens_on_loopback_by_default():
     assert args.host == "127.0.0.1" and args.cors == []
 
 
+@pytest.mark.slow
 @pytest.mark.process
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigterm_stops_the_server_cleanly(tmp_path):
