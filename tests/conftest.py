@@ -8,6 +8,7 @@ their helpers from the ``support`` package (tests/support), never from a sibling
 
 import pytest
 
+from support.file_order import order_files, read_durations, recorder_from_env
 from support.worker_threads import worker_threads  # noqa: F401  (autouse: each worker's share of the cores)
 
 
@@ -21,10 +22,12 @@ def synth_data(tmp_path_factory):
     return root
 
 
-def pytest_collection_modifyitems(session, config, items):
-    """Tests marked slow first (a stable sort: their order among themselves, and the others', is kept).
+def pytest_configure(config):
+    recorder = recorder_from_env(config)
+    if recorder is not None:
+        config.pluginmanager.register(recorder, "hdetr-test-durations")
 
-    ``make test`` runs the files on parallel workers (pytest-xdist, ``--dist loadfile``), in this order:
-    when the longest files start first, the short ones fill the gaps at the end and the workers finish
-    together, instead of one worker running a long file alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+def pytest_collection_modifyitems(session, config, items):
+    """The longest test files first (tests/durations.json; support/file_order.py says why)."""
+    order_files(items, read_durations())

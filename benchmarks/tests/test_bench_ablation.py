@@ -150,11 +150,13 @@ def test_stopping_the_pool_stops_its_runs(tmp_path):
     import sys
     import time
 
-    from support.paths import TESTS
+    from support.paths import REPO, TESTS
 
+    # The helper imports `support` (tests/) and `benchmarks` (the repository root), whatever PYTHONPATH holds.
+    path = os.pathsep.join(filter(None, [str(TESTS), str(REPO), os.environ.get("PYTHONPATH")]))
     proc = subprocess.Popen([sys.executable, str(TESTS / "support" / "pool_children.py"), str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])})
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": path})
     pid_files = [tmp_path / f"run{i}" / "pid" for i in range(2)]
     deadline = time.time() + 300
     while not all(p.exists() and p.read_text() for p in pid_files):

@@ -84,6 +84,19 @@ def shared(tmp_path_factory):
     return corpus.make_shared(tmp_path_factory.mktemp("faults"))
 
 
+@pytest.fixture(scope="module")
+def small_export_model(tmp_path_factory) -> Path:
+    """A model folder for the export cases, untrained: one feature level and one decoder layer (what is
+    tested is the write of the graph, and tracing this model costs half the CPU time of the trained one's)."""
+    from hdetr.config import load_config
+    from hdetr.models import build_model
+    from hdetr.weights import save_model
+
+    cfg = load_config("synthetic_small", [*TINY_MODEL, "model.dec_layers=1", "model.num_feature_levels=1"])
+    torch.manual_seed(0)
+    return save_model(tmp_path_factory.mktemp("export_model") / "model", cfg, build_model(cfg).state_dict())
+
+
 def _official_pth(shared, folder: Path) -> Path:
     from safetensors.torch import load_file
 
@@ -125,7 +138,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_last_one_and_resume_works_after
         assert load_state(run / "last.pt")["step"] == 4
 
 
-def _disk_full_cases(shared, inputs: Path, out: Path) -> dict:
+def _disk_full_cases(shared, inputs: Path, out: Path, export_model: Path) -> dict:
     images = _images(inputs / "photos", 3)
     return {
         "eval-report": ["eval", shared["model"], shared["dataset"], "--out", out / "report", "--device", "cpu",
@@ -133,19 +146,19 @@ def _disk_full_cases(shared, inputs: Path, out: Path) -> dict:
         "eval-json": ["eval", shared["model"], shared["dataset"], "--out", out / "metrics.json", "--device", "cpu",
                       "--workers", "0", "--no-progress"],
         "predict": ["predict", shared["model"], images, "--out", out / "pred", "--no-progress"],
-        "export": ["export", shared["model"], out / "model.onnx", "--no-verify"],
+        "export": ["export", export_model, out / "model.onnx", "--no-verify"],
     }
 
 
 @needs_root
 @pytest.mark.parametrize("verb", ["eval-report", "eval-json", "predict", "export"])
-def test_disk_full_gives_one_line_and_no_half_written_output(shared, tmp_path, capsys, verb):
+def test_disk_full_gives_one_line_and_no_half_written_output(shared, small_export_model, tmp_path, capsys, verb):
     if verb == "export":
         pytest.importorskip("onnxscript")
     inputs = tmp_path / "in"
     inputs.mkdir()
     with tmpfs(tmp_path / "disk", "16m") as disk:
-        argv = [str(a) for a in _disk_full_cases(shared, inputs, disk)[verb]]
+        argv = [str(a) for a in _disk_full_cases(shared, inputs, disk, small_export_model)[verb]]
         fill(disk)
         capsys.readouterr()
         code = main(argv)
@@ -243,7 +256,7 @@ def _terminated_mid_write(argv: list[str], cwd: Path) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("verb", ["eval", "predict", "export"])
-def test_sigterm_during_a_write_stops_cleanly_and_leaves_no_half_file(shared, tmp_path, verb):
+def test_sigterm_during_a_write_stops_cleanly_and_leaves_no_half_file(shared, small_export_model, tmp_path, verb):
     if verb == "export":
         pytest.importorskip("onnxscript")
     out = tmp_path / "out"
@@ -251,7 +264,7 @@ def test_sigterm_during_a_write_stops_cleanly_and_leaves_no_half_file(shared, tm
         "eval": ["eval", shared["model"], shared["dataset"], "--out", out / "metrics.json", "--device", "cpu",
                  "--workers", "0", "--no-progress"],
         "predict": ["predict", shared["model"], _images(tmp_path / "photos", 4), "--out", out, "--no-progress"],
-        "export": ["export", shared["model"], out / "model.onnx", "--no-verify"],
+        "export": ["export", small_export_model, out / "model.onnx", "--no-verify"],
     }[verb]
     code, target, err = _terminated_mid_write(argv, tmp_path)
     assert code == 143, err
