@@ -13,12 +13,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Tests run in parallel on pytest-xdist workers, one per core (at most 8); torch gets each worker's share
-# of the cores (tests/support/worker_threads.py). --dist loadfile keeps a test file on one worker, so its module
+# Tests run in parallel on pytest-xdist workers, one per core plus one (at most 9) to use the cores while a
+# test waits on a child process or a server; torch gets each worker's share of the cores
+# (tests/support/worker_threads.py). --dist loadfile keeps a test file on one worker, so its module
 # fixtures (an ONNX export, a reference training run) are built once; --no-loadscope-reorder keeps the
 # order of tests/durations.json, the longest files first (tests/support/file_order.py), instead of
 # xdist's order by test count. The 10 slowest tests are listed at the end, so a slow new test shows in CI's log.
-WORKERS = $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 8 ] && n=8; echo $$n)
+WORKERS = $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 8 ] && n=8; echo $$((n + 1)))
 PYTEST = $(PY) -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder --durations 10
 
 # The whole suite (what CI runs), with the default per-test timeout of pyproject.toml.
