@@ -46,7 +46,8 @@ def order_files(items: list, durations: dict[str, float]) -> None:
 
 class DurationRecorder:
     """Sums setup, call and teardown time per file (in the process that receives every report: the
-    controller under xdist) and writes them, longest first, at the end of the session."""
+    controller under xdist) and writes them, longest first, at the end of the session. Files this
+    session did not run keep their recorded time, so a partial run does not drop the others."""
 
     def __init__(self, path: str):
         self.path = Path(path)
@@ -56,7 +57,8 @@ class DurationRecorder:
         self.seconds[file_of(report.nodeid)] += report.duration
 
     def pytest_sessionfinish(self, session) -> None:
-        ordered = dict(sorted(((f, round(s, 1)) for f, s in self.seconds.items()), key=lambda kv: -kv[1]))
+        merged = {**read_durations(self.path), **{f: round(s, 1) for f, s in self.seconds.items()}}
+        ordered = dict(sorted(merged.items(), key=lambda kv: -kv[1]))
         self.path.write_text(json.dumps(ordered, indent=1) + "\n")
 
 

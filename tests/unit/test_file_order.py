@@ -1,5 +1,6 @@
 """The suite's file order (support/file_order.py): longest recorded file first, a file's tests together
-and in their order, a new file with a slow test ahead of the unrecorded rest; the recorder's sums."""
+and in their order, a new file with a slow test ahead of the unrecorded rest; the recorder's sums, kept
+for the files a partial run did not run."""
 
 from __future__ import annotations
 
@@ -33,5 +34,9 @@ def test_recorder_sums_setup_call_and_teardown_per_file(tmp_path):
     rec.pytest_sessionfinish(None)
     assert list(json.loads(out.read_text()).items()) == [("y.py", 9.0), ("x.py", 3.8)]
     assert read_durations(out) == {"y.py": 9.0, "x.py": 3.8}
+    again = DurationRecorder(str(out))  # a partial run: x.py only
+    again.pytest_runtest_logreport(SimpleNamespace(nodeid="x.py::a", duration=20.0))
+    again.pytest_sessionfinish(None)
+    assert read_durations(out) == {"x.py": 20.0, "y.py": 9.0}
     out.write_text("not json")
     assert read_durations(out) == {}  # a damaged record only loses the order
