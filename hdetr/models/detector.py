@@ -65,7 +65,11 @@ class HDETR(nn.Module):
         spec = self.backbone.spec
         d = cfg.hidden_dim
         self.position_encoding = SinePositionEncoding(d // 2)
-        projections = [InputProjection(c, d) for c in spec.channels[: cfg.num_feature_levels]]
+        # The deepest maps feed the encoder, as in the official code: one level is the stride-32 map (C5),
+        # three or more are all of them plus stride-2 convs. Every backbone stage then reaches the loss, which
+        # DistributedDataParallel requires (an unused stage stops it at the second step).
+        self.backbone_levels = min(cfg.num_feature_levels, len(spec.channels))
+        projections = [InputProjection(c, d) for c in spec.channels[len(spec.channels) - self.backbone_levels:]]
         in_ch = spec.channels[-1]
         for _ in range(cfg.num_feature_levels - len(projections)):
             projections.append(InputProjection(in_ch, d, kernel_size=3, stride=2))
@@ -137,14 +141,14 @@ class HDETR(nn.Module):
         if features is None:
             features = self.backbone(images)
         srcs, masks, pos = [], [], []
-        for level, feat in enumerate(features[: len(self.input_projections)]):
+        for level, feat in enumerate(features[len(features) - self.backbone_levels:]):
             m = downsample_mask(mask, feat.shape[-2:])
             srcs.append(self.input_projections[level](feat))
             masks.append(m)
             pos.append(self.position_encoding(m).to(feat.dtype))
         for level in range(len(srcs), len(self.input_projections)):
             # Extra coarser levels: stride-2 convs on the last backbone map, then on each other.
-            src = self.input_projections[level](features[-1] if level == len(features) else srcs[-1])
+            src = self.input_projections[level](features[-1] if level == self.backbone_levels else srcs[-1])
             m = downsample_mask(mask, src.shape[-2:])
             srcs.append(src)
             masks.append(m)

@@ -20,6 +20,8 @@ VARIANTS = {
     "two_stage_no_refine": ["model.with_box_refine=false", "model.look_forward_twice=false"],
     "six_layers_epoch": ["model.dec_layers=6", "hybrid.scheme=epoch"],
     "layer_scheme": ["hybrid.scheme=layer", "hybrid.one2many_layers=1"],
+    "one_level": ["model.num_feature_levels=1", "model.two_stage=false", "model.mixed_selection=false"],
+    "two_levels": ["model.num_feature_levels=2", "model.two_stage=false", "model.mixed_selection=false"],
     "three_levels": ["model.num_feature_levels=3"],
     "five_levels": ["model.num_feature_levels=5"],
 }
@@ -45,6 +47,24 @@ def test_variant_trains_and_predicts(name):
         dets = postprocess(model(None, mask, features=feats), torch.tensor([[64, 80], [48, 64]]), cfg.model.topk)
     assert len(dets) == 2 and dets[0]["boxes"].shape == (cfg.model.topk, 4)
     assert ("enc_outputs" in out) == cfg.model.two_stage
+
+
+@pytest.mark.parametrize("levels", [1, 2, 4])
+def test_every_backbone_stage_reaches_the_loss(levels):
+    # Through the real backbone: a stage whose map no level uses would get no gradient, and
+    # DistributedDataParallel stops such a model at its second step.
+    cfg = tiny_config("model.backbone=tiny", f"model.num_feature_levels={levels}")
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    _, mask, targets = tiny_batch(sizes=((192, 256), (160, 192)))  # two-stage needs 36 tokens at stride 32
+    images = torch.randn(mask.shape[0], 3, *mask.shape[1:])
+    crit = SetCriterion(cfg.model.num_classes, cfg.loss)
+    crit.total(crit(model(images, mask), targets, matching_plan(cfg, 0))).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    # The deepest maps are the ones used (the official code's single-scale model reads C5).
+    channels = model.backbone.spec.channels
+    used = [p.conv.in_channels for p in model.input_projections[: min(levels, len(channels))]]
+    assert used == list(channels[len(channels) - len(used):])
 
 
 def test_shared_heads_without_box_refinement_are_one_module():
