@@ -7,9 +7,11 @@ one line with the exit status of the ``hdetr`` verbs (hdetr.cli.guarded).
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from hdetr.cli import EXIT_HELP, guarded
 
@@ -29,25 +31,42 @@ DESCRIPTION = ("Benchmarks of this machine, of your data and of the hybrid schem
                "are in docs/benchmarks.md). `hdetr bench NAME --help` explains one.")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def summary(module_name: str) -> str:
+    """A benchmark module's docstring, read from its source: listing the benchmarks imports none of them
+    (each imports torch and hdetr's training code, seconds of start-up for `--help`)."""
+    source = Path(__file__).with_name(f"{module_name}.py").read_text(encoding="utf-8")
+    return (ast.get_docstring(ast.parse(source)) or module_name).strip()
+
+
+def chosen(argv: list[str]) -> str | None:
+    """The benchmark named on the command line (the first argument that is not an option)."""
+    name = next((a for a in argv if not a.startswith("-")), None)
+    return name if name in SUBCOMMANDS else None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, with the options of the chosen benchmark only (the others are listed by name)."""
     parser = argparse.ArgumentParser(prog="hdetr bench", description=DESCRIPTION, epilog=EXIT_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="print the traceback of any error (also: HDETR_DEBUG=1)")
     sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
-    for name, module_name in SUBCOMMANDS.items():
-        module = importlib.import_module(f"benchmarks.{module_name}")
-        doc = (module.__doc__ or name).strip()
-        sp = sub.add_parser(name, help=doc.splitlines()[0], description=doc,
+    name = chosen(argv or [])
+    for each, module_name in SUBCOMMANDS.items():
+        doc = summary(module_name)
+        sp = sub.add_parser(each, help=doc.splitlines()[0], description=doc,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(sp)
-        sp.set_defaults(_run=module.run)
+        if argv is None or each == name:
+            module = importlib.import_module(f"benchmarks.{module_name}")
+            module.add_arguments(sp)
+            sp.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("HDETR_DEBUG", "") not in ("", "0")
-    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    argv = [a for a in argv if a != "--debug"]
+    args = build_parser(argv).parse_args(argv)
     return guarded(f"hdetr bench {args.bench}", lambda: args._run(args), debug)
 
 

@@ -57,6 +57,14 @@ def test_every_verb_help_is_torch_free():
     assert set(VERBS) >= {"train", "eval", "predict", "bench", "convert", "demo"}
 
 
+def test_listing_the_benchmarks_imports_none_of_them():
+    # `hdetr bench --help` reads the benchmarks' docstrings from their sources; choosing one imports it alone.
+    assert heavy_after("from benchmarks.__main__ import build_parser; build_parser(['--help'])") == "[]"
+    others = heavy_after("from benchmarks.__main__ import SUBCOMMANDS, build_parser; import sys; build_parser(['speed']); "
+                         "print([m for m in SUBCOMMANDS.values() if 'benchmarks.' + m in sys.modules])")
+    assert others.splitlines()[0] == "['speed']"
+
+
 @pytest.mark.slow
 def test_bench_hands_its_arguments_and_help_to_the_benchmark_tooling(capfd):
     # `hdetr bench` is a thin entry point: the benchmarks' own parser answers, from this clone.
