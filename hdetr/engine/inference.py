@@ -47,11 +47,18 @@ def predict_dataset(model: nn.Module, loader, category_map: CategoryMap, device:
 
 
 def gather_detections(model: nn.Module, loader, category_map: CategoryMap, device: torch.device, topk: int,
-                      amp: str = "none", progress: bool | None = None) -> list[dict] | None:
-    """Every rank runs its share of the images; rank 0 gets all COCO result dicts (the others None)."""
+                      amp: str = "none", progress: bool | None = None,
+                      info: distributed.DistInfo | None = None) -> list[dict] | None:
+    """Every rank runs its share of the images; rank 0 gets all COCO result dicts (the others None).
+    ``info``: the processes that share the loader's images, when not all of the process group (the
+    report rank 0 writes alone after a torchrun training: the other ranks have left, and a collective
+    call would wait for them)."""
+    info = distributed.current() if info is None else info
     dets = predict_dataset(model, loader, category_map, device, topk, amp, progress)
+    if not info.enabled:
+        return dets
     gathered = distributed.gather_objects(dets)
-    if not distributed.current().is_main:
+    if not info.is_main:
         return None
     return [d for part in gathered for d in part]
 

@@ -120,7 +120,7 @@ def evaluate_model(checkpoint: str | Path, data: str, split: str = "val", *, dev
         else:
             model = build_detector_model(loaded, dev)
             loader = eval_loader(data_split.dataset, batch_size, workers, info)
-            dets = gather_detections(model, loader, cmap, dev, loaded.cfg.model.topk, progress=progress)
+            dets = gather_detections(model, loader, cmap, dev, loaded.cfg.model.topk, progress=progress, info=info)
     finally:
         if not single_process:
             distributed.cleanup()

@@ -8,6 +8,7 @@ import torch.multiprocessing as mp
 
 from hdetr.config import load_config
 from hdetr.engine.train import train
+from support import layout_builders as lb
 from support.engine_helpers import ddp_worker, free_port, load_state, tiny_overrides
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
@@ -55,6 +56,21 @@ def test_two_process_ddp_matches_single_process(synth_data, tmp_path):
     for name in a["model"]:
         if name not in names:  # frozen weights and buffers
             assert torch.equal(a["model"][name], b["model"][name]), name
+
+
+def test_ddp_run_with_one_feature_level_evaluates_and_writes_its_report(tmp_path):
+    # A whole torchrun-style run to its end: the evaluation shared by the ranks, then the report of the
+    # best model, which rank 0 writes alone after the other rank has left (no collective call may wait
+    # for it), and a model whose every backbone stage trains (one feature level reads the stride-32 map:
+    # an unused stage would stop DDP at its second step).
+    data = lb.write_folder_splits(tmp_path / "ds")  # 4 training images: 2 steps of 1 image per rank
+    out = tmp_path / "ddp"
+    overrides = tiny_overrides(data, "train.epochs=1", "train.batch_size=1", "model.num_feature_levels=1",
+                               "model.two_stage=false", "model.mixed_selection=false")
+    mp.spawn(ddp_worker, args=(2, free_port(), overrides, str(out)), nprocs=2, join=True)
+    state = load_state(out / "last.pt")
+    assert state["world_size"] == 2 and state["step"] == 2 and state["best_ap"] is not None
+    assert (out / "report" / "report.json").is_file() and (out / "model" / "threshold.json").is_file()
 
 
 def _trainable(state, run_dir):
