@@ -42,6 +42,9 @@ from hdetr.errors import UserError
 from hdetr.files import atomic_write
 
 HDETR_ARMS = {"baseline": "none", "branch": "branch", "epoch": "epoch", "layer": "layer"}
+# What each arm is, in the tables (hybrid.scheme=none is hdetr's one-to-one baseline).
+DETECTORS = {"baseline": "hdetr one-to-one", "branch": "hdetr hybrid branch", "epoch": "hdetr hybrid epoch",
+             "layer": "hdetr hybrid layer", "fcos": "torchvision FCOS, EfficientNet-Lite0 + FPN"}
 CLASSIC_ARMS = ("fcos",)
 ARMS = (*HDETR_ARMS, *CLASSIC_ARMS)
 DEFAULT_ARMS = "baseline,branch,fcos"
@@ -141,7 +144,7 @@ def run_hdetr(cfg, arm: str, seed: int, folder: Path, log) -> dict:
     result = train(cfg, folder, resume=resume, device="cpu", progress=False)
     curve = [{"cpu_s": r["budget_time"], "AP": r["eval"]["AP"], "AP50": r["eval"]["AP50"], "epoch": r["epoch"] + 1,
               "step": r["step"]} for r in read_records(folder / "metrics.jsonl") if "eval" in r and "budget_time" in r]
-    return {"arm": arm, "seed": seed, "detector": f"hdetr ({HDETR_ARMS[arm]})", "curve": curve,
+    return {"arm": arm, "seed": seed, "detector": DETECTORS[arm], "curve": curve,
             "cpu_seconds": result.budget["elapsed"], "wall_seconds_last_session": round(time.perf_counter() - wall, 1),
             "steps": result.steps, "epochs": result.budget["epochs"], "lr_drop": result.budget["lr_drop"]}
 
@@ -152,7 +155,7 @@ def run_fcos(cfg, seed: int, log) -> dict:
     train_split = load_split(cfg.data.train, "train", cfg, train=True)
     val_split = load_split(val_spec(cfg), "val", cfg, train=False, category_map=train_split.dataset.category_map)
     res = train_fcos(cfg, train_split, val_split, parse_duration(cfg.train.time_budget), seed, log=log)
-    return {"arm": "fcos", "seed": seed, "detector": "torchvision FCOS, EfficientNet-Lite0 + FPN",
+    return {"arm": "fcos", "seed": seed, "detector": DETECTORS["fcos"],
             "curve": res.curve, "cpu_seconds": round(res.cpu_seconds, 2),
             "wall_seconds_last_session": round(res.wall_seconds, 1), "steps": res.steps, "epochs": res.epochs}
 
@@ -181,6 +184,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def summarise(runs: list[dict], budget: float) -> dict:
     arms: dict[str, dict] = {}
     for r in runs:
+        r = {**r, "detector": DETECTORS.get(r["arm"], r["detector"])}  # runs finished before a label changed
         arms.setdefault(r["arm"], {"detector": r["detector"], "runs": []})["runs"].append(r)
     for a in arms.values():
         for key in ("AP", "AP50", "best_AP50"):

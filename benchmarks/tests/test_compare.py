@@ -39,8 +39,8 @@ def test_tiny_comparison_writes_real_results_and_skips_finished_arms(data, tmp_p
         assert arm["AP50"] == curve[-1]["AP50"] and arm["best_AP50"] == max(c["AP50"] for c in curve)
         assert 0 < curve[-1]["cpu_s"] <= run["cpu_seconds"] and run["steps"] > 0, name
         assert run["cpu_seconds"] <= BUDGET_S * 1.5, name
-    assert report["arms"]["baseline"]["detector"] == "hdetr (none)"
-    assert report["arms"]["branch"]["detector"] == "hdetr (branch)"
+    assert report["arms"]["baseline"]["detector"] == "hdetr one-to-one"
+    assert report["arms"]["branch"]["detector"] == "hdetr hybrid branch"
     assert [r["comparison"] for r in report["verdict"]][0] == "hybrid branch vs one-to-one baseline"
     assert report["verdict"][1]["b"] == "fcos"
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
