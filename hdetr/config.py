@@ -125,6 +125,7 @@ class TrainConfig:
     amp: str = "none"  # none | bf16 | fp16 (CUDA only)
     ema: bool = False
     ema_decay: float = 0.9997
+    ema_warmup: int = 2000  # the EMA's decay ramps up over about this many steps (short runs want fewer)
     eval_every: int = 1  # epochs
     log_every: int = 20  # iterations
     max_iters: int = 0  # stop after this many iterations (optimizer steps; 0: no limit); for smoke runs
@@ -446,6 +447,7 @@ def validate(cfg: Config) -> None:
     need(not bad, f"train.checkpoint_activations: unknown part(s) {', '.join(map(repr, bad))}; "
                   f"choose from {', '.join(CHECKPOINT_PARTS)}")
     need(0.0 < t.ema_decay < 1.0, f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
+    need(t.ema_warmup >= 1, f"train.ema_warmup must be >= 1, got {t.ema_warmup}")
     need(t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}")
     need(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
     need(t.max_iters >= 0, f"train.max_iters must be >= 0, got {t.max_iters}")

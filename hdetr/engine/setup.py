@@ -152,7 +152,7 @@ def build_run(cfg: Config, out: Path, resume: bool, device: str | None) -> RunPa
     scheduler = build_scheduler(optimizer, t)
     amp = amp_mode(cfg, dev)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
-    ema = ModelEMA(model, t.ema_decay) if t.ema else None
+    ema = ModelEMA(model, t.ema_decay, t.ema_warmup) if t.ema else None
     ddp = model
     if info.enabled:
         ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)

@@ -151,7 +151,7 @@ def restore(out: Path, parts: RunParts, s: TrainState) -> None:
     if parts.ema is not None:
         if ckpt.get("ema") is None:
             log("note: the checkpoint has no EMA; starting the EMA from the current weights")
-            parts.ema = ModelEMA(parts.model, cfg.train.ema_decay)
+            parts.ema = ModelEMA(parts.model, cfg.train.ema_decay, cfg.train.ema_warmup)
         else:
             parts.ema.load_state_dict(ckpt["ema"])
     parts.optimizer.load_state_dict(ckpt["optimizer"])
