@@ -5,7 +5,8 @@ per image (aerial trees, cells, parts on a tray), trained on a CPU within minute
 ``small_data`` fixes the model (ImageNet EfficientNet-Lite0, a demo-size transformer, the hybrid
 branch); this module reads the annotations and chooses what depends on the data, each with its reason:
 
-- objects per image -> ``model.num_queries`` (every object needs its own one-to-one query),
+- objects per image -> ``model.num_queries`` (several two-stage proposals per object: in a short run
+  their scores are poor, and one query per object leaves most objects unfound),
   ``hybrid.num_queries_one2many`` (room for K copies of the objects) and ``model.topk``;
 - object sizes -> the input scale: the finest feature map has stride 8, so an object of 8 px covers
   one cell of it; the scale brings the median object to 3 cells and the small ones (10th percentile) to
@@ -30,6 +31,7 @@ from .layouts import resolve_source
 
 PRESET = "small_data"
 STRIDE = 8  # the finest feature map of the preset's backbone
+LEVELS = 3  # the preset's feature levels: strides 8, 16, 32
 MEDIAN_CELLS = 3  # the median object's shorter side, in stride-8 cells, at the chosen scale
 SMALL_CELLS = 1  # the 10th percentile's
 SCALE_RANGE = (0.5, 2.0)  # the input scale stays within these factors of the images' own size
@@ -39,6 +41,9 @@ EPOCH_RANGE = (12, 200)
 EVAL_SHARE = 0.1  # evaluation at most about this share of the training time
 EVAL_IMAGE_COST = 0.35  # an evaluation image's cost in training images (budget.EVAL_IMAGE_FRACTION)
 ONE2MANY_K = 6
+QUERIES_PER_OBJECT = 6  # one-to-one queries per object of the most crowded image (docs/benchmarks.md)
+QUERY_RANGE = (100, 300)  # 300: the official count
+ONE2MANY_PER_QUERY = 2  # one-to-many queries per one-to-one query (the official 1500 / 300 = 5)
 
 
 @dataclass
@@ -99,24 +104,36 @@ def _round(x: float, step: int) -> int:
     return max(step, int(round(x / step) * step))
 
 
-def choose(spec, batch_size: int = 4, val_images: int = 0) -> tuple[DataStats, list[Choice]]:
-    """The data's settings for the ``small_data`` preset. ``batch_size``: the preset's (the schedule
-    counts steps); ``val_images``: the validation split's size (how often to evaluate)."""
-    s = data_stats(spec)
-    out: list[Choice] = []
-    n = max(30, _up(1.5 * s.max_objects, 10))
-    out.append(Choice("model.num_queries", n,
-                      f"up to {s.max_objects} objects in one image: 1.5x that, at least 30 (one one-to-one "
-                      "query per object, with room to spare)"))
-    m = max(3 * n, _up(ONE2MANY_K * s.p90_objects, 10))
-    out.append(Choice("hybrid.num_queries_one2many", m,
-                      f"3x the one-to-one queries, and room for K={ONE2MANY_K} copies of the objects of 90 % of "
-                      f"the images ({s.p90_objects:g} objects)"))
+def _encoder_tokens(side: int) -> int:
+    """Encoder tokens of a square ``side`` px input at the preset's levels (strides 8, 16, 32): the
+    two-stage selection picks every query, of both groups, from them."""
+    return sum(math.ceil(side / (STRIDE * 2 ** i)) ** 2 for i in range(LEVELS))
+
+
+def _queries(s: DataStats, min_side: int) -> list[Choice]:
+    n = min(max(_up(QUERIES_PER_OBJECT * s.max_objects, 10), QUERY_RANGE[0]), QUERY_RANGE[1])
+    why_n = (f"up to {s.max_objects} objects in one image: {QUERIES_PER_OBJECT}x that, within "
+             f"{QUERY_RANGE[0]}-{QUERY_RANGE[1]} (each query starts from one of the encoder's proposals; "
+             "early in a short run their scores are poor, so every object needs several)")
+    m = max(ONE2MANY_PER_QUERY * n, _up(ONE2MANY_K * s.p90_objects, 10))
+    why_m = (f"{ONE2MANY_PER_QUERY}x the one-to-one queries (a larger group costs more time per step than it "
+             f"gives back in a short run), and room for K={ONE2MANY_K} copies of the objects of 90 % of "
+             f"the images ({s.p90_objects:g} objects)")
+    tokens = _encoder_tokens(min_side)
+    if n + m > tokens:  # both groups are drawn from the encoder's tokens of the smallest input
+        n = max(1, tokens // (1 + ONE2MANY_PER_QUERY))
+        m = ONE2MANY_PER_QUERY * n
+        cap = f"; lowered to fit the {tokens} encoder tokens of a {min_side} px input, which both groups share"
+        why_n, why_m = why_n + cap, why_m + cap
     classes = max(1, s.classes)
-    out.append(Choice("model.num_classes", classes, f"{classes} categor{'y' if classes == 1 else 'ies'} in the annotations"))
     topk = min(max(100, 2 * s.max_objects), n * classes)
-    out.append(Choice("model.topk", topk, f"at least twice the most objects of one image ({s.max_objects}), at most "
-                                          f"queries x classes ({n * classes})"))
+    return [Choice("model.num_queries", n, why_n), Choice("hybrid.num_queries_one2many", m, why_m),
+            Choice("model.num_classes", classes, f"{classes} categor{'y' if classes == 1 else 'ies'} in the annotations"),
+            Choice("model.topk", topk, f"at least twice the most objects of one image ({s.max_objects}), at most "
+                                       f"queries x classes ({n * classes})")]
+
+
+def _input_scale(s: DataStats) -> list[Choice]:
     if s.median_object > 0:
         want = max(MEDIAN_CELLS * STRIDE / s.median_object, SMALL_CELLS * STRIDE / max(s.p10_object, 1e-6))
         f = min(max(want, SCALE_RANGE[0]), SCALE_RANGE[1])
@@ -129,10 +146,18 @@ def choose(spec, batch_size: int = 4, val_images: int = 0) -> tuple[DataStats, l
            f"{s.median_short_side:.0f} px images; x{want:.2f} would bring the median to {MEDIAN_CELLS} stride-{STRIDE} "
            f"cells and the small ones to {SMALL_CELLS}" + (f", kept within x{SCALE_RANGE[0]}-x{SCALE_RANGE[1]}"
                                                            if want != f else ""))
-    out.append(Choice("data.val_scale", side, why))
-    out.append(Choice("data.train_scales", scales, "multi-scale training around it (x0.875-x1.125)"))
-    out.append(Choice("data.max_size", max_size, f"the longer side of {max(scales)} px images of the median "
-                                                 f"aspect {s.median_aspect:.2f}"))
+    return [Choice("data.val_scale", side, why),
+            Choice("data.train_scales", scales, "multi-scale training around it (x0.875-x1.125)"),
+            Choice("data.max_size", max_size, f"the longer side of {max(scales)} px images of the median "
+                                              f"aspect {s.median_aspect:.2f}")]
+
+
+def choose(spec, batch_size: int = 4, val_images: int = 0) -> tuple[DataStats, list[Choice]]:
+    """The data's settings for the ``small_data`` preset. ``batch_size``: the preset's (the schedule
+    counts steps); ``val_images``: the validation split's size (how often to evaluate)."""
+    s = data_stats(spec)
+    scale = _input_scale(s)
+    out = [*_queries(s, min(scale[1].value)), *scale]
     steps = max(1, s.images // batch_size)
     epochs = min(max(round(TARGET_STEPS / steps), EPOCH_RANGE[0]), EPOCH_RANGE[1])
     out.append(Choice("train.epochs", epochs, f"{s.images} images = {steps} steps an epoch at batch {batch_size}: "

@@ -35,15 +35,15 @@ def test_many_small_objects_get_queries_and_a_larger_input(tmp_path):
     assert (s.images, s.max_objects, s.median_object, s.classes) == (40, 45, 6.0, 1)
     _, choices = choose(f"{tmp_path / 'images'}:{ann}", batch_size=4, val_images=10)
     v = _values(choices)
-    assert v["model.num_queries"] == 70  # 1.5 x 45 = 67.5 -> 70
-    assert v["hybrid.num_queries_one2many"] == 210
-    assert v["model.topk"] == 70  # 2 x 45 = 90, capped at 70 queries x 1 class
+    assert v["model.num_queries"] == 270  # 6 x 45
+    assert v["hybrid.num_queries_one2many"] == 540  # 2 x 270 (K = 6 copies of 10 objects fit)
+    assert v["model.topk"] == 100  # 2 x 45 = 90, raised to 100
     # Median object 6 px: x4 would give it 3 stride-8 cells; the scale is capped at x2 of 200 px.
     assert v["data.val_scale"] == 384 and max(v["data.train_scales"]) <= v["data.max_size"]
     assert v["train.epochs"] == 200 and v["train.lr_drop"] == 183  # 10 steps an epoch -> the 200 cap
     assert v["train.eval_every"] == 1
     cfg = load_config("small_data", overrides(choices))  # the choices make a valid config
-    assert cfg.model.num_queries == 70 and cfg.data.val_scale == 384
+    assert cfg.model.num_queries == 270 and cfg.data.val_scale == 384
     assert all(c.why for c in choices)
 
 
@@ -51,11 +51,22 @@ def test_large_objects_get_a_smaller_cheaper_input_and_few_epochs_on_more_images
     ann = _dataset(tmp_path, 2000, lambda i: 3, side=640, box=120.0, classes=3)
     _, choices = choose(str(ann), batch_size=4, val_images=2000)
     v = _values(choices)
-    assert v["model.num_queries"] == 30 and v["model.num_classes"] == 3
+    assert v["model.num_queries"] == 100 and v["model.num_classes"] == 3  # 6 x 3 = 18, raised to 100
+    assert v["hybrid.num_queries_one2many"] == 200
     assert v["data.val_scale"] == 320  # x0.5, the smallest scale allowed
     assert v["train.epochs"] == 12  # 500 steps an epoch: 6 epochs for 3000 steps, raised to 12
     assert v["train.eval_every"] == 4  # 0.35 x 2000 / 2000 / 0.1 = 3.5 -> 4
     load_config("small_data", overrides(choices))
+
+
+def test_queries_stop_at_the_official_300_and_the_one2many_group_makes_room_for_k_copies(tmp_path):
+    ann = _dataset(tmp_path, 20, lambda i: 80, side=400, box=10.0)
+    v = _values(choose(str(ann), batch_size=4)[1])
+    assert v["model.num_queries"] == 300  # 6 x 80 = 480, capped
+    assert v["hybrid.num_queries_one2many"] == 600  # 2 x 300 > 6 x 80 = 480
+    assert v["model.topk"] == 160  # twice the most objects of one image
+    ann = _dataset(tmp_path, 20, lambda i: 120, side=400, box=10.0)
+    assert _values(choose(str(ann), batch_size=4)[1])["hybrid.num_queries_one2many"] == 720  # 6 x 120
 
 
 def test_missing_dataset_is_a_user_error(tmp_path):
