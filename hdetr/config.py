@@ -478,6 +478,7 @@ def validate(cfg: Config) -> None:
         need(getattr(cfg.loss, key) >= 0, f"loss.{key} must be >= 0, got {getattr(cfg.loss, key)}")
     need(0.0 <= cfg.loss.focal_alpha <= 1.0, f"loss.focal_alpha must be in [0, 1], got {cfg.loss.focal_alpha}")
     _validate_scales(cfg.data, need)
+    _validate_query_tokens(cfg, need)
 
 
 def cap_topk(cfg: Config) -> tuple[Config, str | None]:
@@ -512,6 +513,33 @@ def _validate_scales(d: DataConfig, need) -> None:
     need(d.val_scale <= d.max_size,
          f"data.val_scale ({d.val_scale}) exceeds data.max_size ({d.max_size}): images are capped at max_size on "
          "their longer side, so it would never take effect; raise data.max_size")
+
+
+def encoder_tokens(side: int, levels: int) -> int:
+    """Encoder tokens of a square ``side`` px input: the feature levels have strides 8, 16, 32 and then
+    64, 128 for the extra levels; fewer than 3 levels take the deepest maps (stride 32 for one level)."""
+    strides = [8 * 2 ** i for i in range(max(levels, 3))]
+    strides = strides[:levels] if levels >= 3 else strides[-levels:]
+    return sum(math.ceil(side / s) ** 2 for s in strides)
+
+
+def _validate_query_tokens(cfg: Config, need) -> None:
+    """Two-stage selection draws every query from the encoder's tokens: refuse before any data work a
+    query count that the smallest input cannot supply (elongated images capped by data.max_size can
+    still give fewer; the model names those)."""
+    m, d = cfg.model, cfg.data
+    if not m.two_stage:
+        return
+    extra = cfg.hybrid.num_queries_one2many if cfg.hybrid.scheme == "branch" else 0
+    for side, queries, what in ((min(d.train_scales), m.num_queries + extra, "data.train_scales"),
+                                (d.val_scale, m.num_queries, "data.val_scale")):
+        tokens = encoder_tokens(side, m.num_feature_levels)
+        groups = (f"model.num_queries + hybrid.num_queries_one2many = {m.num_queries} + {extra}" if extra and
+                  what != "data.val_scale" else f"model.num_queries = {m.num_queries}")
+        need(queries <= tokens,
+             f"{groups} queries, but two-stage selection draws them from the encoder's tokens and a {side} px "
+             f"image ({what}) gives only {tokens} at {m.num_feature_levels} feature level(s): use larger images "
+             "or fewer queries")
 
 
 def _validate_backbone(m: ModelConfig, need) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from ..config import encoder_tokens
 from .layouts import resolve_source
 
 PRESET = "small_data"
@@ -104,12 +105,6 @@ def _round(x: float, step: int) -> int:
     return max(step, int(round(x / step) * step))
 
 
-def _encoder_tokens(side: int) -> int:
-    """Encoder tokens of a square ``side`` px input at the preset's levels (strides 8, 16, 32): the
-    two-stage selection picks every query, of both groups, from them."""
-    return sum(math.ceil(side / (STRIDE * 2 ** i)) ** 2 for i in range(LEVELS))
-
-
 def _queries(s: DataStats, min_side: int) -> list[Choice]:
     n = min(max(_up(QUERIES_PER_OBJECT * s.max_objects, 10), QUERY_RANGE[0]), QUERY_RANGE[1])
     why_n = (f"up to {s.max_objects} objects in one image: {QUERIES_PER_OBJECT}x that, within "
@@ -119,7 +114,7 @@ def _queries(s: DataStats, min_side: int) -> list[Choice]:
     why_m = (f"{ONE2MANY_PER_QUERY}x the one-to-one queries (a larger group costs more time per step than it "
              f"gives back in a short run), and room for K={ONE2MANY_K} copies of the objects of 90 % of "
              f"the images ({s.p90_objects:g} objects)")
-    tokens = _encoder_tokens(min_side)
+    tokens = encoder_tokens(min_side, LEVELS)
     if n + m > tokens:  # both groups are drawn from the encoder's tokens of the smallest input
         n = max(1, tokens // (1 + ONE2MANY_PER_QUERY))
         m = ONE2MANY_PER_QUERY * n

@@ -166,3 +166,21 @@ def test_the_yaml_written_into_a_run_folder_reads_back_equal():
 def test_a_config_that_is_not_a_mapping_is_refused():
     with pytest.raises(ConfigError, match="expected a mapping of config sections"):
         build_config(["model", "train"])
+
+
+def test_queries_that_the_smallest_input_cannot_supply_are_refused_before_training():
+    from hdetr.config import encoder_tokens
+
+    # strides 8/16/32 (+64 for a fourth level); fewer levels take the deepest maps
+    assert [encoder_tokens(128, n) for n in (1, 2, 3, 4)] == [16, 80, 336, 340]
+    assert encoder_tokens(100, 3) == 13 ** 2 + 7 ** 2 + 4 ** 2  # partial cells count, as the convolutions pad
+    base = ["model.two_stage=true", "hybrid.scheme=branch", "data.train_scales=[128]", "data.val_scale=128",
+            "data.max_size=128", "model.num_feature_levels=3"]
+    load_config("synthetic_small", [*base, "model.num_queries=112", "hybrid.num_queries_one2many=224"])  # 336: fits
+    with pytest.raises(ConfigError, match=r"112 \+ 225 queries.*128 px image \(data.train_scales\) gives only 336"):
+        load_config("synthetic_small", [*base, "model.num_queries=112", "hybrid.num_queries_one2many=225"])
+    # the extra group only trains: the validation input needs the one-to-one queries alone
+    with pytest.raises(ConfigError, match=r"model.num_queries = 337 queries.*data.val_scale"):
+        load_config("synthetic_small", [*base[:2], "data.train_scales=[256]", "data.val_scale=128", "data.max_size=256",
+                                        "model.num_queries=337", "hybrid.num_queries_one2many=1"])
+    load_config("synthetic_small", [*base, "model.two_stage=false", "model.mixed_selection=false", "model.num_queries=5000"])  # no selection
