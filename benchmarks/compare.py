@@ -34,7 +34,7 @@ from pathlib import Path
 
 from hdetr.config import ConfigError, load_config, parse_duration
 from hdetr.data.layouts import resolve_source
-from hdetr.data.recipe import PRESET, choose, overrides
+from hdetr.data.recipe import PRESET, choose, overrides, split_images
 from hdetr.engine.loaders import load_split, val_spec
 from hdetr.engine.progress import hms
 from hdetr.engine.runlog import read_records
@@ -104,20 +104,13 @@ def base_config(args, budget: float) -> tuple[object, list[dict]]:
     if not args.no_recipe:
         cfg0 = load_config(args.preset, common)
         vspec = val_spec(cfg0)
-        val_images = len(_doc_images(vspec)) if vspec else 0
+        val_images = split_images(vspec, "val") if vspec else 0
         _, chosen = choose(args.train, cfg0.train.batch_size, val_images)
     cfg = load_config(args.preset, [*common, *overrides(chosen), *args.set, f"train.time_budget={args.budget}",
                                     "train.budget_clock=cpu", "train.num_workers=0"])
     if val_spec(cfg) is None:
         raise UserError(f"{args.train} has no validation split of its own: give one with --val")
     return cfg, [{"key": c.key, "value": c.value, "why": c.why} for c in chosen]
-
-
-def _doc_images(spec) -> list:
-    doc = resolve_source(spec, "val").annotations()
-    if not isinstance(doc, dict):
-        doc = json.loads(Path(doc).read_text())
-    return doc.get("images", [])
 
 
 def describe_machine() -> dict:
@@ -278,7 +271,7 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     cfg, chosen = base_config(args, budget)
     vspec = val_spec(cfg)
-    val_images = _doc_images(vspec)
+    val_images = split_images(vspec, "val")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
@@ -286,7 +279,7 @@ def run(args) -> int:
         print(msg, flush=True)
 
     log(f"bench compare: {len(arms)} arm(s) x {args.seeds} seed(s), {hms(budget)} CPU time each; "
-        f"validation: {vspec} ({len(val_images)} images)")
+        f"validation: {vspec} ({val_images} images)")
     for c in chosen:
         log(f"  data chose {c['key']}={c['value']}: {c['why']}")
     jobs = [(arm, seed) for seed in range(args.seeds) for arm in arms]
@@ -315,15 +308,15 @@ def run(args) -> int:
     arms_summary = summarise(runs, budget)
     rows = verdict_rows(arms_summary)
     text = table(arms_summary, rows, budget, args.seeds)
-    report = {"train": str(args.train), "val": str(vspec), "val_images": len(val_images),
+    report = {"train": str(args.train), "val": str(vspec), "val_images": val_images,
               "budget_seconds": budget, "clock": "cpu", "seeds": args.seeds, "threads": args.threads,
               "preset": args.preset, "data_choices": chosen, "overrides": list(args.set), "machine": describe_machine(),
               "wall_seconds": round(time.perf_counter() - started, 1),
               "arms": arms_summary, "verdict": rows}
     _write_json(out / "compare.json", report)
-    plot(arms_summary, out / "compare.png", f"{args.train}: {len(val_images)} validation images, "
+    plot(arms_summary, out / "compare.png", f"{args.train}: {val_images} validation images, "
                                             f"{hms(budget)} CPU time per arm")
-    header = (f"`bench compare` on {args.train}, validation {vspec} ({len(val_images)} images), "
+    header = (f"`bench compare` on {args.train}, validation {vspec} ({val_images} images), "
               f"{budget:.0f} CPU s per arm, {args.seeds} seed(s), {args.threads} thread(s)\n\n")
     atomic_write(out / "compare.md", lambda p: Path(p).write_text(header + text + "\n"))
     log("\n" + header + text)

@@ -4,6 +4,10 @@ CONFIG is a preset name (e.g. r50_hybrid_branch_12ep, synthetic_small) or a YAML
 gets config.yaml, metrics.jsonl, last.pt, best.pt, curves.png and model/ (for eval/predict). For
 several GPUs or nodes launch it with torchrun, e.g. torchrun --nproc_per_node 8 -m hdetr.cli train ...
 
+The small_data preset takes its query counts, input scale and schedule from the training set's
+annotations (hdetr.data.recipe; each choice is printed with its reason; a key you set is yours;
+--no-recipe keeps the preset's values).
+
 train.init_from=PATH starts a new run from a trained detector (model or run folder, last.pt/best.pt,
 official .pth) and writes init_report.json; train.freeze=backbone keeps parts fixed (docs/finetune.md).
 
@@ -13,6 +17,7 @@ SIGINT/SIGTERM finish the current step, save last.pt and exit with status 130/14
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..config import ConfigError, load_config
@@ -28,7 +33,22 @@ def add_arguments(p):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     add_device_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.add_argument("--no-recipe", action="store_true",
+                   help="small_data: keep the preset's values instead of the ones chosen from the data")
     add_threads_argument(p)
+
+
+def _with_data_choices(args) -> list[str]:
+    """The overrides, with the data's own settings under them for the small_data preset."""
+    from ..data.recipe import PRESET, preset_overrides
+
+    if args.config != PRESET or args.no_recipe:
+        return args.overrides
+    items, chosen = preset_overrides(args.overrides)
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun
+        for c in chosen:
+            print(f"data chose {c.key}={c.value}: {c.why}", flush=True)
+    return items
 
 
 def run(args) -> int:
@@ -37,7 +57,7 @@ def run(args) -> int:
 
     apply_threads(args.threads)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, _with_data_choices(args))
     except ConfigError as e:
         raise UserError(str(e)) from None
     out = args.out or Path("runs") / Path(args.config).stem

@@ -15,7 +15,8 @@ branch); this module reads the annotations and chooses what depends on the data,
   (a time budget, ``train.time_budget``, refits it to the measured speed), the lr drop at 11/12 of it,
   and how often to evaluate so that evaluation stays a small share of the time.
 
-``choose(spec)`` returns the choices; ``overrides(choices)`` the ``key=value`` list a config takes.
+``choose(spec)`` returns the choices; ``overrides(choices)`` the ``key=value`` list a config takes;
+``preset_overrides`` is what ``hdetr train small_data ...`` runs: the data's choices under the user's own.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from ..config import encoder_tokens
-from .layouts import resolve_source
+from ..config import encoder_tokens, load_config
+from .layouts import has_own_split, resolve_source
 
 PRESET = "small_data"
 STRIDE = 8  # the finest feature map of the preset's backbone
@@ -105,20 +106,23 @@ def _round(x: float, step: int) -> int:
     return max(step, int(round(x / step) * step))
 
 
-def _queries(s: DataStats, min_side: int) -> list[Choice]:
-    n = min(max(_up(QUERIES_PER_OBJECT * s.max_objects, 10), QUERY_RANGE[0]), QUERY_RANGE[1])
-    why_n = (f"up to {s.max_objects} objects in one image: {QUERIES_PER_OBJECT}x that, within "
-             f"{QUERY_RANGE[0]}-{QUERY_RANGE[1]} (each query starts from one of the encoder's proposals; "
-             "early in a short run their scores are poor, so every object needs several)")
+def _queries(s: DataStats, min_side: int, given: int | None = None) -> list[Choice]:
+    n = given or min(max(_up(QUERIES_PER_OBJECT * s.max_objects, 10), QUERY_RANGE[0]), QUERY_RANGE[1])
+    why_n = "yours" if given else (
+        f"up to {s.max_objects} objects in one image: {QUERIES_PER_OBJECT}x that, within {QUERY_RANGE[0]}-"
+        f"{QUERY_RANGE[1]} (each query starts from one of the encoder's proposals; early in a short run their "
+        "scores are poor, so every object needs several)")
     m = max(ONE2MANY_PER_QUERY * n, _up(ONE2MANY_K * s.p90_objects, 10))
     why_m = (f"{ONE2MANY_PER_QUERY}x the one-to-one queries (a larger group costs more time per step than it "
              f"gives back in a short run), and room for K={ONE2MANY_K} copies of the objects of 90 % of "
              f"the images ({s.p90_objects:g} objects)")
     tokens = encoder_tokens(min_side, LEVELS)
-    if n + m > tokens:  # both groups are drawn from the encoder's tokens of the smallest input
+    cap = f"; lowered to fit the {tokens} encoder tokens of a {min_side} px input, which both groups share"
+    if n + m > tokens and given:  # the user's one-to-one count stays (the config names it if it cannot fit)
+        m, why_m = max(1, tokens - n), why_m + cap
+    elif n + m > tokens:  # both groups are drawn from the encoder's tokens of the smallest input
         n = max(1, tokens // (1 + ONE2MANY_PER_QUERY))
         m = ONE2MANY_PER_QUERY * n
-        cap = f"; lowered to fit the {tokens} encoder tokens of a {min_side} px input, which both groups share"
         why_n, why_m = why_n + cap, why_m + cap
     classes = max(1, s.classes)
     topk = min(max(100, 2 * s.max_objects), n * classes)
@@ -128,33 +132,43 @@ def _queries(s: DataStats, min_side: int) -> list[Choice]:
                                        f"queries x classes ({n * classes})")]
 
 
-def _input_scale(s: DataStats) -> list[Choice]:
+def _side_from_objects(s: DataStats) -> tuple[int, str]:
     if s.median_object > 0:
         want = max(MEDIAN_CELLS * STRIDE / s.median_object, SMALL_CELLS * STRIDE / max(s.p10_object, 1e-6))
         f = min(max(want, SCALE_RANGE[0]), SCALE_RANGE[1])
     else:
         want = f = 1.0
     side = min(max(_round(s.median_short_side * f, 32), SIDE_RANGE[0]), SIDE_RANGE[1])
+    why = (f"objects' shorter side: median {s.median_object:.0f} px, 10th percentile {s.p10_object:.0f} px in "
+           f"{s.median_short_side:.0f} px images; x{want:.2f} would bring the median to {MEDIAN_CELLS} "
+           f"stride-{STRIDE} cells and the small ones to {SMALL_CELLS}"
+           + (f", kept within x{SCALE_RANGE[0]}-x{SCALE_RANGE[1]}" if want != f else ""))
+    return side, why
+
+
+def _input_scale(s: DataStats, given: int | None = None) -> list[Choice]:
+    side, why = (given, "yours") if given else _side_from_objects(s)
     scales = sorted({_round(side * r, 16) for r in (0.875, 0.9375, 1.0, 1.0625, 1.125)})
     max_size = _up(max(scales) * max(s.median_aspect, 1.0), 32)
-    why = (f"objects' shorter side: median {s.median_object:.0f} px, 10th percentile {s.p10_object:.0f} px in "
-           f"{s.median_short_side:.0f} px images; x{want:.2f} would bring the median to {MEDIAN_CELLS} stride-{STRIDE} "
-           f"cells and the small ones to {SMALL_CELLS}" + (f", kept within x{SCALE_RANGE[0]}-x{SCALE_RANGE[1]}"
-                                                           if want != f else ""))
     return [Choice("data.val_scale", side, why),
-            Choice("data.train_scales", scales, "multi-scale training around it (x0.875-x1.125)"),
+            Choice("data.train_scales", scales, f"multi-scale training around {side} px (x0.875-x1.125)"),
             Choice("data.max_size", max_size, f"the longer side of {max(scales)} px images of the median "
                                               f"aspect {s.median_aspect:.2f}")]
 
 
-def choose(spec, batch_size: int = 4, val_images: int = 0) -> tuple[DataStats, list[Choice]]:
+def choose(spec, batch_size: int = 4, val_images: int = 0,
+           given: dict | None = None) -> tuple[DataStats, list[Choice]]:
     """The data's settings for the ``small_data`` preset. ``batch_size``: the preset's (the schedule
-    counts steps); ``val_images``: the validation split's size (how often to evaluate)."""
+    counts steps); ``val_images``: the validation split's size (how often to evaluate); ``given``: values
+    the user set for ``model.num_queries``, ``data.val_scale`` or ``train.epochs``, which the settings
+    that follow from them (the one-to-many group and top-k, the training scales, the lr drop) are
+    then derived from."""
+    given = given or {}
     s = data_stats(spec)
-    scale = _input_scale(s)
-    out = [*_queries(s, min(scale[1].value)), *scale]
+    scale = _input_scale(s, given.get("data.val_scale"))
+    out = [*_queries(s, min(scale[1].value), given.get("model.num_queries")), *scale]
     steps = max(1, s.images // batch_size)
-    epochs = min(max(round(TARGET_STEPS / steps), EPOCH_RANGE[0]), EPOCH_RANGE[1])
+    epochs = given.get("train.epochs") or min(max(round(TARGET_STEPS / steps), EPOCH_RANGE[0]), EPOCH_RANGE[1])
     out.append(Choice("train.epochs", epochs, f"{s.images} images = {steps} steps an epoch at batch {batch_size}: "
                                               f"about {TARGET_STEPS} steps in {epochs} epochs (a time budget refits it)"))
     out.append(Choice("train.lr_drop", max(1, round(epochs * 11 / 12)), "at 11/12 of the schedule, as the official 11 of 12"))
@@ -171,3 +185,27 @@ def overrides(choices: list[Choice]) -> list[str]:
         return json.dumps(v) if isinstance(v, list) else str(v)
 
     return [f"{c.key}={text(c.value)}" for c in choices]
+
+
+def split_images(spec, split: str) -> int:
+    """How many images a split's annotations list."""
+    doc = resolve_source(spec, split).annotations()
+    if not isinstance(doc, dict):
+        doc = json.loads(Path(doc).read_text())
+    return len(doc.get("images", []))
+
+
+def preset_overrides(user: list[str]) -> tuple[list[str], list[Choice]]:
+    """``hdetr train small_data KEY=VALUE...``: the override list with the data's choices first and the
+    user's after them, so a key the user sets is theirs (its choice is left out and not reported). The
+    choices are a function of the annotations alone, so ``--resume`` recomputes the same ones."""
+    cfg = load_config(PRESET, user)
+    if not cfg.data.train:
+        return list(user), []  # training refuses it with its own message
+    val = cfg.data.val or (cfg.data.train if has_own_split(cfg.data.train, "val") else "")
+    mine = {item.split("=", 1)[0].strip() for item in user}
+    given = {k: v for k, v in (("model.num_queries", cfg.model.num_queries), ("data.val_scale", cfg.data.val_scale),
+                               ("train.epochs", cfg.train.epochs)) if k in mine}
+    _, chosen = choose(cfg.data.train, cfg.train.batch_size, split_images(val, "val") if val else 0, given)
+    chosen = [c for c in chosen if c.key not in mine]
+    return [*overrides(chosen), *user], chosen

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..weights import save_model
 from ..data.categories import same_categories, CategoryMap
+from ..config import AUTO
 from ..errors import UserError
 from . import checkpoints, distributed
 from ..weights import MODEL_FORMAT
@@ -141,8 +142,11 @@ def restore(out: Path, parts: RunParts, s: TrainState) -> None:
                         str(parts.train_split.ann_file))
     now = cfg.to_dict()
     for section in ("model", "hybrid", "loss"):
+        # model.pretrained_backbone=auto was made concrete when the run started (backbone_start) and
+        # is stored: "auto" again on resume asks for the same choice, not a different one.
         diff = {k: (saved[section].get(k), v) for k, v in now[section].items()
-                if saved[section].get(k) != v and (section, k) not in PATH_SWITCHES}
+                if saved[section].get(k) != v and (section, k) not in PATH_SWITCHES
+                and not (section, k, v) == ("model", "pretrained_backbone", AUTO)}
         if section == "model" and saved["train"].get("freeze", "") != cfg.train.freeze:
             diff["train.freeze"] = (saved["train"].get("freeze", ""), cfg.train.freeze)
         if diff:

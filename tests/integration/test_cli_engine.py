@@ -237,3 +237,25 @@ def test_eval_out_folder_keeps_files_hdetr_did_not_write(trained, workspace, cap
     assert main(command) == 0
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "report.md").read_text().startswith("# Evaluation report")
+
+
+def test_train_small_data_takes_its_settings_from_the_data_and_resumes_with_them(workspace, capsys):
+    run = workspace / "small_data_run"
+    base = ["train", "small_data", f"data.train={workspace / 'data'}", "model.hidden_dim=32", "model.dim_feedforward=64",
+            "train.epochs=2", "--out", str(run), "--no-progress"]
+    assert main([*base, "train.max_iters=1"]) == 0
+    out = capsys.readouterr().out
+    assert "data chose model.num_queries=" in out and "data chose data.val_scale=" in out
+    assert "data chose train.epochs" not in out  # the user's key
+    saved = load_state(run / "last.pt")["config"]
+    chosen = {line.split("=", 1)[0][len("data chose "):]: line.split("=", 1)[1].split(":", 1)[0]
+              for line in out.splitlines() if line.startswith("data chose ")}
+    assert str(saved["model"]["num_queries"]) == chosen["model.num_queries"]
+    assert str(saved["data"]["val_scale"]) == chosen["data.val_scale"]
+    assert saved["train"]["epochs"] == 2 and saved["train"]["lr_drop"] == 2  # 11/12 of the user's 2 epochs
+    # --resume recomputes the same choices, so the run's settings match and it continues
+    assert main([*base, "train.max_iters=2", "--resume"]) == 0
+    assert load_state(run / "last.pt")["step"] == 2
+    # --no-recipe keeps the preset's own values
+    assert main([*base, "train.max_iters=1", "--no-recipe", "--out", str(workspace / "plain")]) == 0
+    assert load_state(workspace / "plain" / "last.pt")["config"]["model"]["num_queries"] == 100

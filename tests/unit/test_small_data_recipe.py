@@ -74,3 +74,29 @@ def test_missing_dataset_is_a_user_error(tmp_path):
 
     with pytest.raises(UserError, match="nowhere"):
         choose(str(tmp_path / "nowhere"))
+
+
+def test_hdetr_train_small_data_puts_the_data_choices_under_the_users_own(tmp_path):
+    from hdetr.data.recipe import preset_overrides
+
+    ann = _dataset(tmp_path, 40, lambda i: 45 if i == 0 else 10, side=200, box=6.0)
+    spec = f"{tmp_path / 'images'}:{ann}"
+    items, chosen = preset_overrides([f"data.train={spec}"])
+    v = _values(chosen)
+    assert v["model.num_queries"] == 270 and v["train.epochs"] == 200
+    assert items[-1] == f"data.train={spec}"  # the user's last: their keys win
+    cfg = load_config("small_data", items)
+    assert (cfg.model.num_queries, cfg.hybrid.num_queries_one2many, cfg.data.val_scale) == (270, 540, 384)
+
+    # A key the user sets is theirs: not chosen, not reported; what follows from it is derived from it.
+    items, chosen = preset_overrides([f"data.train={spec}", "model.num_queries=50", "train.epochs=24",
+                                      "data.val_scale=256"])
+    v = _values(chosen)
+    assert not {"model.num_queries", "train.epochs", "data.val_scale"} & set(v)
+    assert v["hybrid.num_queries_one2many"] == 100 and v["model.topk"] == 50  # 2 x 50; 50 queries x 1 class
+    assert v["train.lr_drop"] == 22 and 256 in v["data.train_scales"]  # 11/12 of 24 epochs; around 256 px
+    cfg = load_config("small_data", items)
+    assert (cfg.model.num_queries, cfg.train.epochs, cfg.train.lr_drop, cfg.data.val_scale) == (50, 24, 22, 256)
+
+    # No training set given: nothing is chosen (training then refuses with its own message).
+    assert preset_overrides(["train.epochs=3"]) == (["train.epochs=3"], [])
