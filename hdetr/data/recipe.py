@@ -73,27 +73,51 @@ def _percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))] if s else 0.0
 
 
+def _number(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def _well_formed(doc) -> tuple[dict, list]:
+    """The images with a usable size (id -> (width, height)) and the annotations with a usable box. The
+    rest is left to the data check, which runs next and names the file and the problem."""
+    doc = doc if isinstance(doc, dict) else {}
+    images = {}
+    for im in doc.get("images") if isinstance(doc.get("images"), list) else []:
+        if isinstance(im, dict) and isinstance(im.get("id"), (int, str)):
+            w, h = _number(im.get("width")), _number(im.get("height"))
+            if w and h and w > 0 and h > 0:
+                images[im["id"]] = (w, h)
+    anns = []
+    for a in doc.get("annotations") if isinstance(doc.get("annotations"), list) else []:
+        box = a.get("bbox") if isinstance(a, dict) else None
+        if isinstance(box, list) and len(box) == 4 and not a.get("iscrowd") and \
+                isinstance(a.get("image_id"), (int, str)) and a["image_id"] in images:
+            w, h = _number(box[2]), _number(box[3])
+            if w is not None and h is not None and w > 0 and h > 0:
+                anns.append((a["image_id"], w, h))
+    return images, anns
+
+
 def data_stats(spec, split: str = "train") -> DataStats:
     """Counts and sizes of a split's annotations (any layout ``data.train`` takes); crowd boxes are left
     out as training leaves them out."""
     doc = resolve_source(spec, split).annotations()
     if not isinstance(doc, dict):
-        doc = json.loads(Path(doc).read_text())
-    images = {im["id"]: im for im in doc.get("images", [])}
+        try:
+            doc = json.loads(Path(doc).read_text())
+        except (OSError, ValueError):
+            doc = {}  # the data check names the file and what is wrong with it
+    images, anns = _well_formed(doc)
     per_image = {i: 0 for i in images}
     sides = []
-    for a in doc.get("annotations", []):
-        if a.get("iscrowd") or a.get("image_id") not in images:
-            continue
-        w, h = a["bbox"][2], a["bbox"][3]
-        if w <= 0 or h <= 0:
-            continue
-        per_image[a["image_id"]] += 1
+    for image_id, w, h in anns:
+        per_image[image_id] += 1
         sides.append(min(w, h))
     counts = list(per_image.values()) or [0]
-    shorts = [min(im["width"], im["height"]) for im in images.values()] or [0]
-    aspects = [max(im["width"], im["height"]) / max(1, min(im["width"], im["height"])) for im in images.values()]
-    return DataStats(len(images), len(sides), len(doc.get("categories", [])), max(counts),
+    shorts = [min(w, h) for w, h in images.values()] or [0]
+    aspects = [max(w, h) / max(1, min(w, h)) for w, h in images.values()]
+    classes = doc.get("categories") if isinstance(doc, dict) and isinstance(doc.get("categories"), list) else []
+    return DataStats(len(images), len(sides), len(classes), max(counts),
                      _percentile(counts, 0.9), median(shorts), median(aspects or [1.0]),
                      median(sides) if sides else 0.0, _percentile(sides, 0.1))
 
@@ -188,11 +212,14 @@ def overrides(choices: list[Choice]) -> list[str]:
 
 
 def split_images(spec, split: str) -> int:
-    """How many images a split's annotations list."""
+    """How many images a split's annotations list (well-formed ones: the data check reports the rest)."""
     doc = resolve_source(spec, split).annotations()
     if not isinstance(doc, dict):
-        doc = json.loads(Path(doc).read_text())
-    return len(doc.get("images", []))
+        try:
+            doc = json.loads(Path(doc).read_text())
+        except (OSError, ValueError):
+            return 0
+    return len(_well_formed(doc)[0])
 
 
 def preset_overrides(user: list[str]) -> tuple[list[str], list[Choice]]:
@@ -206,6 +233,8 @@ def preset_overrides(user: list[str]) -> tuple[list[str], list[Choice]]:
     mine = {item.split("=", 1)[0].strip() for item in user}
     given = {k: v for k, v in (("model.num_queries", cfg.model.num_queries), ("data.val_scale", cfg.data.val_scale),
                                ("train.epochs", cfg.train.epochs)) if k in mine}
-    _, chosen = choose(cfg.data.train, cfg.train.batch_size, split_images(val, "val") if val else 0, given)
+    stats, chosen = choose(cfg.data.train, cfg.train.batch_size, split_images(val, "val") if val else 0, given)
+    if not stats.boxes:  # nothing usable to choose from: the data check says why
+        return list(user), []
     chosen = [c for c in chosen if c.key not in mine]
     return [*overrides(chosen), *user], chosen

@@ -100,3 +100,24 @@ def test_hdetr_train_small_data_puts_the_data_choices_under_the_users_own(tmp_pa
 
     # No training set given: nothing is chosen (training then refuses with its own message).
     assert preset_overrides(["train.epochs=3"]) == (["train.epochs=3"], [])
+
+
+def test_malformed_annotations_are_left_to_the_data_check(tmp_path):
+    """The statistics only guide choices: entries that are not well-formed are skipped (no traceback), and
+    with nothing usable nothing is chosen, so the data check that runs next names the file and problem."""
+    from hdetr.data.recipe import preset_overrides
+
+    (tmp_path / "images").mkdir()
+    doc = {"images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 100}, {"id": 2, "file_name": "b.png"},
+                      {"id": [3], "width": 5, "height": 5}, "junk", {"id": 4, "width": True, "height": 50}],
+           "annotations": [{"id": 1, "image_id": 1, "bbox": "abc"}, {"id": 2, "image_id": 1, "bbox": [0, 0, 10, 20]},
+                           {"id": 3, "image_id": 1, "bbox": [0, 0, float("nan"), 5]}, 7,
+                           {"id": 4, "image_id": 2, "bbox": [0, 0, 9, 9]}, {"id": 5, "image_id": [1], "bbox": [0, 0, 9, 9]}],
+           "categories": "oops"}
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(doc))
+    s = data_stats(f"{tmp_path / 'images'}:{ann}")
+    assert (s.images, s.boxes, s.max_objects, s.median_object, s.classes) == (1, 1, 1, 10.0, 0)
+    ann.write_text("{not json")
+    spec = f"data.train={tmp_path / 'images'}:{ann}"
+    assert preset_overrides([spec]) == ([spec], [])
