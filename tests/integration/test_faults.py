@@ -92,7 +92,10 @@ def small_export_model(tmp_path_factory) -> Path:
     from hdetr.models import build_model
     from hdetr.weights import save_model
 
-    cfg = load_config("synthetic_small", [*TINY_MODEL, "model.dec_layers=1", "model.num_feature_levels=1"])
+    # One level is stride 32: 192 px inputs give the 36 encoder tokens that two-stage selection needs for
+    # the 10 + 20 queries (the export itself traces its own example size).
+    cfg = load_config("synthetic_small", [*TINY_MODEL, "model.dec_layers=1", "model.num_feature_levels=1",
+                                          "data.train_scales=[192]", "data.val_scale=192", "data.max_size=192"])
     torch.manual_seed(0)
     return save_model(tmp_path_factory.mktemp("export_model") / "model", cfg, build_model(cfg).state_dict())
 
