@@ -24,8 +24,8 @@ class DrawingReader(Detector):
     """``Detector`` whose network finds the red / green blobs of the (unpadded part of the) input."""
 
     def __init__(self, val_scale: int = 128):
-        cfg = build_config({}, ["model.num_classes=2", f"model.topk={NUM_QUERIES}", f"data.val_scale={val_scale}",
-                                "data.max_size=4000"])
+        cfg = build_config({}, ["model.num_classes=2", f"model.num_queries={NUM_QUERIES}", f"model.topk={NUM_QUERIES}",
+                                f"data.val_scale={val_scale}", "data.max_size=4000"])
         super().__init__(None, cfg, ["red", "green"])
         self.calls = []
 
