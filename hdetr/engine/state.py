@@ -146,7 +146,7 @@ def restore(out: Path, parts: RunParts, s: TrainState) -> None:
         # is stored: "auto" again on resume asks for the same choice, not a different one.
         diff = {k: (saved[section].get(k), v) for k, v in now[section].items()
                 if saved[section].get(k) != v and (section, k) not in PATH_SWITCHES
-                and not (section, k, v) == ("model", "pretrained_backbone", AUTO)}
+                and (section, k, v) != ("model", "pretrained_backbone", AUTO)}
         if section == "model" and saved["train"].get("freeze", "") != cfg.train.freeze:
             diff["train.freeze"] = (saved["train"].get("freeze", ""), cfg.train.freeze)
         if diff:
