@@ -77,6 +77,17 @@ def _number(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
+def _annotations(spec, split: str) -> dict:
+    """A split's annotations as a COCO dict ({} when unreadable: the data check names the file and why)."""
+    doc = resolve_source(spec, split).annotations()
+    if isinstance(doc, dict):
+        return doc
+    try:
+        return json.loads(Path(doc).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _well_formed(doc) -> tuple[dict, list]:
     """The images with a usable size (id -> (width, height)) and the annotations with a usable box. The
     rest is left to the data check, which runs next and names the file and the problem."""
@@ -101,12 +112,7 @@ def _well_formed(doc) -> tuple[dict, list]:
 def data_stats(spec, split: str = "train") -> DataStats:
     """Counts and sizes of a split's annotations (any layout ``data.train`` takes); crowd boxes are left
     out as training leaves them out."""
-    doc = resolve_source(spec, split).annotations()
-    if not isinstance(doc, dict):
-        try:
-            doc = json.loads(Path(doc).read_text())
-        except (OSError, ValueError):
-            doc = {}  # the data check names the file and what is wrong with it
+    doc = _annotations(spec, split)
     images, anns = _well_formed(doc)
     per_image = {i: 0 for i in images}
     sides = []
@@ -213,13 +219,7 @@ def overrides(choices: list[Choice]) -> list[str]:
 
 def split_images(spec, split: str) -> int:
     """How many images a split's annotations list (well-formed ones: the data check reports the rest)."""
-    doc = resolve_source(spec, split).annotations()
-    if not isinstance(doc, dict):
-        try:
-            doc = json.loads(Path(doc).read_text())
-        except (OSError, ValueError):
-            return 0
-    return len(_well_formed(doc)[0])
+    return len(_well_formed(_annotations(spec, split))[0])
 
 
 def preset_overrides(user: list[str]) -> tuple[list[str], list[Choice]]:
