@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,11 +94,9 @@ BUDGETS = {"default": DEFAULT, "quick": QUICK}
 
 def tokens(side: int, levels: int = 4) -> int:
     """Encoder tokens of a ``side`` x ``side`` image: strides 8, 16, 32 and one extra stride-2 level."""
-    total, n = 0, math.ceil(side / 8)
-    for _ in range(levels):
-        total += n * n
-        n = math.ceil(n / 2)
-    return total
+    from hdetr.config import encoder_tokens
+
+    return encoder_tokens(side, levels)
 
 
 def check_budget(b: Budget) -> None:
