@@ -163,6 +163,9 @@ class DataConfig:
     max_size: int = 1333
     val_scale: int = 800
     crop: bool = True  # the official resize -> random crop -> resize branch of the augmentation
+    # Flips of the training images: horizontal (the official recipe), none, or all: horizontal and vertical
+    # flips and 90-degree turns, the 8 symmetries of a square, for images with no "up" (aerial, microscopy).
+    flips: str = "horizontal"
     # Images that cannot be used (missing, corrupt, wrong size, outside the images folder) stop training
     # by default; true leaves them out (found at start-up) or skips their step (found mid-epoch), counted.
     skip_bad_images: bool = False
@@ -208,6 +211,7 @@ TRACKERS = ("mlflow", "wandb", "tensorboard")
 ATTENTION_IMPLS = ("fast", "reference")
 CHECKPOINT_PARTS = ("encoder", "decoder", "backbone")  # hdetr.models.recompute.PARTS
 BUDGET_CLOCKS = ("wall", "cpu")
+FLIPS = ("horizontal", "none", "all")  # data.flips; hdetr.data.transforms builds them
 DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -402,7 +406,7 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
 
 def validate(cfg: Config) -> None:
     """Kept whole: one rule per line, in the order of the config's sections; the larger sections have functions
-    of their own (``_validate_backbone``, ``_validate_scales``)."""
+    of their own (``_validate_backbone``, ``_validate_data``)."""
     m, h, t = cfg.model, cfg.hybrid, cfg.train
 
     def need(cond: bool, msg: str) -> None:
@@ -477,7 +481,7 @@ def validate(cfg: Config) -> None:
     for key in ("cls", "bbox", "giou", "cost_class", "cost_bbox", "cost_giou"):
         need(getattr(cfg.loss, key) >= 0, f"loss.{key} must be >= 0, got {getattr(cfg.loss, key)}")
     need(0.0 <= cfg.loss.focal_alpha <= 1.0, f"loss.focal_alpha must be in [0, 1], got {cfg.loss.focal_alpha}")
-    _validate_scales(cfg.data, need)
+    _validate_data(cfg.data, need)
     _validate_query_tokens(cfg, need)
 
 
@@ -501,7 +505,8 @@ def cap_topk(cfg: Config) -> tuple[Config, str | None]:
 MIN_SCALE = 32
 
 
-def _validate_scales(d: DataConfig, need) -> None:
+def _validate_data(d: DataConfig, need) -> None:
+    need(d.flips in FLIPS, f"data.flips must be one of {', '.join(FLIPS)}, got {quote(d.flips)}")
     need(d.max_size >= MIN_SCALE, f"data.max_size must be >= {MIN_SCALE}, got {d.max_size}")
     need(len(d.train_scales) >= 1, "data.train_scales must list at least one shorter-side size, e.g. [480, 512]")
     need(min(d.train_scales) >= MIN_SCALE, f"data.train_scales must all be >= {MIN_SCALE}, got {d.train_scales}")

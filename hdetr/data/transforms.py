@@ -104,6 +104,49 @@ class RandomSizeCrop(v2.Transform):
         return self._call_kernel(F.crop, inpt, **params)
 
 
+class RandomRotate90(v2.Transform):
+    """With probability ``p``, turn the image and its boxes 90 degrees counter-clockwise (``torch.rot90``:
+    pixels are moved, never resampled, so a box keeps exactly the pixels it held).
+
+    With independent horizontal and vertical flips around it, this gives each of the 8 symmetries of a
+    square with the same probability: ``data.flips: all``.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = float(p)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"turn": bool(torch.rand(()) < self.p)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not params["turn"]:
+            return inpt
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            _, w = inpt.canvas_size
+            xyxy = F.convert_bounding_box_format(inpt, new_format=tv_tensors.BoundingBoxFormat.XYXY)
+            x1, y1, x2, y2 = xyxy.as_subclass(torch.Tensor).unbind(-1)
+            # rot90 sends the pixel column x to the row w - 1 - x and the row y to the column y.
+            turned = torch.stack([y1, w - x2, y2, w - x1], dim=-1)
+            out = tv_tensors.BoundingBoxes(turned, format="XYXY", canvas_size=(w, inpt.canvas_size[0]))
+            return F.convert_bounding_box_format(out, new_format=inpt.format)
+        if isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
+            return tv_tensors.wrap(torch.rot90(inpt.as_subclass(torch.Tensor), 1, (-2, -1)), like=inpt)
+        return inpt
+
+
+def flip_transforms(flips: str) -> list[v2.Transform]:
+    """``data.flips``: ``horizontal`` (the official recipe), ``none``, or ``all`` (horizontal, vertical,
+    and a 90-degree turn: for images with no up, such as aerial or microscope views)."""
+    if flips == "none":
+        return []
+    if flips == "horizontal":
+        return [v2.RandomHorizontalFlip(0.5)]
+    if flips == "all":
+        return [v2.RandomHorizontalFlip(0.5), v2.RandomVerticalFlip(0.5), RandomRotate90(0.5)]
+    raise ValueError(f"flips must be horizontal, none or all, got {flips!r}")
+
+
 class ToDetrTarget:
     """Final step: drop the tv_tensor wrapper and normalise boxes to cx,cy,w,h in [0,1]."""
 
@@ -163,11 +206,13 @@ def build_transforms(
     max_size: int = DEFAULT_MAX_SIZE,
     crop: tuple[Sequence[int], int, int] | None = DEFAULT_CROP,
     val_size: int | None = None,
+    flips: str = "horizontal",
 ) -> DetrTransforms:
     """Build the train or eval pipeline.
 
     ``val_size`` defaults to ``max(scales)`` (800 for the COCO scales), which is
-    the official eval resolution. ``crop=None`` disables the crop branch.
+    the official eval resolution. ``crop=None`` disables the crop branch. ``flips``: see
+    ``flip_transforms``.
     """
     scales = [int(s) for s in scales]
     finish = [
@@ -195,7 +240,7 @@ def build_transforms(
         ])
     return DetrTransforms(
         v2.Compose([
-            v2.RandomHorizontalFlip(0.5),
+            *flip_transforms(flips),
             geometric,
             # Resizing scales box coordinates in float, so a box touching the right or
             # bottom edge can land a hair past it; Sanitize would then drop a perfectly

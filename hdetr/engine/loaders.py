@@ -120,7 +120,7 @@ def load_split(spec: str | DataSource, split: str, cfg: Config, train: bool, cat
     d = cfg.data
     if train:
         tf = build_transforms(True, scales=d.train_scales, max_size=d.max_size,
-                              crop=crop_for_scales(d.train_scales) if d.crop else None)
+                              crop=crop_for_scales(d.train_scales) if d.crop else None, flips=d.flips)
     else:
         tf = eval_transforms(d.val_scale, d.max_size)
     annotations = source.annotations()

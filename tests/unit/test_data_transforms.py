@@ -2,7 +2,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from hdetr.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, resized_hw
+from hdetr.config import FLIPS
+from hdetr.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomRotate90, build_transforms, resized_hw
 
 # Two boxes of unique colours on black; one near a corner so crops often cut or remove it.
 COLOURS = {1: (255, 0, 0), 2: (0, 255, 0)}
@@ -36,10 +37,11 @@ def _region(rgb, colour):
     return m
 
 
+@pytest.mark.parametrize("flips", FLIPS)
 @pytest.mark.parametrize("seed", range(16))
-def test_train_boxes_follow_pixels(seed):
+def test_train_boxes_follow_pixels(seed, flips):
     img, target = _scene()
-    t = build_transforms(True, scales=range(112, 161, 16), max_size=266, crop=CROP)
+    t = build_transforms(True, scales=range(112, 161, 16), max_size=266, crop=CROP, flips=flips)
     torch.manual_seed(seed)
     x, out = t(img, target)
     assert x.dtype == torch.float32 and x.shape[0] == 3
@@ -78,6 +80,51 @@ def test_train_pipeline_flips_crops_and_varies_size():
             flipped += 1
     # Guards the property test above: flips, crops that drop boxes and rescaling all occur.
     assert flipped > 0 and removed > 0 and len(sizes) > 2
+
+
+def _symmetry(x, out):
+    """Which of the 8 symmetries of the scene the output shows: turned (portrait), and the side of
+    the image box 1 ended on in x and in y."""
+    h, w = x.shape[-2:]
+    cx, cy = out["boxes"][out["labels"] == 1][0, :2].tolist()
+    return (h > w, cx > 0.5, cy > 0.5)
+
+
+def test_flips_all_gives_every_symmetry_and_the_others_only_theirs():
+    img, target = _scene()
+    seen = {}
+    for flips in FLIPS:
+        t = build_transforms(True, scales=[120], max_size=400, crop=None, flips=flips)
+        seen[flips] = set()
+        for seed in range(64):
+            torch.manual_seed(seed)
+            seen[flips].add(_symmetry(*t(img, target)))
+    assert len(seen["all"]) == 8
+    assert seen["horizontal"] == {(False, False, False), (False, True, False)}
+    assert seen["none"] == {(False, False, False)}
+
+
+def test_rotate90_moves_pixels_and_boxes_exactly():
+    img, target = _scene()
+    t = build_transforms(False, scales=[120], max_size=400)
+    x, out = t(img, target)
+    turn = build_transforms(True, scales=[120], max_size=400, crop=None, flips="none")
+    turn.pipeline.transforms.insert(0, RandomRotate90(p=1.0))
+    y, turned = turn(img, target)
+    assert y.shape[-2:] == (160, 120)
+    torch.testing.assert_close(y, torch.rot90(x, 1, (-2, -1)))
+    # cx, cy, w, h normalised: a counter-clockwise turn sends (cx, cy) to (cy, 1 - cx) and swaps w and h.
+    cx, cy, bw, bh = out["boxes"].unbind(-1)
+    torch.testing.assert_close(turned["boxes"], torch.stack([cy, 1 - cx, bh, bw], -1))
+    # Four turns give the input back, boxes included.
+    four = RandomRotate90(p=1.0)
+    from torchvision import tv_tensors
+    boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=(120, 160))
+    image = tv_tensors.Image(torch.arange(120 * 160.0).reshape(1, 120, 160))
+    a, b = image, boxes
+    for _ in range(4):
+        a, b = four(a, b)
+    assert torch.equal(a, image) and torch.equal(b, boxes) and b.canvas_size == (120, 160)
 
 
 def test_train_same_seed_same_output():
