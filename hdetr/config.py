@@ -166,6 +166,9 @@ class DataConfig:
     # Flips of the training images: horizontal (the official recipe), none, or all: horizontal and vertical
     # flips and 90-degree turns, the 8 symmetries of a square, for images with no "up" (aerial, microscopy).
     flips: str = "horizontal"
+    # Photometric jitter of the training images: brightness, contrast and saturation each scaled by a
+    # random factor in [1 - s, 1 + s] (torchvision's ColorJitter); 0 = off, as in the official recipe.
+    color_jitter: float = 0.0
     # Images that cannot be used (missing, corrupt, wrong size, outside the images folder) stop training
     # by default; true leaves them out (found at start-up) or skips their step (found mid-epoch), counted.
     skip_bad_images: bool = False
@@ -507,6 +510,8 @@ MIN_SCALE = 32
 
 def _validate_data(d: DataConfig, need) -> None:
     need(d.flips in FLIPS, f"data.flips must be one of {', '.join(FLIPS)}, got {quote(d.flips)}")
+    need(0.0 <= d.color_jitter < 1.0, f"data.color_jitter must be in [0, 1) (0 = off; 0.2 = factors 0.8-1.2), "
+                                      f"got {d.color_jitter}")
     need(d.max_size >= MIN_SCALE, f"data.max_size must be >= {MIN_SCALE}, got {d.max_size}")
     need(len(d.train_scales) >= 1, "data.train_scales must list at least one shorter-side size, e.g. [480, 512]")
     need(min(d.train_scales) >= MIN_SCALE, f"data.train_scales must all be >= {MIN_SCALE}, got {d.train_scales}")

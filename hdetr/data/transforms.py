@@ -207,12 +207,14 @@ def build_transforms(
     crop: tuple[Sequence[int], int, int] | None = DEFAULT_CROP,
     val_size: int | None = None,
     flips: str = "horizontal",
+    color_jitter: float = 0.0,
 ) -> DetrTransforms:
     """Build the train or eval pipeline.
 
     ``val_size`` defaults to ``max(scales)`` (800 for the COCO scales), which is
     the official eval resolution. ``crop=None`` disables the crop branch. ``flips``: see
-    ``flip_transforms``.
+    ``flip_transforms``; ``color_jitter`` s > 0 scales brightness, contrast and saturation by random
+    factors in [1 - s, 1 + s] (boxes untouched).
     """
     scales = [int(s) for s in scales]
     finish = [
@@ -241,6 +243,8 @@ def build_transforms(
     return DetrTransforms(
         v2.Compose([
             *flip_transforms(flips),
+            *([v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter)]
+              if color_jitter > 0 else []),
             geometric,
             # Resizing scales box coordinates in float, so a box touching the right or
             # bottom edge can land a hair past it; Sanitize would then drop a perfectly

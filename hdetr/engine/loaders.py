@@ -120,7 +120,8 @@ def load_split(spec: str | DataSource, split: str, cfg: Config, train: bool, cat
     d = cfg.data
     if train:
         tf = build_transforms(True, scales=d.train_scales, max_size=d.max_size,
-                              crop=crop_for_scales(d.train_scales) if d.crop else None, flips=d.flips)
+                              crop=crop_for_scales(d.train_scales) if d.crop else None, flips=d.flips,
+                              color_jitter=d.color_jitter)
     else:
         tf = eval_transforms(d.val_scale, d.max_size)
     annotations = source.annotations()

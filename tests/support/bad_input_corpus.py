@@ -334,7 +334,7 @@ def _cfg_cases() -> list[Case]:
         "train.lr_drop=-1": "lr_drop", "train.lr=nan": "train.lr", "train.lr=inf": "train.lr",
         "train.epochs=0": "epochs", "train.batch_size=1.5": "batch_size", "train.batch_size=true": "batch_size",
         "model.num_queries=0": "num_queries", "model.topk=0": "topk", "hybrid.scheme=foo": "scheme",
-        "hybrid.k=0": "hybrid.k", "train.amp=fp8": "amp", "train.ema_decay=1": "ema_decay", "train.ema_warmup=0": "ema_warmup", "data.flips=sideways": "data.flips", "model.num_queries=5000": "num_queries", "loss.cls=-1": "loss.cls",
+        "hybrid.k=0": "hybrid.k", "train.amp=fp8": "amp", "train.ema_decay=1": "ema_decay", "train.ema_warmup=0": "ema_warmup", "data.flips=sideways": "data.flips", "data.color_jitter=1.5": "color_jitter", "model.num_queries=5000": "num_queries", "loss.cls=-1": "loss.cls",
         "loss.focal_alpha=2": "focal_alpha", "train.grad_accum=0": "grad_accum", "model.dropout=1": "dropout",
         "train.lr_linear_proj_mult=-1": "lr_linear_proj_mult", "train.epochs=[1,2]": "epochs",
         "model.backbone_channels=[a]": "backbone_channels", "train.max_iters=-5": "max_iters",

@@ -37,11 +37,11 @@ def _region(rgb, colour):
     return m
 
 
-@pytest.mark.parametrize("flips", FLIPS)
+@pytest.mark.parametrize("flips,jitter", [(f, 0.0) for f in FLIPS] + [("all", 0.3)])
 @pytest.mark.parametrize("seed", range(16))
-def test_train_boxes_follow_pixels(seed, flips):
+def test_train_boxes_follow_pixels(seed, flips, jitter):
     img, target = _scene()
-    t = build_transforms(True, scales=range(112, 161, 16), max_size=266, crop=CROP, flips=flips)
+    t = build_transforms(True, scales=range(112, 161, 16), max_size=266, crop=CROP, flips=flips, color_jitter=jitter)
     torch.manual_seed(seed)
     x, out = t(img, target)
     assert x.dtype == torch.float32 and x.shape[0] == 3
@@ -125,6 +125,20 @@ def test_rotate90_moves_pixels_and_boxes_exactly():
     for _ in range(4):
         a, b = four(a, b)
     assert torch.equal(a, image) and torch.equal(b, boxes) and b.canvas_size == (120, 160)
+
+
+def test_color_jitter_changes_pixels_not_boxes():
+    img, target = _scene()
+    plain = build_transforms(True, scales=[120], max_size=400, crop=None, flips="none")
+    jitter = build_transforms(True, scales=[120], max_size=400, crop=None, flips="none", color_jitter=0.4)
+    a, ta = plain(img, target)
+    differ = 0
+    for seed in range(4):
+        torch.manual_seed(seed)
+        b, tb = jitter(img, target)
+        torch.testing.assert_close(tb["boxes"], ta["boxes"])
+        differ += not torch.allclose(a, b, atol=1e-3)
+    assert differ >= 3
 
 
 def test_train_same_seed_same_output():
