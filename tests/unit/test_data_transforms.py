@@ -1,9 +1,16 @@
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from torchvision import tv_tensors
 
 from hdetr.config import FLIPS
-from hdetr.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomRotate90, build_transforms, resized_hw
+from hdetr.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RandomRotate90,
+    build_transforms,
+    resized_hw,
+)
 
 # Two boxes of unique colours on black; one near a corner so crops often cut or remove it.
 COLOURS = {1: (255, 0, 0), 2: (0, 255, 0)}
@@ -118,7 +125,6 @@ def test_rotate90_moves_pixels_and_boxes_exactly():
     torch.testing.assert_close(turned["boxes"], torch.stack([cy, 1 - cx, bh, bw], -1))
     # Four turns give the input back, boxes included.
     four = RandomRotate90(p=1.0)
-    from torchvision import tv_tensors
     boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=(120, 160))
     image = tv_tensors.Image(torch.arange(120 * 160.0).reshape(1, 120, 160))
     a, b = image, boxes
