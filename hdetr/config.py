@@ -367,10 +367,27 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     if base:
         if not isinstance(base, str):
             raise ConfigError(f"{path}: '_base_' must be a file name, got {quote(base)}")
-        merged = load_yaml(path.parent / base, (*_seen, path.resolve()))
+        merged = load_yaml(_base_path(path, base), (*_seen, path.resolve()))
         _deep_update(merged, data)
         return merged
     return data
+
+
+def _base_path(path: Path, base: str) -> Path:
+    """The file a config's ``_base_`` names: a file beside the config, else one of hdetr's presets (by
+    name, as ``hdetr train`` takes them), so that a user's file can start from ``_base_: small_data``."""
+    beside = path.parent / base
+    if beside.exists():
+        return beside
+    for candidate in (PRESET_DIR / base, PRESET_DIR / f"{base}.yaml"):
+        if candidate.is_file() and not candidate.stem.startswith("_"):
+            return candidate
+    raise ConfigError(f"{path}: '_base_' {quote(base)} is neither a file beside it ({beside}) nor a preset; "
+                      f"presets: {', '.join(preset_names())}")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def _deep_update(dst: dict, src: dict) -> None:
@@ -388,8 +405,7 @@ def resolve_preset(name_or_path: str) -> Path:
     candidate = PRESET_DIR / f"{name_or_path}.yaml"
     if candidate.exists():
         return candidate
-    names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith("_")))
-    raise ConfigError(f"no config file or preset named {quote(name_or_path)}; presets: {names}")
+    raise ConfigError(f"no config file or preset named {quote(name_or_path)}; presets: {', '.join(preset_names())}")
 
 
 def build_config(data: dict | None = None, overrides: list[str] | None = None) -> Config:

@@ -184,3 +184,19 @@ def test_queries_that_the_smallest_input_cannot_supply_are_refused_before_traini
         load_config("synthetic_small", [*base[:2], "data.train_scales=[256]", "data.val_scale=128", "data.max_size=256",
                                         "model.num_queries=337", "hybrid.num_queries_one2many=1"])
     load_config("synthetic_small", [*base, "model.two_stage=false", "model.mixed_selection=false", "model.num_queries=5000"])  # no selection
+
+
+def test_a_user_file_can_start_from_a_preset_by_name(tmp_path):
+    (tmp_path / "mine.yaml").write_text("_base_: small_data\ndata:\n  flips: all\n")
+    cfg = load_config(str(tmp_path / "mine.yaml"))
+    assert cfg.data.flips == "all" and cfg.model.backbone == load_config("small_data").model.backbone
+    # The same name with .yaml, and a file beside the config wins over a preset of the same name.
+    (tmp_path / "small_data.yaml").write_text("train: {epochs: 7}\n")
+    (tmp_path / "other.yaml").write_text("_base_: small_data.yaml\n")
+    assert load_config(str(tmp_path / "other.yaml")).train.epochs == 7
+    (tmp_path / "typo.yaml").write_text("_base_: smal_data\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: '_base_' 'smal_data' is neither a file beside it .* presets: .*small_data"):
+        load_config(str(tmp_path / "typo.yaml"))
+    (tmp_path / "private.yaml").write_text("_base_: _base\n")  # hdetr's own shared base is not a preset
+    with pytest.raises(ConfigError, match="neither a file beside it"):
+        load_config(str(tmp_path / "private.yaml"))
