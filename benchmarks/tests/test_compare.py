@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import compare
+from benchmarks import compare, compare_screen
 from hdetr.data.synthetic import write_synthetic_dataset
 
 BUDGET_S = 12
@@ -51,6 +51,18 @@ def test_tiny_comparison_writes_real_results_and_skips_finished_arms(data, tmp_p
     again = capsys.readouterr().out
     assert again.count("finished before, skipped") == 3 and "training for" not in again
     assert json.loads((out / "compare.json").read_text())["arms"]["fcos"]["AP50"] == report["arms"]["fcos"]["AP50"]
+    # The screening table of one or more such folders: every run, its end and its curve, the folder's --set.
+    table_file = tmp_path / "screen.json"
+    assert compare_screen.main([str(table_file), str(out), "--what", "tiny"]) == 0
+    table = json.loads(table_file.read_text())
+    assert [(r["name"], r["arm"]) for r in table["runs"]] == [("cmp", arm) for arm in report["arms"]]
+    for r in table["runs"]:
+        assert r["set"] == ["train.batch_size=2"] and r["AP50"] == report["arms"][r["arm"]]["AP50"]
+        assert [c["AP50"] for c in r["curve"]] == [c["AP50"] for c in report["arms"][r["arm"]]["runs"][0]["curve"]]
+    # It writes over its own table, not over a file it did not write.
+    assert compare_screen.main([str(table_file), str(out)]) == 0
+    assert compare_screen.main([str(out / "compare.md"), str(out)]) == 2
+    assert "not a screening table" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, message", [

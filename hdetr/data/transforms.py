@@ -16,7 +16,7 @@ from torchvision.ops import box_convert
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ..config import DataConfig
+from ..config import FLIPS, DataConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -104,35 +104,12 @@ class RandomSizeCrop(v2.Transform):
         return self._call_kernel(F.crop, inpt, **params)
 
 
-class RandomRotate90(v2.Transform):
-    """With probability ``p``, turn the image and its boxes 90 degrees counter-clockwise (``torch.rot90``:
-    pixels are moved, never resampled, so a box keeps exactly the pixels it held).
-
-    With independent horizontal and vertical flips around it, this gives each of the 8 symmetries of a
-    square with the same probability: ``data.flips: all``.
-    """
-
-    def __init__(self, p: float = 0.5):
-        super().__init__()
-        self.p = float(p)
-
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        return {"turn": bool(torch.rand(()) < self.p)}
-
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if not params["turn"]:
-            return inpt
-        if isinstance(inpt, tv_tensors.BoundingBoxes):
-            _, w = inpt.canvas_size
-            xyxy = F.convert_bounding_box_format(inpt, new_format=tv_tensors.BoundingBoxFormat.XYXY)
-            x1, y1, x2, y2 = xyxy.as_subclass(torch.Tensor).unbind(-1)
-            # rot90 sends the pixel column x to the row w - 1 - x and the row y to the column y.
-            turned = torch.stack([y1, w - x2, y2, w - x1], dim=-1)
-            out = tv_tensors.BoundingBoxes(turned, format="XYXY", canvas_size=(w, inpt.canvas_size[0]))
-            return F.convert_bounding_box_format(out, new_format=inpt.format)
-        if isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
-            return tv_tensors.wrap(torch.rot90(inpt.as_subclass(torch.Tensor), 1, (-2, -1)), like=inpt)
-        return inpt
+def rotate90(p: float = 0.5) -> v2.Transform:
+    """With probability ``p``, turn the image and its boxes 90 degrees counter-clockwise. torchvision
+    rotates exact multiples of 90 degrees by moving pixels (as ``torch.rot90``), never resampling, so a box
+    keeps exactly the pixels it held. With independent horizontal and vertical flips around it, each of
+    the 8 symmetries of a square is equally likely: ``data.flips: all``."""
+    return v2.RandomApply([v2.RandomRotation((90, 90), expand=True)], p=p)
 
 
 def flip_transforms(flips: str) -> list[v2.Transform]:
@@ -143,8 +120,8 @@ def flip_transforms(flips: str) -> list[v2.Transform]:
     if flips == "horizontal":
         return [v2.RandomHorizontalFlip(0.5)]
     if flips == "all":
-        return [v2.RandomHorizontalFlip(0.5), v2.RandomVerticalFlip(0.5), RandomRotate90(0.5)]
-    raise ValueError(f"flips must be horizontal, none or all, got {flips!r}")
+        return [v2.RandomHorizontalFlip(0.5), v2.RandomVerticalFlip(0.5), rotate90(0.5)]
+    raise ValueError(f"flips must be one of {', '.join(FLIPS)}, got {flips!r}")
 
 
 class ToDetrTarget:

@@ -7,9 +7,9 @@ from hdetr.config import FLIPS
 from hdetr.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    RandomRotate90,
     build_transforms,
     resized_hw,
+    rotate90,
 )
 
 # Two boxes of unique colours on black; one near a corner so crops often cut or remove it.
@@ -116,7 +116,7 @@ def test_rotate90_moves_pixels_and_boxes_exactly():
     t = build_transforms(False, scales=[120], max_size=400)
     x, out = t(img, target)
     turn = build_transforms(True, scales=[120], max_size=400, crop=None, flips="none")
-    turn.pipeline.transforms.insert(0, RandomRotate90(p=1.0))
+    turn.pipeline.transforms.insert(0, rotate90(p=1.0))
     y, turned = turn(img, target)
     assert y.shape[-2:] == (160, 120)
     torch.testing.assert_close(y, torch.rot90(x, 1, (-2, -1)))
@@ -124,7 +124,7 @@ def test_rotate90_moves_pixels_and_boxes_exactly():
     cx, cy, bw, bh = out["boxes"].unbind(-1)
     torch.testing.assert_close(turned["boxes"], torch.stack([cy, 1 - cx, bh, bw], -1))
     # Four turns give the input back, boxes included.
-    four = RandomRotate90(p=1.0)
+    four = rotate90(p=1.0)
     boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=(120, 160))
     image = tv_tensors.Image(torch.arange(120 * 160.0).reshape(1, 120, 160))
     a, b = image, boxes
