@@ -6,6 +6,8 @@ leaves both out.
 their helpers from the ``support`` package (tests/support), never from a sibling module.
 """
 
+import shutil
+
 import pytest
 
 from support.file_order import order_files, read_durations, recorder_from_env
@@ -20,6 +22,24 @@ def synth_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     write_synthetic_dataset(root, num_train=8, num_val=4, image_size=64, seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def module_dir(request, tmp_path_factory):
+    """``module_dir(name)``: a new folder for a test file's shared fixtures (a training run, an export),
+    all of them removed when the file's tests are done, unless one of them failed (kept to look into).
+    pytest would keep them to the end of the session: ~2 GB of runs and checkpoints by then."""
+    root = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    failed_before = request.session.testsfailed
+
+    def make(name):
+        folder = root / name
+        folder.mkdir()
+        return folder
+
+    yield make
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def pytest_configure(config):

@@ -14,8 +14,8 @@ from support.engine_helpers import tiny_overrides
 
 
 @pytest.fixture(scope="module")
-def model_dir(synth_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("api_run")
+def model_dir(synth_data, module_dir):
+    out = module_dir("api_run")
     train(load_config(None, tiny_overrides(synth_data, "train.max_iters=2", "train.epochs=1")), out, progress=False)
     return out
 

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow  # a training run first (about a minute)
 
 
 @pytest.fixture(scope="module")
-def model_dir(synth_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("interop_run")  # one epoch (4 steps), evaluated: a stored best threshold
+def model_dir(synth_data, module_dir):
+    out = module_dir("interop_run")  # one epoch (4 steps), evaluated: a stored best threshold
     train(load_config(None, tiny_overrides(synth_data, "train.epochs=1")), out, progress=False)
     return out
 

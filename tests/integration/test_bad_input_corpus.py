@@ -33,11 +33,11 @@ LEFT: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
+def shared(module_dir):
     import torch
 
     torch.set_num_threads(1)
-    return corpus.make_shared(tmp_path_factory.mktemp("corpus_shared"))
+    return corpus.make_shared(module_dir("corpus_shared"))
 
 
 @pytest.mark.parametrize("case", [_param(c) for c in CASES])

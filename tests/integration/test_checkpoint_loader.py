@@ -14,9 +14,9 @@ from support.engine_helpers import load_state, tiny_overrides
 
 
 @pytest.fixture(scope="module")
-def run_dir(synth_data, tmp_path_factory):
+def run_dir(synth_data, module_dir):
     """One epoch (4 steps) with EMA and an evaluation: last.pt, best.pt and model/ all exist."""
-    out = tmp_path_factory.mktemp("run")
+    out = module_dir("run")
     train(load_config(None, tiny_overrides(synth_data, "train.epochs=1", "train.ema=true")), out, progress=False)
     return out
 

@@ -73,9 +73,9 @@ def test_other_errors_pass_unchanged():
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
+def shared(module_dir):
     torch.set_num_threads(1)
-    return corpus.make_shared(tmp_path_factory.mktemp("child_errors"))
+    return corpus.make_shared(module_dir("child_errors"))
 
 
 def _corrupt_val(shared, tmp_path):

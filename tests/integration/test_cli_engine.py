@@ -14,8 +14,8 @@ from support.engine_helpers import TINY_MODEL, assert_keeps_foreign_files, load_
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
+def workspace(module_dir):
+    root = module_dir("cli")
     assert main(["synth", str(root / "data"), "--train", "8", "--val", "4", "--size", "64"]) == 0
     return root
 

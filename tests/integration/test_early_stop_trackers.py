@@ -17,9 +17,9 @@ from support.engine_helpers import TINY_MODEL
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(module_dir):
     """4 train images (2 steps per epoch at batch 2), 2 val images."""
-    return lb.write_folder_splits(tmp_path_factory.mktemp("es") / "ds")
+    return lb.write_folder_splits(module_dir("es") / "ds")
 
 
 def _args(data, out, *extra):

@@ -81,7 +81,7 @@ def make_batch(sizes, seed):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(module_dir):
     torch.manual_seed(0)
     cfg = small_config()
     model = build_model(cfg).eval()
@@ -89,7 +89,7 @@ def exported(tmp_path_factory):
     with torch.no_grad():
         for head in model.class_heads:
             head.weight.mul_(3.0)
-    root = tmp_path_factory.mktemp("export")
+    root = module_dir("export")
     cmap = {"mode": "contiguous", "cat_ids": CAT_IDS, "names": CLASS_NAMES}
     save_model(root / "model", cfg, model.state_dict(), class_names=CLASS_NAMES,
                extra_meta={"category_map": json.dumps(cmap)})

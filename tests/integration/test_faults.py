@@ -79,13 +79,13 @@ def sha(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
+def shared(module_dir):
     torch.set_num_threads(1)
-    return corpus.make_shared(tmp_path_factory.mktemp("faults"))
+    return corpus.make_shared(module_dir("faults"))
 
 
 @pytest.fixture(scope="module")
-def small_export_model(tmp_path_factory) -> Path:
+def small_export_model(module_dir) -> Path:
     """A model folder for the export cases, untrained: one feature level and one decoder layer (what is
     tested is the write of the graph, and tracing this model costs half the CPU time of the trained one's)."""
     from hdetr.config import load_config
@@ -97,7 +97,7 @@ def small_export_model(tmp_path_factory) -> Path:
     cfg = load_config("synthetic_small", [*TINY_MODEL, "model.dec_layers=1", "model.num_feature_levels=1",
                                           "data.train_scales=[192]", "data.val_scale=192", "data.max_size=192"])
     torch.manual_seed(0)
-    return save_model(tmp_path_factory.mktemp("export_model") / "model", cfg, build_model(cfg).state_dict())
+    return save_model(module_dir("export_model") / "model", cfg, build_model(cfg).state_dict())
 
 
 def _official_pth(shared, folder: Path) -> Path:

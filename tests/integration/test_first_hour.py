@@ -39,8 +39,8 @@ def umask_022():
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, umask_022):
-    root = tmp_path_factory.mktemp("first_hour")
+def workspace(module_dir, umask_022):
+    root = module_dir("first_hour")
     assert main(["synth", str(root / "data"), "--train", "8", "--val", "4", "--size", "64"]) == 0
     two_classes(root / "data")
     return root

@@ -26,16 +26,16 @@ PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)
 
 
 @pytest.fixture(scope="module")
-def source_run(synth_data, tmp_path_factory):
+def source_run(synth_data, module_dir):
     """A tiny detector trained for 3 steps on the synthetic shapes (circle, square, triangle, cross)."""
-    out = tmp_path_factory.mktemp("source")
+    out = module_dir("source")
     train(load_config(None, tiny_overrides(synth_data, "train.max_iters=3", *NO_EVAL)), out, progress=False)
     return out
 
 
 @pytest.fixture(scope="module")
-def target_data(synth_data, tmp_path_factory):
-    return relabelled_dataset(synth_data, tmp_path_factory.mktemp("target") / "data")
+def target_data(synth_data, module_dir):
+    return relabelled_dataset(synth_data, module_dir("target") / "data")
 
 
 def _cfg(data, *extra):

@@ -81,8 +81,8 @@ def _wait_for(cond, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
 
 
 @pytest.fixture(scope="module")
-def reference(synth_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("uninterrupted")
+def reference(synth_data, module_dir):
+    out = module_dir("uninterrupted")
     subprocess.run(_cmd(synth_data, out, False), env=_env(), cwd=REPO, check=True, capture_output=True, timeout=300)
     return load_state(out / "last.pt")
 

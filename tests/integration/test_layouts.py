@@ -21,10 +21,10 @@ from support.engine_helpers import TINY_MODEL
 
 
 @pytest.fixture(scope="module")
-def layouts(tmp_path_factory):
+def layouts(module_dir):
     """name -> (spec, layout) of one dataset written in every layout; "coco" is the reference: the COCO
     JSON given as an IMAGES:ANNOTATIONS pair."""
-    root = tmp_path_factory.mktemp("layouts")
+    root = module_dir("layouts")
     lb.write_folder_splits(root / "splits")
     lb.write_folder(root / "folder")
     lb.write_yolo(root / "yolo")
@@ -113,8 +113,8 @@ def _train(spec: dict, out: Path, *extra: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def coco_run(layouts, tmp_path_factory):
-    out = tmp_path_factory.mktemp("coco_run") / "run"
+def coco_run(layouts, module_dir):
+    out = module_dir("coco_run") / "run"
     assert _train(layouts["coco"][0], out) == 0
     return out
 

@@ -16,16 +16,16 @@ from support.engine_helpers import assert_keeps_foreign_files, tiny_overrides
 
 
 @pytest.fixture(scope="module")
-def model_dir(synth_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("predict_run")
+def model_dir(synth_data, module_dir):
+    out = module_dir("predict_run")
     train(load_config(None, tiny_overrides(synth_data, "train.max_iters=2", "train.epochs=1")), out, progress=False)
     return out / "model"
 
 
 @pytest.fixture(scope="module")
-def mixed_sizes(synth_data, tmp_path_factory):
+def mixed_sizes(synth_data, module_dir):
     """Validation images resized to four different shapes: a batch of them needs padding."""
-    folder = tmp_path_factory.mktemp("mixed")
+    folder = module_dir("mixed")
     for i, (path, size) in enumerate(zip(sorted((synth_data / "valid").glob("*.jpg")),
                                          [(64, 64), (96, 48), (40, 72), (80, 80)])):
         with Image.open(path) as im:

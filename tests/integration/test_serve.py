@@ -25,8 +25,8 @@ from support.serve_helpers import (  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("serve") / "model")
+def model_dir(module_dir):
+    return save_tiny_model(module_dir("serve") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ def _train(data, out, *extra, resume=False):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(synth_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("full")
+def uninterrupted(synth_data, module_dir):
+    out = module_dir("full")
     _train(synth_data, out, "train.max_iters=6")
     return load_state(out / "last.pt")
 

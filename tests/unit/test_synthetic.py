@@ -14,8 +14,8 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
+def small(module_dir):
+    root = module_dir("synth")
     # 120 images: enough that the ~3% empty images and every class show up.
     summary = write_synthetic_dataset(root, num_train=120, num_val=10, image_size=(72, 64), seed=5)
     return root, summary
