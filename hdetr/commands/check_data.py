@@ -7,7 +7,9 @@ fatal errors (bad JSON or label files, dangling or duplicate ids, unknown catego
 images, paths leaving the images folder, wrong image sizes), the box repairs training applies (clipped /
 dropped boxes, counted) and warnings, e.g. images with more objects than the one-to-one queries of the
 model. ``--config PRESET [overrides]``: the config that would train (as given to ``hdetr train``); the
-report ends with its one-to-one queries and the top-k it keeps for this data's classes. Exit status: 0
+report ends with its one-to-one queries and the top-k it keeps for this data's classes; with ``small_data``,
+after the settings that ``hdetr train small_data`` would choose from this data (``--no-recipe``: the
+preset's own). Exit status: 0
 usable, 1 fatal problems found, 2 usage error.
 """
 
@@ -28,6 +30,8 @@ def add_arguments(p):
                    "model.num_queries is compared with the objects per image (default: the built-in defaults, "
                    "300 queries)")
     p.add_argument("overrides", nargs="*", help="config overrides, as for hdetr train, e.g. model.num_queries=100")
+    p.add_argument("--no-recipe", action="store_true",
+                   help="--config small_data: keep the preset's values instead of the ones chosen from the data")
     p.add_argument("--json", type=Path, default=None, metavar="REPORT.json", help="also write the report as JSON")
     p.add_argument("--fix-report", action="store_true",
                    help="list every repair (each clipped or dropped box, before -> after), not only a few examples")
@@ -53,6 +57,21 @@ def training_model(cfg, config_name: str | None, report) -> dict:
             "topk": capped.model.topk, "note": note}
 
 
+def _with_data_choices(args) -> tuple[list[str], list]:
+    """The overrides and, for ``--config small_data``, the settings ``hdetr train small_data`` would choose
+    from this data, under the user's own (hdetr.data.recipe): the queries compared with the objects per
+    image are then the ones training would use."""
+    from ..config import ConfigError
+    from ..data.recipe import PRESET, preset_overrides
+
+    if args.config != PRESET or args.no_recipe:
+        return list(args.overrides), []
+    try:
+        return preset_overrides([f"data.train={args.data}", *args.overrides])
+    except (ConfigError, UserError, OSError, ValueError):  # unreadable data: the check below names the problem
+        return list(args.overrides), []
+
+
 def model_line(model: dict) -> str:
     name = model["config"] or "built-in defaults; pass --config PRESET for the one you train"
     line = (f"model ({name}): {model['num_queries']} one-to-one queries, {model['num_classes']} classes, "
@@ -70,7 +89,9 @@ def run(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides)  # a bad override is named before the data is read
+        items, chosen = _with_data_choices(args)
+        cfg = load_config(args.config, items) if chosen else cfg
     except ConfigError as e:
         raise UserError(str(e)) from None
     source = resolve_source(args.data, args.split)
@@ -85,7 +106,11 @@ def run(args) -> int:
         max_examples=None if args.fix_report else DEFAULT_MAX_EXAMPLES, num_queries=cfg.model.num_queries,
     )
     print(terminal_safe(report.format()))
+    for c in chosen:
+        print(terminal_safe(f"data chose {c.key}={c.value}: {c.why}"))
     model = training_model(cfg, args.config, report)
+    if chosen:
+        model["data_choices"] = [{"key": c.key, "value": c.value, "why": c.why} for c in chosen]
     print(model_line(model))
     if args.json:
         try:

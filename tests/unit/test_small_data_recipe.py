@@ -121,3 +121,29 @@ def test_malformed_annotations_are_left_to_the_data_check(tmp_path):
     ann.write_text("{not json")
     spec = f"data.train={tmp_path / 'images'}:{ann}"
     assert preset_overrides([spec]) == ([spec], [])
+
+
+def test_check_data_with_small_data_reports_the_settings_training_would_choose(tmp_path, capsys):
+    """``hdetr check-data DATA --config small_data`` checks the data against the queries that ``hdetr train
+    small_data`` would use on it (the recipe's), not the preset's fallbacks; the user's keys stay theirs."""
+    from hdetr.cli import main
+
+    ann = _dataset(tmp_path, 40, lambda i: 45 if i == 0 else 10, side=200, box=6.0)
+    spec = f"{tmp_path / 'images'}:{ann}"
+    report = tmp_path / "report.json"
+    assert main(["check-data", spec, "--no-images", "--config", "small_data", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "data chose model.num_queries=270: up to 45 objects in one image" in out
+    assert "model (small_data): 270 one-to-one queries, 1 classes, topk 100" in out
+    model = json.loads(report.read_text())["model"]
+    assert model["num_queries"] == 270
+    assert {c["key"]: c["value"] for c in model["data_choices"]}["data.val_scale"] == 384
+
+    assert main(["check-data", spec, "--no-images", "--config", "small_data", "model.num_queries=40"]) == 0
+    out = capsys.readouterr().out
+    assert "data chose model.num_queries" not in out and "data chose model.topk=40" in out
+    assert "45 objects, the model has 40 one-to-one queries" in out
+
+    assert main(["check-data", spec, "--no-images", "--config", "small_data", "--no-recipe"]) == 0
+    out = capsys.readouterr().out
+    assert "data chose" not in out and "model (small_data): 100 one-to-one queries" in out
