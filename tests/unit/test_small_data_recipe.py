@@ -36,7 +36,7 @@ def test_many_small_objects_get_queries_and_a_larger_input(tmp_path):
     _, choices = choose(f"{tmp_path / 'images'}:{ann}", batch_size=4, val_images=10)
     v = _values(choices)
     assert v["model.num_queries"] == 270  # 6 x 45
-    assert v["hybrid.num_queries_one2many"] == 540  # 2 x 270 (K = 6 copies of 10 objects fit)
+    assert v["hybrid.num_queries_one2many"] == 270  # as many as the one-to-one (K = 6 copies of 10 objects fit)
     assert v["model.topk"] == 100  # 2 x 45 = 90, raised to 100
     # Median object 6 px: x4 would give it 3 stride-8 cells; the scale is capped at x2 of 200 px.
     assert v["data.val_scale"] == 384 and max(v["data.train_scales"]) <= v["data.max_size"]
@@ -52,7 +52,7 @@ def test_large_objects_get_a_smaller_cheaper_input_and_few_epochs_on_more_images
     _, choices = choose(str(ann), batch_size=4, val_images=2000)
     v = _values(choices)
     assert v["model.num_queries"] == 100 and v["model.num_classes"] == 3  # 6 x 3 = 18, raised to 100
-    assert v["hybrid.num_queries_one2many"] == 200
+    assert v["hybrid.num_queries_one2many"] == 100  # as many as the one-to-one
     assert v["data.val_scale"] == 320  # x0.5, the smallest scale allowed
     assert v["train.epochs"] == 12  # 500 steps an epoch: 6 epochs for 3000 steps, raised to 12
     assert v["train.eval_every"] == 4  # 0.35 x 2000 / 2000 / 0.1 = 3.5 -> 4
@@ -63,7 +63,7 @@ def test_queries_stop_at_the_official_300_and_the_one2many_group_makes_room_for_
     ann = _dataset(tmp_path, 20, lambda i: 80, side=400, box=10.0)
     v = _values(choose(str(ann), batch_size=4)[1])
     assert v["model.num_queries"] == 300  # 6 x 80 = 480, capped
-    assert v["hybrid.num_queries_one2many"] == 600  # 2 x 300 > 6 x 80 = 480
+    assert v["hybrid.num_queries_one2many"] == 480  # room for K = 6 copies of 80: 480 > 300
     assert v["model.topk"] == 160  # twice the most objects of one image
     ann = _dataset(tmp_path, 20, lambda i: 120, side=400, box=10.0)
     assert _values(choose(str(ann), batch_size=4)[1])["hybrid.num_queries_one2many"] == 720  # 6 x 120
@@ -86,14 +86,14 @@ def test_hdetr_train_small_data_puts_the_data_choices_under_the_users_own(tmp_pa
     assert v["model.num_queries"] == 270 and v["train.epochs"] == 200
     assert items[-1] == f"data.train={spec}"  # the user's last: their keys win
     cfg = load_config("small_data", items)
-    assert (cfg.model.num_queries, cfg.hybrid.num_queries_one2many, cfg.data.val_scale) == (270, 540, 384)
+    assert (cfg.model.num_queries, cfg.hybrid.num_queries_one2many, cfg.data.val_scale) == (270, 270, 384)
 
     # A key the user sets is theirs: not chosen, not reported; what follows from it is derived from it.
     items, chosen = preset_overrides([f"data.train={spec}", "model.num_queries=50", "train.epochs=24",
                                       "data.val_scale=256"])
     v = _values(chosen)
     assert not {"model.num_queries", "train.epochs", "data.val_scale"} & set(v)
-    assert v["hybrid.num_queries_one2many"] == 100 and v["model.topk"] == 50  # 2 x 50; 50 queries x 1 class
+    assert v["hybrid.num_queries_one2many"] == 60 and v["model.topk"] == 50  # 6 copies of 10 > 50; 50 queries x 1 class
     assert v["train.lr_drop"] == 22 and 256 in v["data.train_scales"]  # 11/12 of 24 epochs; around 256 px
     cfg = load_config("small_data", items)
     assert (cfg.model.num_queries, cfg.train.epochs, cfg.train.lr_drop, cfg.data.val_scale) == (50, 24, 22, 256)
