@@ -62,14 +62,13 @@ def _with_data_choices(args) -> tuple[list[str], list]:
     from this data, under the user's own (hdetr.data.recipe): the queries compared with the objects per
     image are then the ones training would use."""
     from ..config import ConfigError
-    from ..data.recipe import PRESET, preset_overrides
+    from ..data.recipe import config_overrides
 
-    if args.config != PRESET or args.no_recipe:
-        return list(args.overrides), []
     try:
-        return preset_overrides([f"data.train={args.data}", *args.overrides])
+        items, chosen = config_overrides(args.config, [f"data.train={args.data}", *args.overrides], args.no_recipe)
     except (ConfigError, UserError, OSError, ValueError):  # unreadable data: the check below names the problem
         return list(args.overrides), []
+    return (items, chosen) if chosen else (list(args.overrides), [])
 
 
 def model_line(model: dict) -> str:

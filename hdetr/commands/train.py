@@ -40,11 +40,9 @@ def add_arguments(p):
 
 def _with_data_choices(args) -> list[str]:
     """The overrides, with the data's own settings under them for the small_data preset."""
-    from ..data.recipe import PRESET, preset_overrides
+    from ..data.recipe import config_overrides
 
-    if args.config != PRESET or args.no_recipe:
-        return args.overrides
-    items, chosen = preset_overrides(args.overrides)
+    items, chosen = config_overrides(args.config, args.overrides, args.no_recipe)
     if os.environ.get("RANK", "0") == "0":  # once under torchrun
         for c in chosen:
             print(f"data chose {c.key}={c.value}: {c.why}", flush=True)
