@@ -322,3 +322,47 @@ def test_blocked_inference_ffn_matches_the_plain_ffn(monkeypatch):
     # Training (gradients) keeps the plain path.
     y = ffn(x.requires_grad_(True))
     assert y.grad_fn is not None
+
+
+@pytest.mark.parametrize("frozen", [(), ("linear1.weight", "linear1.bias"), ("linear2.weight",)])
+def test_training_ffn_gradients_are_autograds(frozen):
+    """The CPU training FFN (in-place ReLU and ReLU backward) gives autograd's output and gradients,
+    also with some weights frozen (their gradients skipped) and for a non-contiguous upstream gradient."""
+    import hdetr.models.transformer as tr
+
+    torch.manual_seed(0)
+    ffn = tr.FeedForward(16, 64, 0.0).train()
+    for name, p in ffn.named_parameters():
+        p.requires_grad_(name not in frozen)
+    x = torch.randn(3, 45, 16, requires_grad=True)
+    grad = torch.randn(16, 45, 3).permute(2, 1, 0)  # non-contiguous
+
+    def plain(inp):
+        return ffn.linear2(torch.relu(ffn.linear1(inp)))
+
+    results = []
+    for fn in (plain, ffn):
+        x.grad = None
+        ffn.zero_grad(set_to_none=True)
+        y = fn(x)
+        y.backward(grad)
+        results.append((y.detach(), x.grad, {n: p.grad for n, p in ffn.named_parameters()}))
+    (y0, gx0, gp0), (y1, gx1, gp1) = results
+    assert type(y.grad_fn).__name__ == "_TrainingFfnBackward"  # the fused path ran
+    assert torch.equal(y0, y1)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-6, atol=1e-6)
+    for name in gp0:
+        if name in frozen:
+            assert gp0[name] is None and gp1[name] is None
+        else:
+            torch.testing.assert_close(gp1[name], gp0[name], rtol=1e-6, atol=1e-6)
+
+
+def test_training_ffn_keeps_autograds_path_with_dropout_or_autocast():
+    import hdetr.models.transformer as tr
+
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    assert type(tr.FeedForward(16, 64, 0.1).train()(x).grad_fn).__name__ != "_TrainingFfnBackward"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = tr.FeedForward(16, 64, 0.0).train()(x)
+    assert type(y.grad_fn).__name__ != "_TrainingFfnBackward" and y.dtype == torch.bfloat16
