@@ -32,8 +32,8 @@ class _TrainingFfn(torch.autograd.Function):
     The same products as autograd's path, bitwise, with two fewer d_ffn-wide buffers per call (150 MB
     each for an encoder layer at 800x1066): the ReLU runs in place on linear1's output (autograd's
     ``F.relu`` allocates a new one) and its backward masks the incoming gradient in place (autograd
-    allocates the masked copy). Fresh large buffers cost page faults on every layer; an encoder
-    layer's FFN forward + backward takes x0.8 of autograd's time (docs/performance.md)."""
+    allocates the masked copy). Fresh large buffers cost page faults on every layer; the full-size
+    training step's time with it: docs/performance.md, "The training FFN as one autograd Function"."""
 
     @staticmethod
     def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
