@@ -70,6 +70,7 @@ def test_tiny_comparison_writes_real_results_and_skips_finished_arms(data, tmp_p
     (["--budget", "0m"], "--budget: the duration must be more than 0"),
     (["--arms", "baseline,yolo"], "--arms: unknown arm 'yolo'"),
     (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
 ])
 def test_bad_arguments_are_one_line_errors(data, tmp_path, capsys, extra, message):
     assert compare.main([str(data), "--out", str(tmp_path / "o"), *extra]) == 2
@@ -91,3 +92,27 @@ def test_dataset_without_validation_split_asks_for_val(tmp_path, capsys):
     single = f"{root / 'train'}:{root / 'train' / '_annotations.coco.json'}"
     assert compare.main([single, "--out", str(tmp_path / "o")]) == 2
     assert "no validation split of its own: give one with --val" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_runs_side_by_side_in_their_own_processes(data, tmp_path, capfd):
+    """--jobs 2: the pending runs train in two child processes at once, each line of a child names its run,
+    every run is finished and reported as in turn, and a finished run is still skipped."""
+    out = tmp_path / "cmp"
+    argv = [str(data), "--budget", "6s", "--out", str(out), "--arms", "baseline,fcos", "--seeds", "2",
+            "--set", "train.batch_size=2", "--jobs", "2"]
+    # One run finished before: it is skipped, the three others train.
+    assert compare.main([*argv[:5], "--arms", "baseline", "--set", "train.batch_size=2"]) == 0
+    capfd.readouterr()
+    assert compare.main(argv) == 0
+    printed = capfd.readouterr().out
+    assert printed.count("finished before, skipped") == 1 and printed.count("training for") == 3
+    assert "[fcos s0] " in printed and "[baseline s1] " in printed and "2 at a time" in printed
+    report = json.loads((out / "compare.json").read_text())
+    assert report["jobs"] == 2
+    for arm in ("baseline", "fcos"):
+        runs = report["arms"][arm]["runs"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        for r in runs:
+            assert r["steps"] > 0 and 0 < r["cpu_seconds"] <= 6 * 1.5
+            assert (out / "runs" / f"{arm}_s{r['seed']}" / "result.json").exists()
