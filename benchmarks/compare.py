@@ -11,8 +11,7 @@ settings the data chose (hdetr.data.recipe; --no-recipe keeps the preset's) and
 ``train.time_budget=BUDGET train.budget_clock=cpu``: the budget counts the CPU seconds of the
 training process, evaluations included, so arms run one after another on a shared machine get the
 same amount of computation, and so do runs trained side by side (``--jobs N``: N runs at a time, each in
-its own process, 1 thread each by default; on the 2-core VM two 15-minute runs took about 17 minutes of
-wall time side by side). The FCOS arm (benchmarks/fcos.py) takes the same dataset objects, backbone
+its own process, 1 thread each by default; ``wall_seconds`` in compare.json says what it took). The FCOS arm (benchmarks/fcos.py) takes the same dataset objects, backbone
 weights, batch size and budget.
 
 DIR gets one folder per run (``runs/ARM_sSEED``, each with its ``result.json`` once finished: a

@@ -29,7 +29,7 @@ FFN_ROW_BLOCK = 512
 class _TrainingFfn(torch.autograd.Function):
     """``linear2(relu(linear1(x)))`` with its gradients, for training on the CPU without dropout.
 
-    The same products as autograd's path, bitwise, with two fewer d_ffn-wide buffers per call (150 MB
+    The same products as autograd's path, bitwise, with two fewer d_ffn-wide buffers per call (146 MB
     each for an encoder layer at 800x1066): the ReLU runs in place on linear1's output (autograd's
     ``F.relu`` allocates a new one) and its backward masks the incoming gradient in place (autograd
     allocates the masked copy). Fresh large buffers cost page faults on every layer; the full-size
